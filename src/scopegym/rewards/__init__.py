@@ -1,0 +1,1 @@
+"""scopegym.rewards."""

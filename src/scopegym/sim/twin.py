@@ -1,0 +1,464 @@
+"""The digital twin STEM: a specimen, probe optics, a stage, detectors and a clock.
+
+:class:`TwinMicroscope` implements the :class:`~scopegym.instrument.Instrument` protocol. Every
+command is validated against the limits before anything changes; a refused command leaves the
+twin exactly as it was. Every accepted command costs instrument time, and scans and spectra also
+deposit dose on the specimen, which may knock atoms out (later frames show the change).
+
+All randomness flows from one ``numpy.random.Generator`` made from the seed given to the
+constructor or to :meth:`TwinMicroscope.reset`: the same seed and the same commands give identical
+frames and spectra.
+
+Ground truth (the atoms, the defects, the true stage position) is reachable only through
+:attr:`TwinMicroscope.truth`, for rewards and evaluation; no result carries it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from scopegym.instrument import (
+    Command,
+    EELSSpectrum,
+    Frame,
+    InstrumentLimits,
+    InstrumentState,
+    Move,
+    Range,
+    Result,
+    Scan,
+    Spectrum,
+    Tune,
+    Zoom,
+    validate,
+)
+from scopegym.instrument.aberrations import TUNABLE_ABERRATIONS
+from scopegym.sim.eels import EELSConditions, EnergyAxis, acquire_spectrum
+from scopegym.sim.damage import DamageModel
+from scopegym.sim.imaging import (
+    HAADFDetector,
+    RasterGeometry,
+    RasterTiming,
+    acquire_haadf,
+    electrons_per_pixel,
+)
+from scopegym.sim.optics import Optics, probe_intensity
+from scopegym.sim.scattering import SYMBOLS
+from scopegym.sim.specimen import (
+    EDGE,
+    SITE_NAMES,
+    VACANCY_NEIGHBOR,
+    Defect,
+    Specimen,
+    SpecimenFamily,
+)
+from scopegym.sim.stage import Stage, StageParams
+
+_A2_PER_NM2 = 100.0
+# Sites as the damage model names them: a dopant sits in the lattice; amorphous atoms are as
+# loosely bound as adatoms.
+_DAMAGE_SITE = {name: name for name in SITE_NAMES} | {"dopant": "lattice", "amorphous": "adatom"}
+_UNDERCOORDINATED = np.array([EDGE, VACANCY_NEIGHBOR], dtype=np.int8)
+_EELS_PROBE_GRID = 64  # pixels per side of the cached probe used to weight spectra
+_EELS_PROBE_PIXEL_NM = 0.01
+_EELS_DELOCALIZATION_NM = 0.05  # inelastic delocalisation for core losses of a few hundred eV
+
+
+@dataclass(frozen=True)
+class TwinConfig:
+    """Settings of the twin microscope; defaults describe a 60 kV aberration-corrected STEM.
+
+    Attributes:
+        voltage_kV: Accelerating voltage [kV], 60–300.
+        convergence_mrad: Probe convergence semi-angle [mrad].
+        beam_current_pA: Probe current [pA].
+        initial_fov_nm: Field of view after reset [nm].
+        initial_aberrations_nm: Residual aberrations after reset [nm] by Krivanek name.
+        specimen_size_nm: Edge of the square specimen world [nm].
+        detector: HAADF detector chain.
+        timing: Scan generator timing.
+        stage: Stage error model.
+        damage: Knock-on damage model; None disables beam damage.
+        eels: EELS spectrometer and camera.
+        energy_axis: Spectrometer energy axis.
+        zoom_time_s: Time to change magnification [s].
+        tune_time_s: Time to change one aberration coefficient and let the lenses settle [s].
+        spectrum_readout_s: Camera read-out time per spectrum [s].
+        limits: Command limits; the stage range defaults to the specimen world.
+    """
+
+    voltage_kV: float = 60.0
+    convergence_mrad: float = 30.0
+    beam_current_pA: float = 30.0
+    initial_fov_nm: float = 16.0
+    initial_aberrations_nm: tuple[tuple[str, float], ...] = ()
+    specimen_size_nm: float = 2000.0
+    detector: HAADFDetector = field(default_factory=HAADFDetector)
+    timing: RasterTiming = field(default_factory=RasterTiming)
+    stage: StageParams = field(default_factory=StageParams)
+    damage: DamageModel | None = field(default_factory=DamageModel)
+    eels: EELSConditions = field(default_factory=EELSConditions)
+    energy_axis: EnergyAxis = field(default_factory=EnergyAxis)
+    zoom_time_s: float = 0.2
+    tune_time_s: float = 0.5
+    spectrum_readout_s: float = 0.002
+    limits: InstrumentLimits | None = None
+
+    def resolved_limits(self) -> InstrumentLimits:
+        """The command limits, with the stage range set to the specimen world if not given."""
+        if self.limits is not None:
+            return self.limits
+        half = 0.5 * self.specimen_size_nm
+        return InstrumentLimits(
+            stage_x_nm=Range(-half, half, "nm"),
+            stage_y_nm=Range(-half, half, "nm"),
+            move_nm=Range(0.0, self.specimen_size_nm, "nm"),
+        )
+
+
+class GroundTruth:
+    """Twin-only access to what a real instrument cannot report: for rewards and evaluation.
+
+    Args:
+        twin: The twin whose truth this exposes.
+    """
+
+    def __init__(self, twin: TwinMicroscope) -> None:
+        self._twin = twin
+
+    @property
+    def specimen(self) -> Specimen:
+        """The specimen under the beam."""
+        return self._twin.specimen
+
+    def view_center_nm(self) -> tuple[float, float]:
+        """True world position of the centre of the field of view [nm]."""
+        return self._twin._view_center_nm()
+
+    def view_bounds_nm(self, fov_nm: float | None = None) -> tuple[float, float, float, float]:
+        """True world box (x0, y0, x1, y1) of the present field of view [nm]."""
+        cx, cy = self.view_center_nm()
+        half = 0.5 * (self._twin._fov_nm if fov_nm is None else fov_nm)
+        return cx - half, cy - half, cx + half, cy + half
+
+    def defects_in_view(self) -> list[Defect]:
+        """Defects inside the present field of view."""
+        return self.specimen.defects_in(*self.view_bounds_nm())
+
+    def defects_in(self, x0: float, y0: float, x1: float, y1: float) -> list[Defect]:
+        """Defects inside a world box [nm]."""
+        return self.specimen.defects_in(x0, y0, x1, y1)
+
+    def stage_actual_nm(self) -> tuple[float, float]:
+        """True stage position [nm] (the reported one differs)."""
+        return self._twin._stage.actual_nm
+
+    def stage_commanded_nm(self) -> tuple[float, float]:
+        """Sum of all commanded moves [nm]."""
+        return self._twin._stage.commanded_nm
+
+    @property
+    def damage_events(self) -> list[str]:
+        """Knock-on events so far, oldest first."""
+        return list(self._twin._damage_events)
+
+
+class TwinMicroscope:
+    """A digital twin STEM that runs hyper-language commands.
+
+    Args:
+        family: Specimen family name or definition.
+        seed: Seed for the specimen and every random process of the session.
+        config: Microscope settings.
+    """
+
+    def __init__(
+        self,
+        family: str | SpecimenFamily = "graphene",
+        seed: int = 0,
+        config: TwinConfig | None = None,
+    ) -> None:
+        self.config = config or TwinConfig()
+        self._limits = self.config.resolved_limits()
+        self.truth = GroundTruth(self)
+        self.reset(seed=seed, family=family)
+
+    # -- session --------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None, family: str | SpecimenFamily | None = None) -> None:
+        """Load a fresh specimen and return the microscope to its initial settings.
+
+        Args:
+            seed: New seed; None keeps the present one.
+            family: New specimen family; None keeps the present one.
+        """
+        if seed is not None:
+            self.seed = int(seed)
+        if family is not None:
+            self.family = family
+        cfg = self.config
+        self.rng = np.random.default_rng(self.seed)
+        self.specimen = Specimen(self.family, seed=self.seed, size_nm=cfg.specimen_size_nm)
+        self._world_origin_nm = (0.5 * cfg.specimen_size_nm, 0.5 * cfg.specimen_size_nm)
+        self._stage = Stage(cfg.stage, self.rng)
+        self._optics = Optics(
+            voltage_kV=cfg.voltage_kV,
+            convergence_mrad=cfg.convergence_mrad,
+            aberrations_nm=dict(cfg.initial_aberrations_nm),
+        )
+        self._fov_nm = float(cfg.initial_fov_nm)
+        self._elapsed_s = 0.0
+        self._dose_e_per_A2 = 0.0
+        self._electrons = 0.0
+        self._n_scans = 0
+        self._n_spectra = 0
+        self._damage_events: list[str] = []
+        self._read_encoders()
+
+    @property
+    def limits(self) -> InstrumentLimits:
+        """Command limits checked before every command."""
+        return self._limits
+
+    @property
+    def optics(self) -> Optics:
+        """Present probe-forming optics."""
+        return self._optics
+
+    def _read_encoders(self) -> None:
+        # Encoders are read once per command, so asking for the state never consumes randomness
+        # and cannot change what later commands produce.
+        self._reported_nm = self._stage.reported_nm()
+
+    def state(self) -> InstrumentState:
+        """What the instrument reports about itself."""
+        x, y = self._reported_nm
+        aberrations = {name: self._optics.aberrations_nm[name] for name in TUNABLE_ABERRATIONS}
+        return InstrumentState(
+            stage_x_nm=x,
+            stage_y_nm=y,
+            fov_nm=self._fov_nm,
+            aberrations_nm=aberrations,
+            voltage_kV=self._optics.voltage_kV,
+            convergence_mrad=self._optics.convergence_mrad,
+            beam_current_pA=self.config.beam_current_pA,
+            elapsed_s=self._elapsed_s,
+            dose_e_per_A2=self._dose_e_per_A2,
+            electrons=self._electrons,
+            n_scans=self._n_scans,
+            n_spectra=self._n_spectra,
+        )
+
+    def close(self) -> None:
+        """Release resources (nothing to release for the twin)."""
+
+    def execute(self, command: Command) -> Result:
+        """Validate and run one command.
+
+        Args:
+            command: A hyper-language command.
+
+        Returns:
+            A :class:`Frame` for :class:`Scan`, an :class:`EELSSpectrum` for :class:`Spectrum`,
+            and the new :class:`InstrumentState` otherwise.
+
+        Raises:
+            CommandLimitError: The command is outside the limits; nothing changed.
+        """
+        validate(command, self.state(), self._limits)
+        result: Result
+        if isinstance(command, Scan):
+            result = self._scan(command)
+        elif isinstance(command, Spectrum):
+            result = self._spectrum(command)
+        elif isinstance(command, Zoom):
+            self._fov_nm = float(command.fov_nm)
+            self._advance(self.config.zoom_time_s)
+            result = self.state()
+        elif isinstance(command, Move):
+            duration = self._stage.move(command.dx_nm, command.dy_nm, self._elapsed_s)
+            self._advance(duration)
+            result = self.state()
+        elif isinstance(command, Tune):
+            current = self._optics.aberrations_nm[command.aberration]
+            self._optics = self._optics.replace_aberration(
+                command.aberration, current + command.delta_nm
+            )
+            self._advance(self.config.tune_time_s)
+            result = self.state()
+        else:  # pragma: no cover - validate() rejects unknown commands first
+            raise TypeError(f"unsupported command {command!r}")
+        self._read_encoders()
+        return result if isinstance(result, (Frame, EELSSpectrum)) else self.state()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _view_center_nm(self) -> tuple[float, float]:
+        ax, ay = self._stage.actual_nm
+        return self._world_origin_nm[0] + ax, self._world_origin_nm[1] + ay
+
+    def _advance(self, duration_s: float) -> None:
+        self._stage.advance(self._elapsed_s, self._elapsed_s + duration_s)
+        self._elapsed_s += duration_s
+
+    def _raster(self, size_px: int, dwell_us: float) -> RasterGeometry:
+        timing = self.config.timing
+        t0 = self._elapsed_s
+        line_times = t0 + timing.line_start_times_s(size_px, dwell_us)
+        # The beam samples the specimen at (view centre + stage drift); the raster geometry takes
+        # the specimen displacement, which is the opposite.
+        stage_drift = self._stage.drift_path_nm(t0, line_times)
+        velocity = np.array([self._stage.drift_velocity_nm_per_s(t) for t in line_times])
+        jitter = timing.line_jitter_nm * self.rng.standard_normal(size_px)
+        return RasterGeometry(
+            center_nm=self._view_center_nm(),
+            fov_nm=self._fov_nm,
+            size_px=size_px,
+            dwell_us=dwell_us,
+            line_drift_nm=-stage_drift,
+            line_velocity_nm_per_s=-velocity,
+            line_jitter_nm=jitter,
+        )
+
+    def _event_probability(
+        self, numbers: np.ndarray, sites: np.ndarray, dose: np.ndarray
+    ) -> np.ndarray:
+        assert self.config.damage is not None
+        # Contamination is modelled as inert: its atoms' motion is not a defect of the specimen.
+        crystal = sites != "amorphous"
+        probability = np.zeros(len(numbers))
+        if crystal.any():
+            symbols = np.array([SYMBOLS.get(int(z), "C") for z in numbers[crystal]])
+            site_names = np.array([_DAMAGE_SITE[str(s)] for s in sites[crystal]])
+            probability[crystal] = self.config.damage.event_probabilities(
+                symbols, site_names, self._optics.voltage_kV, dose[crystal]
+            )
+        return probability
+
+    def _scan(self, command: Scan) -> Frame:
+        cfg = self.config
+        size, dwell = int(command.size_px), float(command.dwell_us)
+        start = self._elapsed_s
+        reported = self._reported_nm
+        geometry = self._raster(size, dwell)
+        counts = acquire_haadf(
+            self.specimen, self._optics, geometry, cfg.timing, cfg.detector,
+            cfg.beam_current_pA, self.rng,
+        )
+        per_pixel = electrons_per_pixel(cfg.beam_current_pA, dwell)
+        pixel_A2 = (geometry.pixel_nm**2) * _A2_PER_NM2
+        dose = per_pixel / pixel_A2
+        if cfg.damage is not None:
+            cx, cy = geometry.center_nm
+            half = 0.5 * self._fov_nm
+            self._damage_events += self.specimen.irradiate(
+                cx - half, cy - half, cx + half, cy + half, dose, self._event_probability, self.rng
+            )
+        self._advance(cfg.timing.frame_time_s(size, dwell))
+        self._dose_e_per_A2 += dose
+        self._electrons += per_pixel * size * size
+        self._n_scans += 1
+        return Frame(
+            counts=counts,
+            fov_nm=self._fov_nm,
+            stage_x_nm=reported[0],
+            stage_y_nm=reported[1],
+            dwell_us=dwell,
+            dose_e_per_A2=dose,
+            start_time_s=start,
+            end_time_s=self._elapsed_s,
+            detector=command.detector,
+        )
+
+    def _probe_weights(self) -> tuple[np.ndarray, float]:
+        """Probe intensity [1/nm²] on a small grid, blurred by inelastic delocalisation."""
+        cached = getattr(self, "_probe_cache", None)
+        if cached is not None and cached[0] == self._optics:
+            return cached[1], cached[2]
+        n, p = _EELS_PROBE_GRID, _EELS_PROBE_PIXEL_NM
+        intensity = probe_intensity(self._optics, (n, n), p, centered=True)
+        k = np.fft.fftfreq(n, d=p)
+        blur = np.exp(-2.0 * (np.pi * _EELS_DELOCALIZATION_NM) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+        intensity = np.real(np.fft.ifft2(np.fft.fft2(np.fft.ifftshift(intensity)) * blur))
+        intensity = np.fft.fftshift(np.maximum(intensity, 0.0)) / (p * p)
+        self._probe_cache = (self._optics, intensity, p)
+        return intensity, p
+
+    def _spectrum(self, command: Spectrum) -> EELSSpectrum:
+        cfg = self.config
+        start = self._elapsed_s
+        reported = self._reported_nm
+        cx, cy = self._view_center_nm()
+        x = cx + (float(command.x) - 0.5) * self._fov_nm
+        y = cy + (float(command.y) - 0.5) * self._fov_nm
+        probe, p = self._probe_weights()
+        n = probe.shape[0]
+        half = 0.5 * n * p
+        atoms = self.specimen.atoms_in(x - half, y - half, x + half, y + half)
+
+        def weight_at(xy: np.ndarray) -> np.ndarray:
+            col = np.clip(np.round((xy[:, 0] - x) / p + n / 2).astype(int), 0, n - 1)
+            row = np.clip(np.round((xy[:, 1] - y) / p + n / 2).astype(int), 0, n - 1)
+            return probe[row, col]
+
+        composition: dict[str, float] = {}
+        environment: dict[str, float] = {}
+        if len(atoms):
+            w = weight_at(atoms.xy) * atoms.counts
+            for z in np.unique(atoms.numbers):
+                symbol = SYMBOLS.get(int(z))
+                if symbol is None:
+                    continue
+                of_z = atoms.numbers == z
+                composition[symbol] = float(w[of_z].sum())
+                under = of_z & np.isin(atoms.sites, _UNDERCOORDINATED)
+                if under.any():
+                    environment[symbol] = float(w[under].sum())
+        exposure_ms = float(command.exposure_ms)
+        counts = acquire_spectrum(
+            composition, exposure_ms, cfg.eels, self.rng, cfg.energy_axis, environment=environment
+        )
+        electrons = cfg.beam_current_pA * 1e-12 * exposure_ms * 1e-3 / 1.602176634e-19
+        # Areal dose at the probe peak: the quantity that drives knock-on damage.
+        peak_density_per_nm2 = float(probe.max())
+        dose_peak = electrons * peak_density_per_nm2 / _A2_PER_NM2
+        if cfg.damage is not None and len(atoms):
+            peak = probe.max()
+            self._damage_events += self.specimen.irradiate(
+                x - half, y - half, x + half, y + half, dose_peak, self._event_probability,
+                self.rng, weight=lambda xy: weight_at(xy) / peak,
+            )
+        self._advance(exposure_ms * 1e-3 + cfg.spectrum_readout_s)
+        self._dose_e_per_A2 += dose_peak
+        self._electrons += electrons
+        self._n_spectra += 1
+        return EELSSpectrum(
+            energy_eV=cfg.energy_axis.values(),
+            counts=counts,
+            x=float(command.x),
+            y=float(command.y),
+            exposure_ms=exposure_ms,
+            stage_x_nm=reported[0],
+            stage_y_nm=reported[1],
+            dose_e_per_A2=dose_peak,
+            start_time_s=start,
+            end_time_s=self._elapsed_s,
+        )
+
+    # -- convenience ----------------------------------------------------------------------
+
+    def run(self, commands: Sequence[Command]) -> list[Result]:
+        """Execute several commands in order and return their results."""
+        return [self.execute(c) for c in commands]
+
+    def with_config(self, **changes: object) -> TwinMicroscope:
+        """A new twin with the same specimen and some settings replaced."""
+        config = dataclasses.replace(self.config, **changes)  # type: ignore[arg-type]
+        return TwinMicroscope(self.family, self.seed, config)
+
+
+__all__ = ["GroundTruth", "TwinConfig", "TwinMicroscope"]
