@@ -165,7 +165,7 @@ def test_irradiation_with_certain_knockout_creates_vacancies_and_ground_truth():
     vacancies_before = sum(d.kind == "vacancy" for d in specimen.defects_in(*box))
 
     def always(numbers, sites, dose):
-        return np.where(sites == "lattice", 1.0, 0.0)
+        return np.where(sites == 0, 1.0, 0.0)  # lattice sites
 
     events = specimen.irradiate(*box, 1e6, always, np.random.default_rng(0))
     after = specimen.atoms_in(*box)

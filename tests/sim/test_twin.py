@@ -51,12 +51,14 @@ def test_same_seed_gives_identical_frames_and_spectra():
     results = []
     for _ in range(2):
         twin = TwinMicroscope("graphene", seed=7)
-        results.append([
-            twin.execute(Scan(64, 1.0)).counts,
-            twin.execute(Move(5.0, -3.0)),
-            twin.execute(Scan(64, 1.0)).counts,
-            twin.execute(Spectrum(0.4, 0.6, 5.0)).counts,
-        ])
+        results.append(
+            [
+                twin.execute(Scan(64, 1.0)).counts,
+                twin.execute(Move(5.0, -3.0)),
+                twin.execute(Scan(64, 1.0)).counts,
+                twin.execute(Spectrum(0.4, 0.6, 5.0)).counts,
+            ]
+        )
     a, b = results
     np.testing.assert_array_equal(a[0], b[0])
     assert a[1] == b[1]
@@ -89,8 +91,13 @@ def test_clock_matches_the_seed_004_acquisition_time():
 
 def test_every_command_costs_time():
     twin = TwinMicroscope("graphene", seed=0)
-    for command in (Zoom(8.0), Move(10.0, 0.0), Tune("C10", 1.0), Spectrum(0.5, 0.5, 2.0),
-                    Scan(32, 1.0)):
+    for command in (
+        Zoom(8.0),
+        Move(10.0, 0.0),
+        Tune("C10", 1.0),
+        Spectrum(0.5, 0.5, 2.0),
+        Scan(32, 1.0),
+    ):
         before = twin.state().elapsed_s
         twin.execute(command)
         assert twin.state().elapsed_s > before, command
@@ -124,8 +131,9 @@ def _snr(frames):
 
 
 def test_longer_dwell_gives_better_signal_to_noise():
-    config = TwinConfig(damage=None, stage=QUIET_STAGE, initial_fov_nm=4.0,
-                        timing=RasterTiming(line_jitter_nm=0.0))
+    config = TwinConfig(
+        damage=None, stage=QUIET_STAGE, initial_fov_nm=4.0, timing=RasterTiming(line_jitter_nm=0.0)
+    )
     snr = []
     for dwell in (0.5, 8.0):
         twin = TwinMicroscope("graphene", seed=0, config=config)
@@ -135,10 +143,17 @@ def test_longer_dwell_gives_better_signal_to_noise():
 
 def test_drift_distorts_slow_scans_only():
     drifting = dataclasses.replace(QUIET_STAGE, thermal_drift_nm_per_s=0.5)
-    config = TwinConfig(damage=None, stage=drifting, timing=RasterTiming(line_jitter_nm=0.0),
-                        beam_current_pA=300.0, initial_fov_nm=6.0)
+    config = TwinConfig(
+        damage=None,
+        stage=drifting,
+        timing=RasterTiming(line_jitter_nm=0.0),
+        beam_current_pA=300.0,
+        initial_fov_nm=6.0,
+    )
     fast = TwinMicroscope("graphene", seed=0, config=config)
-    still = TwinMicroscope("graphene", seed=0, config=dataclasses.replace(config, stage=QUIET_STAGE))
+    still = TwinMicroscope(
+        "graphene", seed=0, config=dataclasses.replace(config, stage=QUIET_STAGE)
+    )
     from scopegym.sim.imaging import scattered_fraction
 
     def expected(twin, dwell):
@@ -152,18 +167,29 @@ def test_drift_distorts_slow_scans_only():
     assert slow_err > 2.5 * fast_err
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     command=st.one_of(
         st.builds(Scan, st.integers(-10, 5000), st.floats(allow_nan=True, allow_infinity=True)),
         st.builds(Zoom, st.floats(allow_nan=True, allow_infinity=True)),
-        st.builds(Move, st.floats(allow_nan=True, allow_infinity=True),
-                  st.floats(allow_nan=True, allow_infinity=True)),
-        st.builds(Spectrum, st.floats(allow_nan=True, allow_infinity=True),
-                  st.floats(allow_nan=True, allow_infinity=True),
-                  st.floats(allow_nan=True, allow_infinity=True)),
-        st.builds(Tune, st.sampled_from(["C10", "C12a", "C21b", "C30", "defocus"]),
-                  st.floats(allow_nan=True, allow_infinity=True)),
+        st.builds(
+            Move,
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.floats(allow_nan=True, allow_infinity=True),
+        ),
+        st.builds(
+            Spectrum,
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.floats(allow_nan=True, allow_infinity=True),
+            st.floats(allow_nan=True, allow_infinity=True),
+        ),
+        st.builds(
+            Tune,
+            st.sampled_from(["C10", "C12a", "C21b", "C30", "defocus"]),
+            st.floats(allow_nan=True, allow_infinity=True),
+        ),
     )
 )
 def test_refused_commands_leave_the_twin_unchanged(twin, command):
@@ -219,8 +245,13 @@ def test_tune_changes_the_reported_aberration_with_aliases():
 
 
 def test_defocus_blurs_the_image():
-    config = TwinConfig(damage=None, stage=QUIET_STAGE, timing=RasterTiming(line_jitter_nm=0.0),
-                        beam_current_pA=3000.0, initial_fov_nm=6.0)
+    config = TwinConfig(
+        damage=None,
+        stage=QUIET_STAGE,
+        timing=RasterTiming(line_jitter_nm=0.0),
+        beam_current_pA=3000.0,
+        initial_fov_nm=6.0,
+    )
     sharp = TwinMicroscope("graphene", seed=0, config=config)
     blurred = TwinMicroscope("graphene", seed=0, config=config)
     blurred.execute(Tune("C10", 10.0))
@@ -280,8 +311,11 @@ def test_spectrum_on_a_dopant_shows_silicon():
     twin.execute(Zoom(40.0))
     specimen = twin.specimen
     spot = specimen.layout.hotspots.centers[0]
-    dopants = [d for d in specimen.defects_in(spot[0] - 20, spot[1] - 20, spot[0] + 20, spot[1] + 20)
-               if d.kind == "dopant"]
+    dopants = [
+        d
+        for d in specimen.defects_in(spot[0] - 20, spot[1] - 20, spot[0] + 20, spot[1] + 20)
+        if d.kind == "dopant"
+    ]
     assert dopants
     d = dopants[0]
     cx, cy = twin.truth.view_center_nm()

@@ -36,7 +36,8 @@ class HAADFDetector:
         outer_mrad: Outer collection semi-angle [mrad].
         gain: Signal per detected electron [counts/electron].
         offset: Dark level [counts].
-        read_noise: Standard deviation of the Gaussian read noise [counts].
+        read_noise: Standard deviation of the read noise [counts].
+
     """
 
     inner_mrad: float = 80.0
@@ -55,6 +56,7 @@ class RasterTiming:
         overhead_s: Set-up and read-out time per frame [s].
         line_jitter_nm: RMS random displacement of each scan line along x [nm].
         atomic_pixel_limit_nm: Largest pixel for which atoms are rendered individually [nm].
+
     """
 
     flyback_us: float = 500.0
@@ -64,7 +66,9 @@ class RasterTiming:
 
     def frame_time_s(self, size_px: int, dwell_us: float) -> float:
         """Duration of one frame: pixels × dwell, plus flyback per line, plus overhead [s]."""
-        return size_px * size_px * dwell_us * 1e-6 + size_px * self.flyback_us * 1e-6 + self.overhead_s
+        return (
+            size_px * size_px * dwell_us * 1e-6 + size_px * self.flyback_us * 1e-6 + self.overhead_s
+        )
 
     def line_start_times_s(self, size_px: int, dwell_us: float) -> np.ndarray:
         """Start time of each line's first pixel, relative to the frame start [s]."""
@@ -84,6 +88,7 @@ class RasterGeometry:
         line_drift_nm: Specimen displacement at the start of each line, shape (N, 2) [nm].
         line_velocity_nm_per_s: Specimen velocity during each line, shape (N, 2) [nm/s].
         line_jitter_nm: Beam displacement of each line along x, shape (N,) [nm].
+
     """
 
     center_nm: tuple[float, float]
@@ -111,17 +116,29 @@ class RasterGeometry:
         x0, y0 = self.first_pixel_nm
         j = np.arange(n)[None, :]
         t_in_line = j * self.dwell_us * 1e-6
-        x = (x0 + j * p + self.line_jitter_nm[:, None] - self.line_drift_nm[:, 0:1]
-             - self.line_velocity_nm_per_s[:, 0:1] * t_in_line)
-        y = (y0 + np.arange(n)[:, None] * p - self.line_drift_nm[:, 1:2]
-             - self.line_velocity_nm_per_s[:, 1:2] * t_in_line)
+        x = (
+            x0
+            + j * p
+            + self.line_jitter_nm[:, None]
+            - self.line_drift_nm[:, 0:1]
+            - self.line_velocity_nm_per_s[:, 0:1] * t_in_line
+        )
+        y = (
+            y0
+            + np.arange(n)[:, None] * p
+            - self.line_drift_nm[:, 1:2]
+            - self.line_velocity_nm_per_s[:, 1:2] * t_in_line
+        )
         return x, y
 
     def bounds_nm(self, margin_nm: float) -> tuple[float, float, float, float]:
         """World box covering every sampled point plus a margin [nm]."""
         x0, y0 = self.first_pixel_nm
         shift = np.abs(self.line_drift_nm).max(initial=0.0) + (
-            np.abs(self.line_velocity_nm_per_s).max(initial=0.0) * self.size_px * self.dwell_us * 1e-6
+            np.abs(self.line_velocity_nm_per_s).max(initial=0.0)
+            * self.size_px
+            * self.dwell_us
+            * 1e-6
         )
         reach = margin_nm + shift + np.abs(self.line_jitter_nm).max(initial=0.0)
         span = self.fov_nm - self.pixel_nm
@@ -164,9 +181,14 @@ def _splat(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, size: int) -
     r0, c0, fr, fc, w = r0[inside], c0[inside], fr[inside], fc[inside], weights[inside]
     flat = r0 * size + c0
     index = np.concatenate([flat, flat + 1, flat + size, flat + size + 1])
-    values = np.concatenate([
-        w * (1 - fr) * (1 - fc), w * (1 - fr) * fc, w * fr * (1 - fc), w * fr * fc,
-    ])
+    values = np.concatenate(
+        [
+            w * (1 - fr) * (1 - fc),
+            w * (1 - fr) * fc,
+            w * fr * (1 - fc),
+            w * fr * fc,
+        ]
+    )
     return np.bincount(index, weights=values, minlength=size * size).reshape(size, size)
 
 
@@ -196,7 +218,10 @@ class _ExpectedImage:
 
 
 def _expected_image(
-    specimen: Specimen, optics: Optics, geometry: RasterGeometry, timing: RasterTiming,
+    specimen: Specimen,
+    optics: Optics,
+    geometry: RasterGeometry,
+    timing: RasterTiming,
 ) -> _ExpectedImage:
     p = geometry.pixel_nm
     n = geometry.size_px
@@ -220,7 +245,10 @@ def _expected_image(
 
 
 def scattered_fraction(
-    specimen: Specimen, optics: Optics, geometry: RasterGeometry, timing: RasterTiming,
+    specimen: Specimen,
+    optics: Optics,
+    geometry: RasterGeometry,
+    timing: RasterTiming,
 ) -> np.ndarray:
     """Noise-free fraction of the beam scattered onto the HAADF detector at each pixel.
 
@@ -232,11 +260,12 @@ def scattered_fraction(
 
     Returns:
         Fraction per incident electron, shape (N, N), float64.
+
     """
     expected = _expected_image(specimen, optics, geometry, timing)
     n = geometry.size_px
     r0, c0 = expected.origin
-    window = expected.values[r0:r0 + n, :]
+    window = expected.values[r0 : r0 + n, :]
     shifted = _shift_rows(window, expected.shift_px + c0)[:, :n]
     return np.maximum(shifted, 0.0) * expected.scale
 
@@ -268,11 +297,19 @@ def acquire_haadf(
 
     Returns:
         Detector signal [counts], float32, shape (N, N).
+
     """
     expected = _expected_image(specimen, optics, geometry, timing)
     n = geometry.size_px
     scale = expected.scale * electrons_per_pixel(beam_current_pA, geometry.dwell_us)
     return noise.detect_rows(
-        expected.values, expected.origin, (n, n), expected.shift_px, scale, rng,
-        gain=detector.gain, offset=detector.offset, read_noise=detector.read_noise,
+        expected.values,
+        expected.origin,
+        (n, n),
+        expected.shift_px,
+        scale,
+        rng,
+        gain=detector.gain,
+        offset=detector.offset,
+        read_noise=detector.read_noise,
     )

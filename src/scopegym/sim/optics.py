@@ -81,6 +81,7 @@ def electron_wavelength_nm(voltage_kV: float) -> float:
 
     Raises:
         ValueError: If the voltage is not a positive finite number.
+
     """
     if not (math.isfinite(voltage_kV) and voltage_kV > 0.0):
         raise ValueError(f"voltage_kV must be positive and finite, got {voltage_kV!r}")
@@ -126,6 +127,7 @@ class AberrationCoefficients(Mapping[str, float]):
         Raises:
             UnknownAberrationError: If a name is neither a coefficient name nor an alias.
             ValueError: If a value is not finite, or two keys name the same coefficient.
+
         """
         by_name = dict.fromkeys(ABERRATION_NAMES, 0.0)
         seen: dict[str, str] = {}
@@ -174,6 +176,7 @@ class AberrationCoefficients(Mapping[str, float]):
         Returns:
             One tuple per non-zero coefficient: order ``n``, fold ``m``, whether it is the
             ``b`` (sine) component, and the value [nm].
+
         """
         return tuple(
             (*_ORDERS[name], value)
@@ -263,6 +266,7 @@ class Optics:
             default) gives a sharp aperture; on a sampled grid the edge is in any case ramped
             over one reciprocal-space pixel, which is what ``abtem.Probe`` does by default
             (``soft=True``), so the default matches abTEM.
+
     """
 
     voltage_kV: float = 60.0
@@ -309,6 +313,7 @@ class Optics:
 
         Returns:
             New :class:`Optics`; this one is unchanged.
+
         """
         values = dict(self.aberrations_nm)
         for key, delta in deltas_nm.items():
@@ -325,6 +330,7 @@ class Optics:
 
         Returns:
             New :class:`Optics`; this one is unchanged.
+
         """
         values = dict(self.aberrations_nm)
         values[canonical_aberration(name)] = float(value_nm)
@@ -339,6 +345,7 @@ class Optics:
 
         Returns:
             chi [rad], float64, of the broadcast shape.
+
         """
         wavelength = self.wavelength_nm
         u_rad = np.asarray(kx, float) * wavelength
@@ -364,6 +371,7 @@ class Optics:
 
         Returns:
             Transmission in [0, 1], float64, of the broadcast shape.
+
         """
         wavelength = self.wavelength_nm
         grid_dalpha = (
@@ -463,6 +471,7 @@ def oversampling_factor(optics: Optics, pixel_nm: float) -> int:
     Returns:
         Smallest ``f >= 1`` with Nyquist frequency ``f / (2 pixel_nm)`` at least
         :data:`NYQUIST_MARGIN` times the aperture edge frequency.
+
     """
     needed = 2.0 * NYQUIST_MARGIN * optics.aperture_edge_per_nm * pixel_nm
     return max(1, math.ceil(needed - 1e-9))
@@ -623,6 +632,7 @@ def probe_intensity(
 
     Returns:
         float64 array of ``shape``, summing to 1.
+
     """
     shape, pixel_nm = _validated_grid(shape, pixel_nm)
     intensity = np.asarray(_probe_at_origin(optics, shape, pixel_nm, single=False), np.float64)
@@ -659,6 +669,7 @@ def psf_transfer(
 
     Returns:
         complex64 array of shape ``(ny, nx // 2 + 1)``; its ``[0, 0]`` entry is 1.
+
     """
     shape, pixel = _validated_grid(padded_shape, pixel_nm)
     return _psf_transfer_cached(optics, shape, pixel)
@@ -680,6 +691,7 @@ def probe_radius_nm(optics: Optics, fraction: float = 0.99) -> float:
 
     Raises:
         ValueError: If ``fraction`` is not in (0, 1).
+
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
@@ -792,6 +804,7 @@ def measure_fwhm_nm(
 
     Raises:
         ValueError: If the profile does not fall below half maximum inside the image.
+
     """
     image = np.asarray(intensity, float)
     if image.ndim != 2:
@@ -844,6 +857,7 @@ def probe_fwhm_nm(
 
     Returns:
         FWHM [nm].
+
     """
     blur_nm = _geometric_blur_radius_nm(optics)
     scale_nm = max(optics.wavelength_nm / (optics.convergence_mrad * 1e-3), blur_nm)

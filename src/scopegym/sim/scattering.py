@@ -18,8 +18,21 @@ import numpy as np
 
 #: Chemical symbols by atomic number, for the elements the twin's specimens use.
 SYMBOLS: dict[int, str] = {
-    1: "H", 5: "B", 6: "C", 7: "N", 8: "O", 14: "Si", 15: "P", 16: "S", 22: "Ti", 26: "Fe",
-    38: "Sr", 42: "Mo", 57: "La", 74: "W", 79: "Au",
+    1: "H",
+    5: "B",
+    6: "C",
+    7: "N",
+    8: "O",
+    14: "Si",
+    15: "P",
+    16: "S",
+    22: "Ti",
+    26: "Fe",
+    38: "Sr",
+    42: "Mo",
+    57: "La",
+    74: "W",
+    79: "Au",
 }
 ATOMIC_NUMBERS: dict[str, int] = {symbol: z for z, symbol in SYMBOLS.items()}
 
@@ -31,7 +44,9 @@ _FALLBACK_CARBON_NM2 = 1.2e-4
 @functools.cache
 def _table() -> dict[str, object] | None:
     try:
-        text = resources.files("scopegym.sim").joinpath("data/haadf_cross_sections.json").read_text()
+        text = (
+            resources.files("scopegym.sim").joinpath("data/haadf_cross_sections.json").read_text()
+        )
     except (FileNotFoundError, ModuleNotFoundError):
         return None
     return dict(json.loads(text))
@@ -48,6 +63,7 @@ def haadf_cross_section_nm2(atomic_number: int, voltage_kV: float) -> float:
     Returns:
         The fraction of incident electrons scattered into the detector, integrated over probe
         positions [nm²].
+
     """
     table = _table()
     symbol = SYMBOLS.get(int(atomic_number))

@@ -26,7 +26,7 @@ from scopegym.sim.scattering import SYMBOLS, haadf_cross_section_nm2
 
 TILE_NM = 8.0
 
-#: (atomic numbers, site names, doses [e/Å²]) -> per-atom knock-on probabilities.
+#: (atomic numbers, site codes, doses [e/Å²]) -> per-atom knock-on probabilities.
 EventProbability = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
 #: positions [nm] -> fraction of the dose each receives.
 WeightFunction = Callable[[np.ndarray], np.ndarray]
@@ -34,7 +34,13 @@ WeightFunction = Callable[[np.ndarray], np.ndarray]
 # Site codes stored per atom. They select displacement thresholds and EELS fine structure.
 LATTICE, DOPANT, ADATOM, AMORPHOUS, EDGE, VACANCY_NEIGHBOR, DOPANT_NEIGHBOR = range(7)
 SITE_NAMES = (
-    "lattice", "dopant", "adatom", "amorphous", "edge", "vacancy_neighbor", "dopant_neighbor",
+    "lattice",
+    "dopant",
+    "adatom",
+    "amorphous",
+    "edge",
+    "vacancy_neighbor",
+    "dopant_neighbor",
 )
 
 #: Ground-truth defect kinds.
@@ -59,6 +65,7 @@ class BasisSite:
             crystal with a thickness wedge this is atoms per unit-cell repeat along the beam.
         dopant_number: Element that substitutes this site when it is doped (0: never doped).
         can_vacate: Whether this site loses atoms as point vacancies.
+
     """
 
     frac: tuple[float, float]
@@ -94,6 +101,7 @@ class SpecimenFamily:
         thickness_nm: Specimen thickness at the two ends of a wedge along x [nm]; for crystals
             viewed down a column axis (``count`` then multiplies thickness / repeat_nm).
         repeat_nm: Repeat distance along the beam for column counts [nm]; 0 for 2D materials.
+
     """
 
     name: str
@@ -135,7 +143,7 @@ def _hexagonal(a: float) -> tuple[tuple[float, float], tuple[float, float]]:
 
 
 FAMILIES: dict[str, SpecimenFamily] = {
-    # CVD graphene with Si substitutions (Susi et al. 2014 type samples), vacancies, grain boundaries.
+    # CVD graphene with Si substitutions (as in Susi et al. 2014), vacancies and grain boundaries.
     "graphene": SpecimenFamily(
         name="graphene",
         lattice_nm=_hexagonal(_GRAPHENE_A),
@@ -218,6 +226,7 @@ class Defect:
         y_nm: World y position [nm].
         element: Chemical symbol of the atom involved ("" when none).
         uid: Stable identifier, unique within the specimen.
+
     """
 
     kind: str
@@ -237,6 +246,7 @@ class Atoms:
         counts: Atoms in each projected column, shape (n,).
         sites: Site codes (:data:`SITE_NAMES`), shape (n,).
         dose: Accumulated areal dose each atom received [e/Å²], shape (n,).
+
     """
 
     xy: np.ndarray
@@ -249,8 +259,11 @@ class Atoms:
     def empty(cls) -> Atoms:
         """Return a set of zero atoms."""
         return cls(
-            np.zeros((0, 2)), np.zeros(0, np.int16), np.zeros(0, np.float32),
-            np.zeros(0, np.int8), np.zeros(0, np.float32),
+            np.zeros((0, 2)),
+            np.zeros(0, np.int16),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.int8),
+            np.zeros(0, np.float32),
         )
 
     @classmethod
@@ -272,7 +285,10 @@ class Atoms:
     def select(self, mask: np.ndarray) -> Atoms:
         """Return the atoms where ``mask`` is true (copies)."""
         return Atoms(
-            self.xy[mask], self.numbers[mask], self.counts[mask], self.sites[mask],
+            self.xy[mask],
+            self.numbers[mask],
+            self.counts[mask],
+            self.sites[mask],
             self.dose[mask],
         )
 
@@ -317,11 +333,11 @@ def _site_uniform(key: int, i: np.ndarray, j: np.ndarray, b: np.ndarray, salt: i
 
 
 def _key(*values: int) -> int:
-    h = np.uint64(0x2545F4914F6CDD1D)
+    h = np.array([0x2545F4914F6CDD1D], dtype=np.uint64)
     with np.errstate(over="ignore"):
         for v in values:
-            h = _mix64(np.asarray(h ^ np.uint64(v & 0xFFFFFFFFFFFFFFFF)))[()]
-    return int(h)
+            h = _mix64(h ^ np.uint64(v & 0xFFFFFFFFFFFFFFFF))
+    return int(h[0])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -339,7 +355,11 @@ class _Blobs:
 
     @classmethod
     def draw(
-        cls, rng: np.random.Generator, count: int, size_nm: float, radius_nm: tuple[float, float],
+        cls,
+        rng: np.random.Generator,
+        count: int,
+        size_nm: float,
+        radius_nm: tuple[float, float],
     ) -> _Blobs:
         median, maximum = radius_nm
         radii = np.minimum(median * np.exp(0.6 * rng.standard_normal(count)), maximum)
@@ -367,9 +387,7 @@ class _Blobs:
         """Indices of the points inside the bounding box of blob ``index`` (plus a margin)."""
         reach = self.radii[index] * 1.4 + margin
         cx, cy = self.centers[index]
-        return np.flatnonzero(
-            (np.abs(xy[:, 0] - cx) <= reach) & (np.abs(xy[:, 1] - cy) <= reach)
-        )
+        return np.flatnonzero((np.abs(xy[:, 0] - cx) <= reach) & (np.abs(xy[:, 1] - cy) <= reach))
 
     def rim_distance(self, index: int, xy: np.ndarray) -> np.ndarray:
         """Radial distance outside the rim of blob ``index`` (negative inside) [nm]."""
@@ -412,6 +430,7 @@ class Specimen:
         seed: Integer seed; the same (family, seed) gives the same specimen.
         size_nm: Edge of the square world [nm] (≥ 1000).
         max_cached_tiles: Undamaged tiles kept in memory.
+
     """
 
     def __init__(
@@ -461,8 +480,9 @@ class Specimen:
         thickness = fam.contamination_thickness_nm * rng.uniform(0.3, 1.0, len(contamination))
         islands = blobs(fam.islands_per_um2, fam.island_radius_nm)
         hotspots = blobs(fam.hotspots_per_um2, (40.0, 100.0))
-        return _Layout(centers, angles, offsets, tree, holes, contamination, thickness, islands,
-                       hotspots)
+        return _Layout(
+            centers, angles, offsets, tree, holes, contamination, thickness, islands, hotspots
+        )
 
     # -- geometry helpers -------------------------------------------------------------------
 
@@ -475,7 +495,10 @@ class Specimen:
     def in_hole(self, xy: np.ndarray) -> np.ndarray:
         """Whether each point [nm] is over vacuum (inside a hole or outside the world)."""
         inside = (
-            (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= self.size_nm) | (xy[:, 1] >= self.size_nm)
+            (xy[:, 0] < 0)
+            | (xy[:, 1] < 0)
+            | (xy[:, 0] >= self.size_nm)
+            | (xy[:, 1] >= self.size_nm)
         )
         if len(xy) == 0:
             return inside
@@ -490,7 +513,8 @@ class Specimen:
         if len(xy) == 0:
             return result
         holes = self.layout.holes
-        for h in holes.near(*xy.min(0), *xy.max(0), margin=margin):
+        (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+        for h in holes.near(x0, y0, x1, y1, margin=margin):
             idx = holes.candidates(int(h), xy, margin)
             result[idx] = np.minimum(result[idx], holes.rim_distance(int(h), xy[idx]))
         return result
@@ -537,7 +561,13 @@ class Specimen:
     # -- lattice generation -----------------------------------------------------------------
 
     def _lattice_sites(
-        self, grain: int, x0: float, y0: float, x1: float, y1: float, shift: tuple[float, float],
+        self,
+        grain: int,
+        x0: float,
+        y0: float,
+        x1: float,
+        y1: float,
+        shift: tuple[float, float],
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Sites of one grain's lattice inside a box: positions, i, j and basis index."""
         fam = self.family
@@ -550,8 +580,10 @@ class Specimen:
         ij = corners @ np.linalg.inv(vectors)
         i_lo, j_lo = np.floor(ij.min(0)).astype(int) - 1
         i_hi, j_hi = np.ceil(ij.max(0)).astype(int) + 1
-        ii, jj = np.meshgrid(np.arange(i_lo, i_hi + 1), np.arange(j_lo, j_hi + 1), indexing="ij")
-        ii, jj = ii.ravel(), jj.ravel()
+        i_grid, j_grid = np.meshgrid(
+            np.arange(i_lo, i_hi + 1), np.arange(j_lo, j_hi + 1), indexing="ij"
+        )
+        ii, jj = i_grid.ravel(), j_grid.ravel()
         frac = np.asarray([b.frac for b in fam.basis])
         nb = len(fam.basis)
         cell_xy = np.stack([ii, jj], axis=1).astype(float) @ vectors + origin
@@ -604,22 +636,29 @@ class Specimen:
             cross = pairs[g_idx[pairs[:, 0]] != g_idx[pairs[:, 1]]]
             boundary_atom[cross.ravel()] = True
             close = cross[np.hypot(*(xy[cross[:, 0]] - xy[cross[:, 1]]).T) < _MIN_SEPARATION_NM]
-            drop = np.where(
-                g_idx[close[:, 0]] > g_idx[close[:, 1]], close[:, 0], close[:, 1]
-            )
+            drop = np.where(g_idx[close[:, 0]] > g_idx[close[:, 1]], close[:, 0], close[:, 1])
             keep = np.ones(len(xy), dtype=bool)
             keep[drop] = False
         else:
             keep = np.ones(len(xy), dtype=bool)
         inside = (xy[:, 0] >= x0) & (xy[:, 0] < x1) & (xy[:, 1] >= y0) & (xy[:, 1] < y1)
         keep &= inside
-        xy, i_idx, j_idx, b_idx, g_idx = xy[keep], i_idx[keep], j_idx[keep], b_idx[keep], g_idx[keep]
+        xy, i_idx, j_idx, b_idx, g_idx = (
+            xy[keep],
+            i_idx[keep],
+            j_idx[keep],
+            b_idx[keep],
+            g_idx[keep],
+        )
         boundary_atom = boundary_atom[keep]
 
         # Holes remove atoms; the outermost row becomes edge atoms.
         rim = self._hole_rim_distance(xy, margin=1.0)
         outside_world = (
-            (xy[:, 0] < 0) | (xy[:, 1] < 0) | (xy[:, 0] >= self.size_nm) | (xy[:, 1] >= self.size_nm)
+            (xy[:, 0] < 0)
+            | (xy[:, 1] < 0)
+            | (xy[:, 0] >= self.size_nm)
+            | (xy[:, 1] >= self.size_nm)
         )
         present = (rim >= 0.0) & ~outside_world
         edge = present & (rim < _EDGE_BAND_NM)
@@ -721,7 +760,10 @@ class Specimen:
         n_lattice = int(alive.sum())
         if n_lattice and (full_vacancy.any() or dopant.any()):
             tree = cKDTree(atoms.xy[:n_lattice])
-            for centers, code in ((xy[dopant], DOPANT_NEIGHBOR), (xy[full_vacancy], VACANCY_NEIGHBOR)):
+            for centers, code in (
+                (xy[dopant], DOPANT_NEIGHBOR),
+                (xy[full_vacancy], VACANCY_NEIGHBOR),
+            ):
                 if len(centers) == 0:
                     continue
                 for nbrs in tree.query_ball_point(centers, _NEIGHBOR_NM):
@@ -739,8 +781,13 @@ class Specimen:
             duid.append(uids.astype(np.int64))
 
         def site_uids(kind: str, mask: np.ndarray) -> np.ndarray:
-            h = _site_uniform(site_key, i_idx[mask] + 7919 * g_idx[mask], j_idx[mask], b_idx[mask],
-                              10 + DEFECT_KINDS.index(kind))
+            h = _site_uniform(
+                site_key,
+                i_idx[mask] + 7919 * g_idx[mask],
+                j_idx[mask],
+                b_idx[mask],
+                10 + DEFECT_KINDS.index(kind),
+            )
             return (h * 2**52).astype(np.int64)
 
         add("vacancy", xy[vacancy], numbers_of_basis[b_idx][vacancy], site_uids("vacancy", vacancy))
@@ -766,13 +813,19 @@ class Specimen:
         for c in near:
             cx, cy = layout.contamination.centers[c]
             if x0 <= cx < x1 and y0 <= cy < y1:
-                add("contamination", np.array([[cx, cy]]), np.array([6]),
-                    np.array([_key(99, int(c)) >> 12]))
+                add(
+                    "contamination",
+                    np.array([[cx, cy]]),
+                    np.array([6]),
+                    np.array([_key(99, int(c)) >> 12]),
+                )
 
         for ex0, ey0, ex1, ey1, dose in self._exposures:
             exposed = (
-                (all_xy[:, 0] >= ex0) & (all_xy[:, 0] < ex1)
-                & (all_xy[:, 1] >= ey0) & (all_xy[:, 1] < ey1)
+                (all_xy[:, 0] >= ex0)
+                & (all_xy[:, 0] < ex1)
+                & (all_xy[:, 1] >= ey0)
+                & (all_xy[:, 1] < ey1)
             )
             atoms.dose[exposed] += np.float32(dose)
 
@@ -830,6 +883,7 @@ class Specimen:
             y0: Top edge [nm].
             x1: Right edge [nm].
             y1: Bottom edge [nm].
+
         """
         parts = []
         for tx, ty in self._tile_keys(x0, y0, x1, y1):
@@ -847,6 +901,7 @@ class Specimen:
             y0: Top edge [nm].
             x1: Right edge [nm].
             y1: Bottom edge [nm].
+
         """
         found: list[Defect] = []
         for tx, ty in self._tile_keys(x0, y0, x1, y1):
@@ -877,6 +932,7 @@ class Specimen:
 
         Returns:
             Dimensionless scattered fraction per incident electron, shape (n,).
+
         """
         fam = self.family
         sigma_cell = sum(
@@ -925,14 +981,16 @@ class Specimen:
             y1: Bottom edge [nm].
             dose_e_per_A2: Areal dose delivered uniformly over the box [e/Å²], or the peak dose
                 when ``weight`` is given.
-            event_probability: Maps (atomic numbers, site names, doses [e/Å²]) to per-atom
-                knock-on probabilities.
+            event_probability: Maps (atomic numbers, site codes of :data:`SITE_NAMES`, doses
+                [e/Å²]) to per-atom knock-on probabilities.
             rng: Generator for the events.
             weight: Optional function of positions [nm] giving the fraction of the dose each
                 atom receives (a focused probe for spectroscopy).
+            max_tiles: Largest number of tiles searched for events (see above).
 
         Returns:
             Descriptions of the events that happened, e.g. ``"vacancy C at (x, y)"``.
+
         """
         events: list[str] = []
         if weight is None:
@@ -952,8 +1010,7 @@ class Specimen:
             if weight is not None:
                 dose *= weight(xy[index])
             atoms.dose[index] += dose.astype(np.float32)
-            site_names = np.asarray(SITE_NAMES)[atoms.sites[index]]
-            p = event_probability(atoms.numbers[index], site_names, dose)
+            p = event_probability(atoms.numbers[index], atoms.sites[index], dose)
             hit = index[rng.random(len(index)) < p]
             if len(hit) == 0:
                 continue
@@ -1034,11 +1091,20 @@ def family_with(name: str, **changes: object) -> SpecimenFamily:
     Args:
         name: Registered family name.
         **changes: Fields of :class:`SpecimenFamily` to replace.
+
     """
     return dataclasses.replace(FAMILIES[name], **changes)  # type: ignore[arg-type]
 
 
 __all__ = [
-    "DEFECT_KINDS", "FAMILIES", "SITE_NAMES", "TILE_NM", "Atoms", "BasisSite", "Defect",
-    "Specimen", "SpecimenFamily", "family_with",
+    "DEFECT_KINDS",
+    "FAMILIES",
+    "SITE_NAMES",
+    "TILE_NM",
+    "Atoms",
+    "BasisSite",
+    "Defect",
+    "Specimen",
+    "SpecimenFamily",
+    "family_with",
 ]

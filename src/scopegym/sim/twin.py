@@ -37,8 +37,8 @@ from scopegym.instrument import (
     validate,
 )
 from scopegym.instrument.aberrations import TUNABLE_ABERRATIONS
+from scopegym.sim.damage import DamageModel, displacement_probability
 from scopegym.sim.eels import EELSConditions, EnergyAxis, acquire_spectrum
-from scopegym.sim.damage import DamageModel
 from scopegym.sim.imaging import (
     HAADFDetector,
     RasterGeometry,
@@ -59,9 +59,11 @@ from scopegym.sim.specimen import (
 from scopegym.sim.stage import Stage, StageParams
 
 _A2_PER_NM2 = 100.0
-# Sites as the damage model names them: a dopant sits in the lattice; amorphous atoms are as
-# loosely bound as adatoms.
-_DAMAGE_SITE = {name: name for name in SITE_NAMES} | {"dopant": "lattice", "amorphous": "adatom"}
+# Site codes as the damage model names them: a dopant sits in the lattice. Contamination is inert
+# here: the motion of its atoms is not a defect of the specimen.
+_DAMAGE_SITE: tuple[str | None, ...] = tuple(
+    {"dopant": "lattice", "amorphous": None}.get(name, name) for name in SITE_NAMES
+)
 _UNDERCOORDINATED = np.array([EDGE, VACANCY_NEIGHBOR], dtype=np.int8)
 _EELS_PROBE_GRID = 64  # pixels per side of the cached probe used to weight spectra
 _EELS_PROBE_PIXEL_NM = 0.01
@@ -89,6 +91,7 @@ class TwinConfig:
         tune_time_s: Time to change one aberration coefficient and let the lenses settle [s].
         spectrum_readout_s: Camera read-out time per spectrum [s].
         limits: Command limits; the stage range defaults to the specimen world.
+
     """
 
     voltage_kV: float = 60.0
@@ -125,6 +128,7 @@ class GroundTruth:
 
     Args:
         twin: The twin whose truth this exposes.
+
     """
 
     def __init__(self, twin: TwinMicroscope) -> None:
@@ -174,6 +178,7 @@ class TwinMicroscope:
         family: Specimen family name or definition.
         seed: Seed for the specimen and every random process of the session.
         config: Microscope settings.
+
     """
 
     def __init__(
@@ -195,6 +200,7 @@ class TwinMicroscope:
         Args:
             seed: New seed; None keeps the present one.
             family: New specimen family; None keeps the present one.
+
         """
         if seed is not None:
             self.seed = int(seed)
@@ -268,6 +274,7 @@ class TwinMicroscope:
 
         Raises:
             CommandLimitError: The command is outside the limits; nothing changed.
+
         """
         validate(command, self.state(), self._limits)
         result: Result
@@ -311,8 +318,10 @@ class TwinMicroscope:
         line_times = t0 + timing.line_start_times_s(size_px, dwell_us)
         # The beam samples the specimen at (view centre + stage drift); the raster geometry takes
         # the specimen displacement, which is the opposite.
+        line_s = size_px * dwell_us * 1e-6
         stage_drift = self._stage.drift_path_nm(t0, line_times)
-        velocity = np.array([self._stage.drift_velocity_nm_per_s(t) for t in line_times])
+        # Mean velocity over each line's active part: exact for the linear drift within a line.
+        velocity = (self._stage.drift_path_nm(t0, line_times + line_s) - stage_drift) / line_s
         jitter = timing.line_jitter_nm * self.rng.standard_normal(size_px)
         return RasterGeometry(
             center_nm=self._view_center_nm(),
@@ -327,17 +336,19 @@ class TwinMicroscope:
     def _event_probability(
         self, numbers: np.ndarray, sites: np.ndarray, dose: np.ndarray
     ) -> np.ndarray:
-        assert self.config.damage is not None
-        # Contamination is modelled as inert: its atoms' motion is not a defect of the specimen.
-        crystal = sites != "amorphous"
-        probability = np.zeros(len(numbers))
-        if crystal.any():
-            symbols = np.array([SYMBOLS.get(int(z), "C") for z in numbers[crystal]])
-            site_names = np.array([_DAMAGE_SITE[str(s)] for s in sites[crystal]])
-            probability[crystal] = self.config.damage.event_probabilities(
-                symbols, site_names, self._optics.voltage_kV, dose[crystal]
-            )
-        return probability
+        model = self.config.damage
+        assert model is not None
+        # A frame holds a handful of (element, site) kinds: look each cross-section up once.
+        kinds, inverse = np.unique(numbers.astype(np.int64) * 16 + sites, return_inverse=True)
+        sigma = np.zeros(len(kinds))
+        for k, kind in enumerate(kinds):
+            z, code = divmod(int(kind), 16)
+            site = _DAMAGE_SITE[code]
+            if site is not None:
+                sigma[k] = model.cross_section_barn(
+                    SYMBOLS.get(z, "C"), site, self._optics.voltage_kV
+                )
+        return np.asarray(displacement_probability(sigma[inverse.ravel()], dose))
 
     def _scan(self, command: Scan) -> Frame:
         cfg = self.config
@@ -346,8 +357,13 @@ class TwinMicroscope:
         reported = self._reported_nm
         geometry = self._raster(size, dwell)
         counts = acquire_haadf(
-            self.specimen, self._optics, geometry, cfg.timing, cfg.detector,
-            cfg.beam_current_pA, self.rng,
+            self.specimen,
+            self._optics,
+            geometry,
+            cfg.timing,
+            cfg.detector,
+            cfg.beam_current_pA,
+            self.rng,
         )
         per_pixel = electrons_per_pixel(cfg.beam_current_pA, dwell)
         pixel_A2 = (geometry.pixel_nm**2) * _A2_PER_NM2
@@ -382,7 +398,9 @@ class TwinMicroscope:
         n, p = _EELS_PROBE_GRID, _EELS_PROBE_PIXEL_NM
         intensity = probe_intensity(self._optics, (n, n), p, centered=True)
         k = np.fft.fftfreq(n, d=p)
-        blur = np.exp(-2.0 * (np.pi * _EELS_DELOCALIZATION_NM) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2))
+        blur = np.exp(
+            -2.0 * (np.pi * _EELS_DELOCALIZATION_NM) ** 2 * (k[:, None] ** 2 + k[None, :] ** 2)
+        )
         intensity = np.real(np.fft.ifft2(np.fft.fft2(np.fft.ifftshift(intensity)) * blur))
         intensity = np.fft.fftshift(np.maximum(intensity, 0.0)) / (p * p)
         self._probe_cache = (self._optics, intensity, p)
@@ -429,8 +447,14 @@ class TwinMicroscope:
         if cfg.damage is not None and len(atoms):
             peak = probe.max()
             self._damage_events += self.specimen.irradiate(
-                x - half, y - half, x + half, y + half, dose_peak, self._event_probability,
-                self.rng, weight=lambda xy: weight_at(xy) / peak,
+                x - half,
+                y - half,
+                x + half,
+                y + half,
+                dose_peak,
+                self._event_probability,
+                self.rng,
+                weight=lambda xy: weight_at(xy) / peak,
             )
         self._advance(exposure_ms * 1e-3 + cfg.spectrum_readout_s)
         self._dose_e_per_A2 += dose_peak
