@@ -346,3 +346,29 @@ def test_spectrum_over_a_hole_is_only_zero_loss():
     assert spectrum.counts[np.abs(energy) < 2].sum() > 1e6
     core = energy > 50
     assert spectrum.counts[core].mean() < 5 * twin.config.eels.read_noise_counts
+
+
+def test_residual_aberrations_are_hidden_and_corrected_by_tuning():
+    from scopegym.instrument import SampleSpec
+    from scopegym.sim.twin import MARECHAL_PHASE_RMS_RAD
+
+    twin = TwinMicroscope("graphene", seed=0)
+    twin.load_sample(SampleSpec("graphene", 4, {"C10": 8.0, "C12a": -3.0}))
+    assert twin.state().aberrations_nm["C10"] == 0.0  # the corrector starts at zero
+    assert twin.truth.aberrations_nm()["C10"] == 8.0
+    assert twin.truth.phase_error_rms_rad() > MARECHAL_PHASE_RMS_RAD
+    twin.execute(Tune("C10", -8.0))
+    twin.execute(Tune("C12a", 3.0))
+    assert twin.state().aberrations_nm["C10"] == -8.0
+    assert twin.truth.phase_error_rms_rad() < 1e-9
+
+
+def test_closed_twin_refuses_commands_until_reset():
+    from scopegym.instrument import InstrumentError
+
+    twin = TwinMicroscope("graphene", seed=0)
+    twin.close()
+    with pytest.raises(InstrumentError):
+        twin.execute(Scan(32, 1.0))
+    twin.reset()
+    assert isinstance(twin.execute(Scan(32, 1.0)), Frame)

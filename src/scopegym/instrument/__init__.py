@@ -27,7 +27,13 @@ from scopegym.instrument.errors import (
     UnknownCommandError,
 )
 from scopegym.instrument.limits import InstrumentLimits, Range, validate
-from scopegym.instrument.protocol import Instrument, expected_result_type
+from scopegym.instrument.protocol import Instrument, SupportsSampleLoading, expected_result_type
+from scopegym.instrument.registry import (
+    SampleSpec,
+    available_instruments,
+    make_instrument,
+    register_instrument,
+)
 from scopegym.instrument.results import (
     EELSSpectrum,
     Frame,
@@ -54,14 +60,19 @@ __all__ = [
     "Move",
     "Range",
     "Result",
+    "SampleSpec",
     "Scan",
     "Spectrum",
+    "SupportsSampleLoading",
     "Tune",
     "UnknownAberrationError",
     "UnknownCommandError",
     "Zoom",
+    "available_instruments",
     "canonical_aberration",
     "expected_result_type",
+    "make_instrument",
+    "register_instrument",
     "result_from_dict",
     "validate",
 ]

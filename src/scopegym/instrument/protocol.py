@@ -7,14 +7,14 @@ four members.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from scopegym.instrument.commands import Command, Move, Scan, Spectrum, Tune, Zoom
 from scopegym.instrument.errors import CommandTypeError
 from scopegym.instrument.limits import InstrumentLimits
 from scopegym.instrument.results import EELSSpectrum, Frame, InstrumentState, Result
 
-__all__ = ["Instrument", "expected_result_type"]
+__all__ = ["Instrument", "SupportsSampleLoading", "expected_result_type"]
 
 _RESULT_TYPE_BY_COMMAND: dict[
     type[Command], type[Frame] | type[EELSSpectrum] | type[InstrumentState]
@@ -109,3 +109,15 @@ def expected_result_type(
     raise CommandTypeError(
         "expected_result_type", "command", command, "a Scan, Zoom, Move, Spectrum or Tune"
     )
+
+
+@runtime_checkable
+class SupportsSampleLoading(Protocol):
+    """An instrument that can load a fresh sample: every twin, and robots with a sample changer.
+
+    Environments start episodes with :meth:`load_sample` when the instrument supports it and
+    otherwise continue on whatever sample is in the holder.
+    """
+
+    def load_sample(self, sample: Any) -> None:
+        """Load ``sample`` (a :class:`~scopegym.instrument.registry.SampleSpec`) and reset."""

@@ -16,7 +16,7 @@ Ground truth (the atoms, the defects, the true stage position) is reachable only
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -25,11 +25,13 @@ from scopegym.instrument import (
     Command,
     EELSSpectrum,
     Frame,
+    InstrumentError,
     InstrumentLimits,
     InstrumentState,
     Move,
     Range,
     Result,
+    SampleSpec,
     Scan,
     Spectrum,
     Tune,
@@ -79,7 +81,9 @@ class TwinConfig:
         convergence_mrad: Probe convergence semi-angle [mrad].
         beam_current_pA: Probe current [pA].
         initial_fov_nm: Field of view after reset [nm].
-        initial_aberrations_nm: Residual aberrations after reset [nm] by Krivanek name.
+        initial_aberrations_nm: Residual aberrations of the column after reset [nm] by Krivanek
+            name. Hidden, as on a real instrument: the state reports the corrector settings
+            applied since the sample was loaded, which start at zero.
         specimen_size_nm: Edge of the square specimen world [nm].
         detector: HAADF detector chain.
         timing: Scan generator timing.
@@ -157,6 +161,19 @@ class GroundTruth:
         """Defects inside a world box [nm]."""
         return self.specimen.defects_in(x0, y0, x1, y1)
 
+    def aberrations_nm(self) -> dict[str, float]:
+        """True aberrations of the probe [nm]: hidden residuals plus corrector settings."""
+        optics = self._twin.optics
+        return {name: optics.aberrations_nm[name] for name in TUNABLE_ABERRATIONS}
+
+    def phase_error_rms_rad(self) -> float:
+        """RMS of the aberration phase χ over the aperture, piston removed [rad].
+
+        The Maréchal criterion calls a probe well corrected when this is at most 2π/14 ≈ 0.45 rad
+        (Strehl ratio ≥ 0.8).
+        """
+        return phase_error_rms_rad(self._twin.optics)
+
     def stage_actual_nm(self) -> tuple[float, float]:
         """True stage position [nm] (the reported one differs)."""
         return self._twin._stage.actual_nm
@@ -169,6 +186,25 @@ class GroundTruth:
     def damage_events(self) -> list[str]:
         """Knock-on events so far, oldest first."""
         return list(self._twin._damage_events)
+
+
+#: Maréchal criterion: RMS phase error of a well-corrected probe [rad] (Strehl ratio ≥ 0.8).
+MARECHAL_PHASE_RMS_RAD = 2.0 * np.pi / 14.0
+
+
+def phase_error_rms_rad(optics: Optics, samples: int = 64) -> float:
+    """RMS of χ over the probe-forming aperture with the mean (piston) removed [rad].
+
+    Args:
+        optics: Probe-forming optics.
+        samples: Grid points across the aperture diameter.
+    """
+    k_max = optics.convergence_mrad * 1e-3 / optics.wavelength_nm
+    k = np.linspace(-k_max, k_max, samples)
+    kx, ky = np.meshgrid(k, k)
+    inside = kx**2 + ky**2 <= k_max**2
+    chi = np.asarray(optics.chi(kx[inside], ky[inside]))
+    return float(np.sqrt(np.mean((chi - chi.mean()) ** 2)))
 
 
 class TwinMicroscope:
@@ -194,14 +230,21 @@ class TwinMicroscope:
 
     # -- session --------------------------------------------------------------------------
 
-    def reset(self, seed: int | None = None, family: str | SpecimenFamily | None = None) -> None:
+    def reset(
+        self,
+        seed: int | None = None,
+        family: str | SpecimenFamily | None = None,
+        residual_nm: Mapping[str, float] | None = None,
+    ) -> None:
         """Load a fresh specimen and return the microscope to its initial settings.
 
         Args:
             seed: New seed; None keeps the present one.
             family: New specimen family; None keeps the present one.
-
+            residual_nm: Residual aberrations of the column [nm], added to the configured ones.
+                They are hidden: the reported settings (the corrector) start at zero.
         """
+        self._closed = False
         if seed is not None:
             self.seed = int(seed)
         if family is not None:
@@ -211,10 +254,14 @@ class TwinMicroscope:
         self.specimen = Specimen(self.family, seed=self.seed, size_nm=cfg.specimen_size_nm)
         self._world_origin_nm = (0.5 * cfg.specimen_size_nm, 0.5 * cfg.specimen_size_nm)
         self._stage = Stage(cfg.stage, self.rng)
+        self._residual_nm = {name: 0.0 for name in TUNABLE_ABERRATIONS}
+        self._residual_nm.update(dict(cfg.initial_aberrations_nm))
+        self._residual_nm.update(residual_nm or {})
+        self._corrector_nm = {name: 0.0 for name in TUNABLE_ABERRATIONS}
         self._optics = Optics(
             voltage_kV=cfg.voltage_kV,
             convergence_mrad=cfg.convergence_mrad,
-            aberrations_nm=dict(cfg.initial_aberrations_nm),
+            aberrations_nm=self._residual_nm,
         )
         self._fov_nm = float(cfg.initial_fov_nm)
         self._elapsed_s = 0.0
@@ -224,6 +271,14 @@ class TwinMicroscope:
         self._n_spectra = 0
         self._damage_events: list[str] = []
         self._read_encoders()
+
+    def load_sample(self, sample: SampleSpec) -> None:
+        """Load a sample: a new specimen, fresh clock and dose, and its residual aberrations.
+
+        Args:
+            sample: Family, seed and residual aberrations to start from.
+        """
+        self.reset(seed=sample.seed, family=sample.family, residual_nm=sample.aberrations_nm)
 
     @property
     def limits(self) -> InstrumentLimits:
@@ -243,7 +298,7 @@ class TwinMicroscope:
     def state(self) -> InstrumentState:
         """What the instrument reports about itself."""
         x, y = self._reported_nm
-        aberrations = {name: self._optics.aberrations_nm[name] for name in TUNABLE_ABERRATIONS}
+        aberrations = dict(self._corrector_nm)
         return InstrumentState(
             stage_x_nm=x,
             stage_y_nm=y,
@@ -260,7 +315,8 @@ class TwinMicroscope:
         )
 
     def close(self) -> None:
-        """Release resources (nothing to release for the twin)."""
+        """End the session; later commands raise :class:`InstrumentError` until :meth:`reset`."""
+        self._closed = True
 
     def execute(self, command: Command) -> Result:
         """Validate and run one command.
@@ -276,6 +332,8 @@ class TwinMicroscope:
             CommandLimitError: The command is outside the limits; nothing changed.
 
         """
+        if self._closed:
+            raise InstrumentError("the twin microscope is closed; reset() or load_sample() it")
         validate(command, self.state(), self._limits)
         result: Result
         if isinstance(command, Scan):
@@ -291,9 +349,10 @@ class TwinMicroscope:
             self._advance(duration)
             result = self.state()
         elif isinstance(command, Tune):
-            current = self._optics.aberrations_nm[command.aberration]
+            name = command.aberration
+            self._corrector_nm[name] += float(command.delta_nm)
             self._optics = self._optics.replace_aberration(
-                command.aberration, current + command.delta_nm
+                name, self._residual_nm[name] + self._corrector_nm[name]
             )
             self._advance(self.config.tune_time_s)
             result = self.state()
@@ -485,4 +544,10 @@ class TwinMicroscope:
         return TwinMicroscope(self.family, self.seed, config)
 
 
-__all__ = ["GroundTruth", "TwinConfig", "TwinMicroscope"]
+__all__ = [
+    "MARECHAL_PHASE_RMS_RAD",
+    "GroundTruth",
+    "TwinConfig",
+    "TwinMicroscope",
+    "phase_error_rms_rad",
+]
