@@ -47,7 +47,9 @@ def _next_uniform(s0: Word, s1: Word, s2: Word, s3: Word) -> tuple[Word, Word, W
 
 
 @numba.njit(inline="always")
-def _poisson(s0: Word, s1: Word, s2: Word, s3: Word, mean: float) -> tuple[Word, Word, Word, Word, float]:
+def _poisson(
+    s0: Word, s1: Word, s2: Word, s3: Word, mean: float
+) -> tuple[Word, Word, Word, Word, float]:
     if mean <= 0.0:
         return s0, s1, s2, s3, 0.0
     if mean < 10.0:
