@@ -63,6 +63,7 @@ class RasterTiming:
     overhead_s: float = 0.3
     line_jitter_nm: float = 0.008
     atomic_pixel_limit_nm: float = 0.1
+    coarse_map_pixel_nm: float = 4.0
 
     def frame_time_s(self, size_px: int, dwell_us: float) -> float:
         """Duration of one frame: pixels × dwell, plus flyback per line, plus overhead [s]."""
@@ -229,7 +230,10 @@ def _expected_image(
         # Jitter and drift go straight into the sampled positions.
         x, y = geometry.pixel_positions_nm()
         xy = np.stack([x.ravel(), y.ravel()], axis=1)
-        values = specimen.areal_scattering(xy, optics.voltage_kV).reshape(n, n)
+        if p >= timing.coarse_map_pixel_nm:
+            values = specimen.areal_scattering_coarse(xy, optics.voltage_kV).reshape(n, n)
+        else:
+            values = specimen.areal_scattering(xy, optics.voltage_kV).reshape(n, n)
         return _ExpectedImage(values, (0, 0), 1.0, np.zeros(n))
 
     radius = probe_radius_nm(optics)

@@ -51,7 +51,9 @@ _EDGE_CELL_NM = 2.0  # one "edge" defect per 2 nm of rim, so an edge counts as a
 _BOUNDARY_CELL_NM = 1.0  # one "grain boundary core" per 1 nm of boundary.
 _MIN_SEPARATION_NM = 0.11  # closer atoms from two grains would overlap: one is dropped.
 _NEIGHBOR_NM = 0.2  # first-neighbour shell for 2D crystals (C–C bond 0.142 nm, B–N 0.145 nm).
-_AMORPHOUS_DENSITY_PER_NM3 = 100.0  # amorphous carbon ~2 g/cm³ ≈ 1e29 atoms/m³.
+_AMORPHOUS_DENSITY_PER_NM3 = 100.0
+_MAP_CELL_NM = 2.0  # cell of the cached low-magnification scattering map
+_MAP_BLOCK = 128  # map cells per lazily filled block  # amorphous carbon ~2 g/cm³ ≈ 1e29 atoms/m³.
 
 
 @dataclass(frozen=True)
@@ -332,6 +334,13 @@ def _site_uniform(key: int, i: np.ndarray, j: np.ndarray, b: np.ndarray, salt: i
     return (h >> np.uint64(11)).astype(np.float64) * (1.0 / 9007199254740992.0)
 
 
+def _bbox(xy: np.ndarray) -> tuple[float, float, float, float]:
+    """Bounding box (x0, y0, x1, y1) of points [nm]; per column, as axis-0 reductions of (n, 2)
+    arrays are an order of magnitude slower."""
+    x, y = xy[:, 0], xy[:, 1]
+    return float(x.min()), float(y.min()), float(x.max()), float(y.max())
+
+
 def _key(*values: int) -> int:
     h = np.array([0x2545F4914F6CDD1D], dtype=np.uint64)
     with np.errstate(over="ignore"):
@@ -455,6 +464,7 @@ class Specimen:
         self._next_uid = 1 << 40  # uids of features created by the beam
         # Every uniform exposure (x0, y0, x1, y1, dose): tiles generated later receive their dose.
         self._exposures: list[tuple[float, float, float, float, float]] = []
+        self._maps: dict[float, tuple[np.ndarray, np.ndarray]] = {}
         self.layout = self._draw_layout()
 
     # -- layout -----------------------------------------------------------------------------
@@ -503,7 +513,7 @@ class Specimen:
         if len(xy) == 0:
             return inside
         holes = self.layout.holes
-        for h in holes.near(*xy.min(0), *xy.max(0)):
+        for h in holes.near(*_bbox(xy)):
             idx = holes.candidates(int(h), xy)
             inside[idx] |= holes.rim_distance(int(h), xy[idx]) < 0.0
         return inside
@@ -513,7 +523,7 @@ class Specimen:
         if len(xy) == 0:
             return result
         holes = self.layout.holes
-        (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+        x0, y0, x1, y1 = _bbox(xy)
         for h in holes.near(x0, y0, x1, y1, margin=margin):
             idx = holes.candidates(int(h), xy, margin)
             result[idx] = np.minimum(result[idx], holes.rim_distance(int(h), xy[idx]))
@@ -524,7 +534,7 @@ class Specimen:
         if len(xy) == 0:
             return factor
         spots = self.layout.hotspots
-        for h in spots.near(*xy.min(0), *xy.max(0)):
+        for h in spots.near(*_bbox(xy)):
             idx = spots.candidates(int(h), xy)
             inside = idx[spots.rim_distance(int(h), xy[idx]) < 0.0]
             factor[inside] = self.family.hotspot_multiplier
@@ -543,7 +553,7 @@ class Specimen:
         if len(xy) == 0:
             return thickness
         blobs = self.layout.contamination
-        for c in blobs.near(*xy.min(0), *xy.max(0)):
+        for c in blobs.near(*_bbox(xy)):
             idx = blobs.candidates(int(c), xy)
             thickness[idx] += self.layout.contamination_thickness[c] * blobs.depth(int(c), xy[idx])
         return thickness
@@ -553,7 +563,7 @@ class Specimen:
         if len(xy) == 0:
             return mask
         islands = self.layout.islands
-        for k in islands.near(*xy.min(0), *xy.max(0)):
+        for k in islands.near(*_bbox(xy)):
             idx = islands.candidates(int(k), xy)
             mask[idx] |= islands.rim_distance(int(k), xy[idx]) < 0.0
         return mask
@@ -952,6 +962,43 @@ class Specimen:
         )
         return np.asarray(film + contamination)
 
+    def areal_scattering_coarse(self, xy: np.ndarray, voltage_kV: float) -> np.ndarray:
+        """:meth:`areal_scattering` interpolated from a cached 2 nm map, for large pixels.
+
+        Overviews with pixels of several nm would otherwise evaluate every hole and patch for
+        every pixel on every scan; the map is filled lazily in 256 nm blocks.
+
+        Args:
+            xy: Points [nm], shape (n, 2).
+            voltage_kV: Accelerating voltage [kV].
+        """
+        cells = int(math.ceil(self.size_nm / _MAP_CELL_NM)) + 1
+        cached = self._maps.get(voltage_kV)
+        if cached is None:
+            cached = (np.zeros((cells, cells)), np.zeros((cells // _MAP_BLOCK + 1,) * 2, bool))
+            self._maps[voltage_kV] = cached
+        grid, done = cached
+        u = np.clip(xy[:, 0] / _MAP_CELL_NM, 0.0, cells - 1.000001)
+        v = np.clip(xy[:, 1] / _MAP_CELL_NM, 0.0, cells - 1.000001)
+        b0x, b1x = int(u.min()) // _MAP_BLOCK, (int(u.max()) + 1) // _MAP_BLOCK
+        b0y, b1y = int(v.min()) // _MAP_BLOCK, (int(v.max()) + 1) // _MAP_BLOCK
+        for by in range(b0y, b1y + 1):
+            for bx in range(b0x, b1x + 1):
+                if done[by, bx]:
+                    continue
+                i0, j0 = by * _MAP_BLOCK, bx * _MAP_BLOCK
+                i1, j1 = min(i0 + _MAP_BLOCK, cells), min(j0 + _MAP_BLOCK, cells)
+                jj, ii = np.meshgrid(np.arange(j0, j1), np.arange(i0, i1))
+                points = np.stack([jj.ravel(), ii.ravel()], axis=1) * _MAP_CELL_NM
+                grid[i0:i1, j0:j1] = self.areal_scattering(points, voltage_kV).reshape(ii.shape)
+                done[by, bx] = True
+        iu, iv = u.astype(np.int64), v.astype(np.int64)
+        fu, fv = u - iu, v - iv
+        return (
+            grid[iv, iu] * (1 - fu) * (1 - fv) + grid[iv, iu + 1] * fu * (1 - fv)
+            + grid[iv + 1, iu] * (1 - fu) * fv + grid[iv + 1, iu + 1] * fu * fv
+        )
+
     # -- beam damage ------------------------------------------------------------------------
 
     def irradiate(
@@ -995,9 +1042,17 @@ class Specimen:
         events: list[str] = []
         if weight is None:
             self._exposures.append((x0, y0, x1, y1, float(dose_e_per_A2)))
-        keys = list(self._tile_keys(x0, y0, x1, y1))
-        if len(keys) > max_tiles:
-            keys = [k for k in keys if k in self._tiles]
+        span_x = math.floor(x1 / TILE_NM) - math.floor(x0 / TILE_NM) + 1
+        span_y = math.floor(y1 / TILE_NM) - math.floor(y0 / TILE_NM) + 1
+        if span_x * span_y > max_tiles:
+            keys = [
+                (tx, ty)
+                for tx, ty in self._tiles
+                if x0 < (tx + 1) * TILE_NM and tx * TILE_NM <= x1
+                and y0 < (ty + 1) * TILE_NM and ty * TILE_NM <= y1
+            ]
+        else:
+            keys = list(self._tile_keys(x0, y0, x1, y1))
         for tx, ty in keys:
             tile = self._tile(tx, ty)
             atoms = tile.atoms
