@@ -109,7 +109,7 @@ def test_vacancy_sites_are_empty():
     checked = 0
     for v in vacancies:
         point = np.array([[v.x_nm, v.y_nm]])
-        if specimen._island_mask(point)[0] or specimen._contamination_thickness(point)[0] > 0:
+        if specimen._island_mask(point)[0] or specimen.contamination_thickness(point)[0] > 0:
             continue  # a second layer or contamination may cover the site in projection
         atoms = specimen.atoms_in(v.x_nm - 0.3, v.y_nm - 0.3, v.x_nm + 0.3, v.y_nm + 0.3)
         lattice = atoms.xy[atoms.sites != 2]  # adatoms may sit anywhere

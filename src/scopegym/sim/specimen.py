@@ -335,8 +335,10 @@ def _site_uniform(key: int, i: np.ndarray, j: np.ndarray, b: np.ndarray, salt: i
 
 
 def _bbox(xy: np.ndarray) -> tuple[float, float, float, float]:
-    """Bounding box (x0, y0, x1, y1) of points [nm]; per column, as axis-0 reductions of (n, 2)
-    arrays are an order of magnitude slower."""
+    """Bounding box (x0, y0, x1, y1) of points [nm].
+
+    Per column, as axis-0 reductions of (n, 2) arrays are an order of magnitude slower.
+    """
     x, y = xy[:, 0], xy[:, 1]
     return float(x.min()), float(y.min()), float(x.max()), float(y.max())
 
@@ -548,7 +550,8 @@ class Specimen:
         thickness = t0 + (t1 - t0) * np.clip(xy[:, 0] / self.size_nm, 0.0, 1.0)
         return np.maximum(1.0, np.round(thickness / fam.repeat_nm))
 
-    def _contamination_thickness(self, xy: np.ndarray) -> np.ndarray:
+    def contamination_thickness(self, xy: np.ndarray) -> np.ndarray:
+        """Thickness of amorphous contamination at each point [nm]."""
         thickness = np.zeros(len(xy))
         if len(xy) == 0:
             return thickness
@@ -747,7 +750,7 @@ class Specimen:
             t_max = float(layout.contamination_thickness[near].sum())
             n_try = rng.poisson(_AMORPHOUS_DENSITY_PER_NM3 * t_max * TILE_NM * TILE_NM)
             trial = rng.uniform([x0, y0], [x1, y1], (n_try, 2))
-            accept = rng.uniform(0.0, t_max, n_try) < self._contamination_thickness(trial)
+            accept = rng.uniform(0.0, t_max, n_try) < self.contamination_thickness(trial)
             cont_xy = trial[accept]
             cont_numbers = rng.choice(
                 np.array([6, 8, 14], np.int16), len(cont_xy), p=[0.85, 0.12, 0.03]
@@ -958,7 +961,7 @@ class Specimen:
             + 0.03 * haadf_cross_section_nm2(14, voltage_kV)
         )
         contamination = (
-            _AMORPHOUS_DENSITY_PER_NM3 * sigma_amorphous * self._contamination_thickness(xy)
+            _AMORPHOUS_DENSITY_PER_NM3 * sigma_amorphous * self.contamination_thickness(xy)
         )
         return np.asarray(film + contamination)
 
@@ -1012,14 +1015,13 @@ class Specimen:
         rng: np.random.Generator,
         *,
         weight: WeightFunction | None = None,
-        max_tiles: int = 64,
     ) -> list[str]:
         """Deposit dose on the atoms in a box and apply knock-on events.
 
-        A low-magnification frame covers thousands of tiles but deposits a dose per area many
-        orders of magnitude below an atomic-resolution frame, so when the box spans more than
-        ``max_tiles`` tiles only tiles already generated are searched for events; the others
-        receive the dose when they are generated.
+        Events are drawn only in tiles already generated; a tile generated later receives the
+        logged dose without events. A low-magnification frame covers thousands of tiles but
+        deposits a dose per area orders of magnitude below an atomic-resolution frame, whose
+        tiles exist because rendering it generated them.
 
         Args:
             x0: Left edge of the irradiated box [nm].
@@ -1033,7 +1035,6 @@ class Specimen:
             rng: Generator for the events.
             weight: Optional function of positions [nm] giving the fraction of the dose each
                 atom receives (a focused probe for spectroscopy).
-            max_tiles: Largest number of tiles searched for events (see above).
 
         Returns:
             Descriptions of the events that happened, e.g. ``"vacancy C at (x, y)"``.
@@ -1042,17 +1043,14 @@ class Specimen:
         events: list[str] = []
         if weight is None:
             self._exposures.append((x0, y0, x1, y1, float(dose_e_per_A2)))
-        span_x = math.floor(x1 / TILE_NM) - math.floor(x0 / TILE_NM) + 1
-        span_y = math.floor(y1 / TILE_NM) - math.floor(y0 / TILE_NM) + 1
-        if span_x * span_y > max_tiles:
-            keys = [
-                (tx, ty)
-                for tx, ty in self._tiles
-                if x0 < (tx + 1) * TILE_NM and tx * TILE_NM <= x1
-                and y0 < (ty + 1) * TILE_NM and ty * TILE_NM <= y1
-            ]
-        else:
-            keys = list(self._tile_keys(x0, y0, x1, y1))
+        # Only generated tiles can hold events: any frame that resolves atoms generated its
+        # tiles before it was charged, and tiles generated later get their dose from the log.
+        keys = [
+            (tx, ty)
+            for tx, ty in self._tiles
+            if x0 < (tx + 1) * TILE_NM and tx * TILE_NM <= x1
+            and y0 < (ty + 1) * TILE_NM and ty * TILE_NM <= y1
+        ]
         for tx, ty in keys:
             tile = self._tile(tx, ty)
             atoms = tile.atoms

@@ -166,13 +166,49 @@ class GroundTruth:
         optics = self._twin.optics
         return {name: optics.aberrations_nm[name] for name in TUNABLE_ABERRATIONS}
 
-    def phase_error_rms_rad(self) -> float:
+    def phase_error_rms_rad(self, settings_nm: Mapping[str, float] | None = None) -> float:
         """RMS of the aberration phase χ over the aperture, piston removed [rad].
 
         The Maréchal criterion calls a probe well corrected when this is at most 2π/14 ≈ 0.45 rad
         (Strehl ratio ≥ 0.8).
+
+        Args:
+            settings_nm: Corrector settings to evaluate instead of the present ones [nm], e.g.
+                a state's ``aberrations_nm`` from before a Tune.
         """
-        return phase_error_rms_rad(self._twin.optics)
+        optics = self._twin.optics
+        if settings_nm is not None:
+            twin = self._twin
+            for name in TUNABLE_ABERRATIONS:
+                value = twin._residual_nm[name] + float(settings_nm.get(name, 0.0))
+                optics = optics.replace_aberration(name, value)
+        return phase_error_rms_rad(optics)
+
+    def signature_at(self, x_nm: float, y_nm: float, radius_nm: float = 0.2) -> str:
+        """The kind of spectrum a probe at a world position [nm] records, for rewards.
+
+        One of ``vacuum``, ``contamination``, ``dopant:<element>``, ``vacancy``, ``edge``,
+        ``grain_boundary``, ``adatom`` or ``lattice:<family>``.
+
+        Args:
+            x_nm: World x [nm].
+            y_nm: World y [nm].
+            radius_nm: Distance within which a point defect dominates the spectrum [nm].
+        """
+        specimen = self.specimen
+        point = np.array([[x_nm, y_nm]])
+        if specimen.in_hole(point)[0]:
+            return "vacuum"
+        if specimen.contamination_thickness(point)[0] > 0.3:
+            return "contamination"
+        near = specimen.defects_in(x_nm - radius_nm, y_nm - radius_nm, x_nm + radius_nm,
+                                   y_nm + radius_nm)
+        near = [d for d in near if d.kind != "contamination"
+                and np.hypot(d.x_nm - x_nm, d.y_nm - y_nm) <= radius_nm]
+        if near:
+            closest = min(near, key=lambda d: np.hypot(d.x_nm - x_nm, d.y_nm - y_nm))
+            return f"dopant:{closest.element}" if closest.kind == "dopant" else closest.kind
+        return f"lattice:{specimen.family.name}"
 
     def stage_actual_nm(self) -> tuple[float, float]:
         """True stage position [nm] (the reported one differs)."""

@@ -1,0 +1,382 @@
+"""The environment contract: an instrument plus a task.
+
+:class:`MicroscopeEnv` owns everything common to the tasks: the action codec and its masks, the
+observation (only what a real instrument reports), budgets of instrument time and dose, the
+reward context, ``info`` and rendering. A :class:`Task` supplies the rest through a few hooks:
+which verbs and bins it offers, how an episode starts, its reward modules and when it is done.
+Any object with the :class:`~scopegym.instrument.Instrument` protocol can be driven; a twin is
+made by name when none is given, so this module never imports a concrete instrument.
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from scopegym.envs.actions import ActionCodec, ActionConfig
+from scopegym.envs.samples import SampleSet, sample_set
+from scopegym.instrument import (
+    TUNABLE_ABERRATIONS,
+    Command,
+    CommandLimitError,
+    EELSSpectrum,
+    Frame,
+    Instrument,
+    InstrumentState,
+    Result,
+    SampleSpec,
+    SupportsSampleLoading,
+    make_instrument,
+)
+from scopegym.rewards import Budget, RewardModule, StepContext, make_composite
+
+SPECTRUM_BINS = 256
+STATE_FEATURES = (
+    "fov",
+    "stage_x",
+    "stage_y",
+    "time_used",
+    "dose_used",
+    *TUNABLE_ABERRATIONS,
+    "have_frame",
+)
+#: Reward for a command the instrument refused (only reachable without action masks).
+REFUSED_REWARD = -0.1
+
+
+@dataclass(frozen=True)
+class EpisodeStart:
+    """What the task does before the agent's first action.
+
+    Attributes:
+        sample: The sample to load (when the instrument can load samples).
+        commands: Commands run at reset; their time and dose do not count against the budget.
+    """
+
+    sample: SampleSpec
+    commands: tuple[Command, ...]
+
+
+class Task(ABC):
+    """What the agent should achieve; physics stays in the instrument.
+
+    Subclasses set :attr:`name`, :attr:`action_config`, :attr:`budget` and
+    :attr:`reward_weights`, and implement :meth:`start`. The other hooks have defaults.
+    """
+
+    name: ClassVar[str]
+    uses_spectrum: ClassVar[bool] = False
+    twin_info_max_fov_nm: ClassVar[float] = 16.0
+
+    def __init__(
+        self,
+        action_config: ActionConfig,
+        budget: Budget,
+        reward_weights: Mapping[str, float],
+        reward_params: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.action_config = action_config
+        self.budget = budget
+        self.reward_weights = dict(reward_weights)
+        self.reward_params = {k: dict(v) for k, v in (reward_params or {}).items()}
+
+    @abstractmethod
+    def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
+        """Choose the episode's sample and opening commands.
+
+        Args:
+            samples: The sample set the environment draws from.
+            rng: The environment's generator (``env.np_random``).
+        """
+
+    def make_reward(self) -> RewardModule:
+        """The task's reward: a weighted composite of registered reward modules."""
+        return make_composite(self.reward_weights, self.reward_params)
+
+    def terminated(self, env: MicroscopeEnv, ctx: StepContext) -> bool:
+        """Whether the task is done after this step (default: never; budgets truncate)."""
+        return False
+
+    def twin_info(self, env: MicroscopeEnv) -> dict[str, Any]:
+        """Twin-only diagnostics for ``info["twin"]`` (default: the defects in a small view)."""
+        truth = env.truth
+        # Listing defects generates the specimen under the whole view: skip large views.
+        if truth is None or env.instrument.state().fov_nm > self.twin_info_max_fov_nm:
+            return {}
+        kinds: dict[str, int] = {}
+        for defect in truth.defects_in_view():
+            kinds[defect.kind] = kinds.get(defect.kind, 0) + 1
+        return {"defects_in_view": kinds}
+
+
+class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
+    """Base class of the scopegym environments: an instrument driven through a task.
+
+    Subclasses document the task in Gymnasium's docstring sections; see
+    :class:`~scopegym.envs.tasks.DefectSearchEnv`.
+
+    Args:
+        task: The task.
+        instrument: Any Instrument; None makes one by ``instrument_name``.
+        instrument_name: Registered instrument to make when ``instrument`` is None.
+        instrument_kwargs: Keyword arguments for that instrument.
+        samples: Sample set name ("train", "validation", "heldout") or a SampleSet.
+        render_mode: None or "rgb_array".
+    """
+
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(
+        self,
+        task: Task,
+        instrument: Instrument | None = None,
+        instrument_name: str = "twin",
+        instrument_kwargs: Mapping[str, Any] | None = None,
+        samples: str | SampleSet = "train",
+        render_mode: str | None = None,
+    ) -> None:
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
+        self.task = task
+        self.samples = sample_set(samples)
+        self.instrument = instrument or make_instrument(
+            instrument_name, **dict(instrument_kwargs or {})
+        )
+        self.render_mode = render_mode
+        self.codec = ActionCodec(task.action_config)
+        self.reward_module = task.make_reward()
+        if self.reward_module.requires_ground_truth and self.truth is None:
+            raise ValueError(
+                f"{task.name}'s reward needs the twin's ground truth, which this instrument does "
+                "not have; choose observation-only reward modules"
+            )
+        n = task.action_config.frame_px
+        obs: dict[str, spaces.Space[Any]] = {
+            "frame": spaces.Box(0, 255, (1, n, n), np.uint8),
+            "state": spaces.Box(-1.0, 1.0, (len(STATE_FEATURES),), np.float32),
+        }
+        if task.uses_spectrum:
+            obs["spectrum"] = spaces.Box(0.0, 1.0, (SPECTRUM_BINS,), np.float32)
+        self.observation_space = spaces.Dict(obs)  # type: ignore[assignment]
+        self.action_space = spaces.MultiDiscrete(self.codec.nvec)
+        self._fov_range = (
+            min(task.action_config.fov_levels_nm),
+            max(task.action_config.fov_levels_nm),
+        )
+        self._clear_episode()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    @property
+    def truth(self) -> Any | None:
+        """The twin's ground truth, or None on an instrument without one."""
+        return getattr(self.instrument, "truth", None)
+
+    def _clear_episode(self) -> None:
+        n = self.task.action_config.frame_px
+        self._frame = np.zeros((1, n, n), np.uint8)
+        self._spectrum = np.zeros(SPECTRUM_BINS, np.float32)
+        self._have_frame = False
+        self.history: list[Frame | EELSSpectrum] = []
+        self.trajectory: list[tuple[Command, InstrumentState]] = []
+        self._start_state: InstrumentState | None = None
+        self._last_frame: Frame | None = None
+        self._last_spectrum: EELSSpectrum | None = None
+        self._overview: Frame | None = None
+        self._overview_state: InstrumentState | None = None
+
+    def _used(self, state: InstrumentState) -> tuple[float, float]:
+        start = self._start_state or state
+        return state.elapsed_s - start.elapsed_s, state.dose_e_per_A2 - start.dose_e_per_A2
+
+    def _observe_result(self, result: Result, state: InstrumentState) -> None:
+        if isinstance(result, Frame):
+            counts = result.counts
+            lo, hi = np.percentile(counts, (0.5, 99.5))
+            scaled = (counts - lo) * (255.0 / max(float(hi - lo), 1e-6))
+            frame = np.clip(scaled, 0, 255).astype(np.uint8)
+            n = self.task.action_config.frame_px
+            if frame.shape != (n, n):  # an instrument may return another size
+                rows = np.linspace(0, frame.shape[0] - 1, n).astype(int)
+                cols = np.linspace(0, frame.shape[1] - 1, n).astype(int)
+                frame = frame[np.ix_(rows, cols)]
+            self._frame = frame[None]
+            self._have_frame = True
+            self._last_frame = result
+            if self._overview is None or result.fov_nm >= self._overview.fov_nm:
+                self._overview, self._overview_state = result, state
+            self.history.append(result)
+        elif isinstance(result, EELSSpectrum):
+            counts = np.maximum(result.counts, 0.0)
+            usable = counts[: (counts.size // SPECTRUM_BINS) * SPECTRUM_BINS]
+            binned = usable.reshape(SPECTRUM_BINS, -1).sum(1)
+            # Log scale: the zero-loss peak is ~1e6 times the core-loss edges.
+            self._spectrum = (np.log1p(binned) / math.log1p(max(binned.max(), 1.0))).astype(
+                np.float32
+            )
+            self._last_spectrum = result
+            self.history.append(result)
+
+    def _observation(self) -> dict[str, np.ndarray]:
+        state = self.instrument.state()
+        lo, hi = self._fov_range
+        fov = (math.log(max(state.fov_nm, 1e-9) / lo) / math.log(hi / lo)) if hi > lo else 0.0
+        start = self._start_state or state
+        stage = self.instrument.limits.stage_x_nm
+        reach = 0.5 * (stage.high - stage.low)
+        time_used, dose_used = self._used(state)
+        cfg = self.task.action_config
+        tune = [
+            state.aberrations_nm.get(name, 0.0) / (8.0 * cfg.tune_scale_nm.get(name, 1.0))
+            for name in TUNABLE_ABERRATIONS
+        ]
+        vector = np.array(
+            [
+                2 * fov - 1,
+                (state.stage_x_nm - start.stage_x_nm) / reach,
+                (state.stage_y_nm - start.stage_y_nm) / reach,
+                2 * time_used / self.task.budget.time_s - 1,
+                2 * dose_used / self.task.budget.dose_e_per_A2 - 1,
+                *tune,
+                1.0 if self._have_frame else -1.0,
+            ],
+            dtype=np.float32,
+        )
+        obs: dict[str, np.ndarray] = {
+            "frame": self._frame.copy(),
+            "state": np.clip(vector, -1.0, 1.0),
+        }
+        if self.task.uses_spectrum:
+            obs["spectrum"] = self._spectrum.copy()
+        return obs
+
+    def _view_bounds(self) -> tuple[float, float, float, float] | None:
+        truth = self.truth
+        return None if truth is None else tuple(truth.view_bounds_nm())
+
+    # -- Gymnasium API ------------------------------------------------------------------
+
+    def action_masks(self) -> np.ndarray:
+        """Valid bins of every action entry, for sb3-contrib's MaskablePPO."""
+        return self.codec.masks(
+            self.instrument.state(), self.instrument.limits, have_frame=self._have_frame
+        )
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Load a sample (when the instrument can), run the task's opening and observe."""
+        super().reset(seed=seed)
+        self._clear_episode()
+        start = self.task.start(self.samples, self.np_random)
+        if isinstance(self.instrument, SupportsSampleLoading):
+            self.instrument.load_sample(start.sample)
+        self.reward_module.reset()
+        for command in start.commands:
+            result = self.instrument.execute(command)
+            state = self.instrument.state()
+            self._observe_result(result, state)
+        self.history.clear()  # the opening is context, not something the agent earned
+        self._start_state = self.instrument.state()
+        info = {"sample": {"family": start.sample.family, "seed": start.sample.seed}}
+        return self._observation(), info
+
+    def step(
+        self, action: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
+        """Decode the action to one command, run it, and score it."""
+        before = self.instrument.state()
+        command = self.codec.decode(np.asarray(action), before)
+        view = self._view_bounds()
+        info: dict[str, Any] = {"command": command.to_dict(), "refused": None}
+        try:
+            result: Result = self.instrument.execute(command)
+        except CommandLimitError as error:
+            info["refused"] = str(error)
+            after = self.instrument.state()
+            time_used, dose_used = self._used(after)
+            info.update(elapsed_s=time_used, dose_e_per_A2=dose_used)
+            return self._observation(), REFUSED_REWARD, False, False, info
+        after = self.instrument.state()
+        ctx = StepContext(
+            command=command,
+            result=result,
+            state_before=before,
+            state_after=after,
+            budget=self.task.budget,
+            history=tuple(self.history),
+            truth=self.truth,
+            view_bounds_nm=view,
+        )
+        reward = float(self.reward_module(ctx))
+        self._observe_result(result, after)
+        self.trajectory.append((command, after))
+        time_used, dose_used = self._used(after)
+        terminated = bool(self.task.terminated(self, ctx))
+        truncated = (
+            time_used >= self.task.budget.time_s or dose_used >= self.task.budget.dose_e_per_A2
+        )
+        info.update(
+            elapsed_s=time_used,
+            dose_e_per_A2=dose_used,
+            reward_parts=dict(getattr(self.reward_module, "last_parts", {})),
+        )
+        if self.truth is not None:
+            info["twin"] = self.task.twin_info(self)
+        return self._observation(), reward, terminated, bool(truncated and not terminated), info
+
+    def render(self) -> np.ndarray | None:
+        """An RGB picture: overview with visited fields, current frame, latest spectrum."""
+        if self.render_mode != "rgb_array":
+            return None
+        from scopegym.envs.render import render_panels
+
+        return render_panels(self)
+
+    def close(self) -> None:
+        """Close the instrument."""
+        self.instrument.close()
+
+
+class TaskEnv(MicroscopeEnv):
+    """A :class:`MicroscopeEnv` for one task class; the registered environments subclass it.
+
+    Args:
+        samples: Sample set name ("train", "validation", "heldout") or a SampleSet.
+        instrument: Any Instrument; None makes one by ``instrument_name``.
+        instrument_name: Registered instrument to make when ``instrument`` is None.
+        instrument_kwargs: Keyword arguments for that instrument.
+        render_mode: None or "rgb_array".
+        **task_kwargs: Arguments of the task (``frame_px``, ``budget``, ``reward_weights``,
+            ``reward_params``).
+    """
+
+    task_class: ClassVar[type[Task]]
+
+    def __init__(
+        self,
+        samples: str | SampleSet = "train",
+        instrument: Instrument | None = None,
+        instrument_name: str = "twin",
+        instrument_kwargs: Mapping[str, Any] | None = None,
+        render_mode: str | None = None,
+        **task_kwargs: Any,
+    ) -> None:
+        super().__init__(
+            self.task_class(**task_kwargs),
+            instrument,
+            instrument_name,
+            instrument_kwargs,
+            samples,
+            render_mode,
+        )
+
+
+__all__ = ["STATE_FEATURES", "EpisodeStart", "MicroscopeEnv", "Task", "TaskEnv"]

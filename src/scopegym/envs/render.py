@@ -1,0 +1,113 @@
+"""Pictures for people watching training videos: overview map, current frame, latest spectrum."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from scopegym.instrument import Frame
+
+if TYPE_CHECKING:
+    from scopegym.envs.core import MicroscopeEnv
+
+PANEL = 256
+_BACKGROUND = (24, 24, 28)
+_VISITED = (80, 170, 255)
+_CURRENT = (255, 200, 40)
+_DEFECT = (255, 80, 80)
+_TRACE = (120, 230, 120)
+
+
+def _gray_panel(counts: np.ndarray) -> Image.Image:
+    lo, hi = np.percentile(counts, (0.5, 99.5))
+    scaled = np.clip((counts - lo) * (255.0 / max(float(hi - lo), 1e-6)), 0, 255).astype(np.uint8)
+    return Image.fromarray(scaled).resize((PANEL, PANEL), Image.Resampling.NEAREST).convert("RGB")
+
+
+def _overview_panel(env: MicroscopeEnv) -> Image.Image:
+    overview = env._overview
+    if overview is None:
+        return Image.new("RGB", (PANEL, PANEL), _BACKGROUND)
+    image = _gray_panel(overview.counts)
+    draw = ImageDraw.Draw(image)
+    scale = PANEL / overview.fov_nm
+    ox, oy = overview.stage_x_nm, overview.stage_y_nm
+
+    def box(x_nm: float, y_nm: float, fov_nm: float) -> tuple[float, float, float, float]:
+        cx = (x_nm - ox) * scale + PANEL / 2
+        cy = (y_nm - oy) * scale + PANEL / 2
+        half = max(fov_nm * scale / 2, 1.5)
+        return cx - half, cy - half, cx + half, cy + half
+
+    for item in env.history:
+        if isinstance(item, Frame):
+            draw.rectangle(box(item.stage_x_nm, item.stage_y_nm, item.fov_nm), outline=_VISITED)
+    state = env.instrument.state()
+    draw.rectangle(box(state.stage_x_nm, state.stage_y_nm, state.fov_nm), outline=_CURRENT)
+    truth = env.truth
+    if truth is not None:
+        # Twin only: the defects inside atomic-resolution fields visited so far.
+        cx, cy = truth.view_center_nm()
+        for defect in _visited_defects(env):
+            x = (defect[0] - cx) + state.stage_x_nm
+            y = (defect[1] - cy) + state.stage_y_nm
+            x0, y0, x1, y1 = box(x, y, 0.0)
+            draw.ellipse((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=_DEFECT)
+    return image
+
+
+def _visited_defects(env: MicroscopeEnv) -> list[tuple[float, float]]:
+    found = getattr(env.reward_module, "found_positions", None)
+    if callable(found):
+        return list(found())
+    return []
+
+
+def _spectrum_panel(env: MicroscopeEnv) -> Image.Image:
+    image = Image.new("RGB", (PANEL, PANEL), _BACKGROUND)
+    spectrum = env._last_spectrum
+    draw = ImageDraw.Draw(image)
+    if spectrum is None:
+        draw.text((8, 8), "no spectrum yet", fill=(160, 160, 160))
+        return image
+    energy = np.asarray(spectrum.energy_eV)
+    counts = np.log1p(np.maximum(np.asarray(spectrum.counts), 0.0))
+    keep = energy >= 50.0  # core-loss region; the zero-loss peak would flatten everything
+    energy, counts = energy[keep], counts[keep]
+    x = (energy - energy[0]) / max(energy[-1] - energy[0], 1e-9) * (PANEL - 16) + 8
+    span = max(float(counts.max() - counts.min()), 1e-9)
+    y = PANEL - 24 - (counts - counts.min()) / span * (PANEL - 48)
+    draw.line(list(zip(x.tolist(), y.tolist(), strict=True)), fill=_TRACE, width=1)
+    draw.text((8, 8), f"EELS {energy[0]:.0f}-{energy[-1]:.0f} eV (log)", fill=(200, 200, 200))
+    for onset, label in ((99.0, "Si"), (188.0, "B"), (284.0, "C"), (401.0, "N"), (532.0, "O")):
+        if energy[0] <= onset <= energy[-1]:
+            px = (onset - energy[0]) / (energy[-1] - energy[0]) * (PANEL - 16) + 8
+            draw.line([(px, PANEL - 22), (px, PANEL - 16)], fill=(150, 150, 150))
+            draw.text((px - 4, PANEL - 14), label, fill=(150, 150, 150))
+    return image
+
+
+def render_panels(env: MicroscopeEnv) -> np.ndarray:
+    """Three panels side by side as a (256, 768, 3) uint8 array.
+
+    The overview with visited fields (blue), the present field (yellow) and found defects (red);
+    the current frame; and the latest spectrum.
+    """
+    frame = env._last_frame
+    current = (
+        _gray_panel(frame.counts)
+        if frame is not None
+        else Image.new("RGB", (PANEL, PANEL), _BACKGROUND)
+    )
+    canvas = Image.new("RGB", (3 * PANEL, PANEL), _BACKGROUND)
+    canvas.paste(_overview_panel(env), (0, 0))
+    canvas.paste(current, (PANEL, 0))
+    canvas.paste(_spectrum_panel(env), (2 * PANEL, 0))
+    draw = ImageDraw.Draw(canvas)
+    state = env.instrument.state()
+    draw.text(
+        (PANEL + 6, 4), f"fov {state.fov_nm:.0f} nm  t {state.elapsed_s:.0f} s", fill=_CURRENT
+    )
+    return np.asarray(canvas, dtype=np.uint8)

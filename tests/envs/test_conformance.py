@@ -1,0 +1,155 @@
+"""One env contract for every registered id: checkers, determinism, masks, spaces."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env as gym_check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+import scopegym  # noqa: F401  (registers the ids)
+from scopegym.envs import ENV_IDS, BoxActions
+
+IDS = sorted(ENV_IDS)
+
+
+def _masked_random_action(env, rng):
+    masks = env.unwrapped.action_masks()
+    nvec = env.action_space.nvec
+    offsets = np.concatenate([[0], np.cumsum(nvec)])
+    return np.array(
+        [rng.choice(np.flatnonzero(masks[offsets[i] : offsets[i + 1]])) for i in range(len(nvec))]
+    )
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_gymnasium_check_env(env_id):
+    env = gym.make(env_id)
+    gym_check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_sb3_check_env(env_id):
+    env = gym.make(env_id)
+    sb3_check_env(env.unwrapped, warn=True)
+    sb3_check_env(BoxActions(env.unwrapped), warn=True)
+    env.close()
+
+
+def _rollout(env_id, seed, steps=25):
+    env = gym.make(env_id)
+    obs, info = env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    frames, rewards, infos = [obs["frame"].copy()], [], [info]
+    for _ in range(steps):
+        obs, reward, terminated, truncated, info = env.step(_masked_random_action(env, rng))
+        frames.append(obs["frame"].copy())
+        rewards.append(reward)
+        infos.append(info["command"])
+        if terminated or truncated:
+            obs, info = env.reset()
+    env.close()
+    return frames, rewards, infos
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_same_seed_gives_the_same_rollout(env_id):
+    a = _rollout(env_id, seed=3)
+    b = _rollout(env_id, seed=3)
+    for fa, fb in zip(a[0], b[0], strict=True):
+        np.testing.assert_array_equal(fa, fb)
+    assert a[1] == b[1]
+    assert a[2] == b[2]
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_different_seeds_give_different_episodes(env_id):
+    a = _rollout(env_id, seed=1, steps=2)
+    b = _rollout(env_id, seed=2, steps=2)
+    assert not np.array_equal(a[0][0], b[0][0])
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_every_action_decodes_to_one_command(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    state = env.unwrapped.instrument.state()
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        action = env.action_space.sample()
+        command = env.unwrapped.codec.decode(action, state)
+        assert type(command).__name__ in {"Scan", "Zoom", "Move", "Spectrum", "Tune"}
+    del rng
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_info_carries_command_time_and_dose(env_id):
+    env = gym.make(env_id)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    _, _, _, _, info = env.step(_masked_random_action(env, rng))
+    assert "command" in info and "command" in info["command"]
+    assert info["elapsed_s"] > 0
+    assert info["dose_e_per_A2"] >= 0
+    assert "twin" in info
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_observations_hold_no_ground_truth(env_id):
+    env = gym.make(env_id)
+    obs, _ = env.reset(seed=0)
+    assert set(obs) <= {"frame", "state", "spectrum"}
+    assert obs["frame"].dtype == np.uint8
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_rgb_render_shows_three_panels(env_id):
+    env = gym.make(env_id, render_mode="rgb_array")
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        env.step(_masked_random_action(env, rng))
+    picture = env.render()
+    assert picture.shape == (256, 768, 3)
+    assert picture.dtype == np.uint8
+    assert picture[:, 256:512].std() > 0  # the current frame is drawn
+    env.close()
+
+
+def test_masks_forbid_spectra_before_a_frame_and_moves_off_the_stage():
+    env = gym.make("scopegym/Survey-v0")
+    env.reset(seed=0)
+    unwrapped = env.unwrapped
+    unwrapped._have_frame = False
+    masks = unwrapped.action_masks()
+    verbs = unwrapped.task.action_config.verbs
+    assert not masks[verbs.index("spectrum")]
+    # Put the stage at the edge of its range: moves further out are masked.
+    state = unwrapped.instrument.state()
+    limits = unwrapped.instrument.limits
+    edge = state.replace(stage_x_nm=limits.stage_x_nm.high - 1.0, fov_nm=1024.0)
+    masks = unwrapped.codec.masks(edge, limits, have_frame=True)
+    nvec = env.action_space.nvec
+    offsets = np.concatenate([[0], np.cumsum(nvec)])
+    dx = masks[offsets[3] : offsets[4]]
+    steps = np.array(unwrapped.task.action_config.move_steps)
+    assert not dx[steps > 0].any()
+    assert dx[steps <= 0].all()
+    env.close()
+
+
+def test_box_wrapper_maps_every_box_action_to_a_valid_discrete_one():
+    env = BoxActions(gym.make("scopegym/Survey-v0").unwrapped)
+    env.reset(seed=0)
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        box = rng.uniform(-1, 1, env.action_space.shape).astype(np.float32)
+        discrete = env.action(box)
+        masks = env.action_masks()
+        offsets = np.concatenate([[0], np.cumsum(env.env.action_space.nvec)])
+        for i, value in enumerate(discrete):
+            assert masks[offsets[i] + value]
+    env.close()
