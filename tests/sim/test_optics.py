@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 
 import numpy as np
 import pytest
@@ -110,6 +111,14 @@ def test_optics_integer_and_float_fields_compare_equal() -> None:
     assert hash(Optics(60, 30)) == hash(Optics(60.0, 30.0))
 
 
+def test_optics_survives_pickling() -> None:
+    # Vectorised environments ship the optics to worker processes.
+    optics = Optics(200.0, 25.0, {"C10": 2.0, "C23b": -40.0}, aperture_rolloff_mrad=0.5)
+    restored = pickle.loads(pickle.dumps(optics))
+    assert restored == optics
+    assert hash(restored) == hash(optics)
+
+
 def test_with_aberrations_adds_and_replace_sets() -> None:
     base = Optics(aberrations_nm={"C10": 1.0, "C12b": 0.5})
     shifted = base.with_aberrations(defocus=2.0, C12b=-0.5, C23a=7.0)
@@ -182,7 +191,8 @@ def test_chi_matches_the_trigonometric_form(
     order, fold = int(name[1]), int(name[2])
     angular = math.sin(fold * phi_rad) if name.endswith("b") else math.cos(fold * phi_rad)
     wavelength = electron_wavelength_nm(voltage_kV)
-    expected = 2 * math.pi / wavelength * alpha_rad ** (order + 1) / (order + 1) * value_nm * angular
+    radial = alpha_rad ** (order + 1) / (order + 1)
+    expected = 2 * math.pi / wavelength * radial * value_nm * angular
     optics = Optics(voltage_kV, aberrations_nm={name: value_nm})
     k = alpha_rad / wavelength
     chi = float(optics.chi(k * math.cos(phi_rad), k * math.sin(phi_rad)))
@@ -295,7 +305,10 @@ def test_aberration_free_fwhm_is_airy(voltage_kV: float, convergence_mrad: float
     st.sampled_from([(60.0, 30.0), (300.0, 20.0)]),
 )
 def test_defocus_broadens_probe_monotonically(
-    first: float, second: float, first_negative: bool, second_negative: bool,
+    first: float,
+    second: float,
+    first_negative: bool,
+    second_negative: bool,
     beam: tuple[float, float],
 ) -> None:
     # Up to |C10| = lambda / alpha^2 the Airy core survives; beyond it the centre goes dark.
@@ -325,21 +338,24 @@ def test_pure_twofold_astigmatism_keeps_x_y_symmetry() -> None:
 
 def test_astigmatism_orientation() -> None:
     pixel_nm, radius_nm = 0.01, 0.4
-    along_axes = probe_intensity(Optics(aberrations_nm={"C10": 3.0, "C12a": 1.5}), (128, 128),
-                                 pixel_nm)
+    along_axes = probe_intensity(
+        Optics(aberrations_nm={"C10": 3.0, "C12a": 1.5}), (128, 128), pixel_nm
+    )
     xx, yy, xy = windowed_second_moments(along_axes, pixel_nm, radius_nm)
     assert xx > 1.5 * yy  # C10 and C12a of one sign: longer along x
     assert abs(xy) < 1e-6 * xx
 
-    flipped = probe_intensity(Optics(aberrations_nm={"C10": 3.0, "C12a": -1.5}), (128, 128),
-                              pixel_nm)
+    flipped = probe_intensity(
+        Optics(aberrations_nm={"C10": 3.0, "C12a": -1.5}), (128, 128), pixel_nm
+    )
     xx_f, yy_f, _ = windowed_second_moments(flipped, pixel_nm, radius_nm)
     assert xx_f == pytest.approx(yy, rel=1e-6)
     assert yy_f == pytest.approx(xx, rel=1e-6)
 
     # C12b is C12a turned by 45 degrees (x towards y): M' = R M R^T.
-    diagonal = probe_intensity(Optics(aberrations_nm={"C10": 3.0, "C12b": 1.5}), (128, 128),
-                               pixel_nm)
+    diagonal = probe_intensity(
+        Optics(aberrations_nm={"C10": 3.0, "C12b": 1.5}), (128, 128), pixel_nm
+    )
     xx_d, yy_d, xy_d = windowed_second_moments(diagonal, pixel_nm, radius_nm)
     assert xx_d == pytest.approx(yy_d, rel=1e-6)
     assert xx_d == pytest.approx(0.5 * (xx + yy), rel=0.01)
@@ -359,13 +375,12 @@ def test_coarse_grid_is_binned_fine_grid(optics: Optics) -> None:
     pixel_nm, factor, size = 0.2, 3, 64
     assert oversampling_factor(optics, pixel_nm) == factor
     coarse = probe_intensity(optics, (size, size), pixel_nm, centered=False)
-    fine = probe_intensity(optics, (size * factor, size * factor), pixel_nm / factor,
-                           centered=False)
+    fine = probe_intensity(
+        optics, (size * factor, size * factor), pixel_nm / factor, centered=False
+    )
     assert oversampling_factor(optics, pixel_nm / factor) == 1
     # Coarse pixel 0 covers fine samples -1, 0, 1.
-    binned = np.roll(fine, (1, 1), axis=(0, 1)).reshape(size, factor, size, factor).sum(
-        axis=(1, 3)
-    )
+    binned = np.roll(fine, (1, 1), axis=(0, 1)).reshape(size, factor, size, factor).sum(axis=(1, 3))
     assert binned.sum() == pytest.approx(1.0)
     np.testing.assert_allclose(coarse, binned, atol=1e-12)
 
@@ -385,9 +400,7 @@ def test_large_coarse_grid_patch_matches_full_computation() -> None:
     size, pixel_nm, factor = 300, 0.2, 3
     patch = probe_intensity(optics, (size, size), pixel_nm, centered=False)
     fine = probe_intensity(optics, (size * factor,) * 2, pixel_nm / factor, centered=False)
-    binned = np.roll(fine, (1, 1), axis=(0, 1)).reshape(size, factor, size, factor).sum(
-        axis=(1, 3)
-    )
+    binned = np.roll(fine, (1, 1), axis=(0, 1)).reshape(size, factor, size, factor).sum(axis=(1, 3))
     assert np.abs(patch - binned).max() < 1e-4 * binned.max()
     assert np.abs(patch - binned).sum() < 3e-3
 
@@ -413,8 +426,9 @@ def test_psf_transfer_blurs_a_point_without_shifting_it() -> None:
     shape, pixel_nm, where = (64, 64), 0.01, (20, 45)
     point = np.zeros(shape)
     point[where] = 1.0
-    blurred = scipy.fft.irfft2(scipy.fft.rfft2(point) * psf_transfer(optics, shape, pixel_nm),
-                               s=shape)
+    blurred = scipy.fft.irfft2(
+        scipy.fft.rfft2(point) * psf_transfer(optics, shape, pixel_nm), s=shape
+    )
     expected = np.roll(probe_intensity(optics, shape, pixel_nm, centered=False), where, (0, 1))
     np.testing.assert_allclose(blurred, expected, atol=1e-6 * expected.max())
 

@@ -237,7 +237,9 @@ def _expected_image(
         return _ExpectedImage(values, (0, 0), 1.0, np.zeros(n))
 
     radius = probe_radius_nm(optics)
-    pad = int(min(np.ceil(radius / p) + 2, n))
+    # Rounded up to 8 px so that small changes of the probe keep the padded grid, and with it
+    # the cached transfer function's shape.
+    pad = int(min(8 * np.ceil((radius / p + 2) / 8), n))
     size = _padded_size(n, pad)
     atoms = specimen.atoms_in(*geometry.bounds_nm(pad * p))
     weights = cross_sections_for(atoms.numbers, optics.voltage_kV) * atoms.counts
