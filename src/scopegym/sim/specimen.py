@@ -628,9 +628,10 @@ class Specimen:
             candidates = np.flatnonzero(dist <= dist.min() + 2.0 * (TILE_NM + 2 * m))
 
         parts_xy, parts_i, parts_j, parts_b, parts_g = [], [], [], [], []
+        single_grain = len(candidates) == 1
         for g in candidates:
             xy, i, j, b = self._lattice_sites(int(g), x0 - m, y0 - m, x1 + m, y1 + m, (0.0, 0.0))
-            own = self.grain_of(xy) == g
+            own = np.ones(len(xy), bool) if single_grain else self.grain_of(xy) == g
             parts_xy.append(xy[own])
             parts_i.append(i[own])
             parts_j.append(j[own])
@@ -717,11 +718,13 @@ class Specimen:
 
         # Second-layer islands (2D materials only).
         island_xy = np.zeros((0, 2))
-        if fam.repeat_nm <= 0 and len(layout.islands):
+        if fam.repeat_nm <= 0 and len(layout.islands.near(x0, y0, x1, y1)):
             layer_parts = []
             for g in candidates:
                 lxy, _, _, lb = self._lattice_sites(int(g), x0, y0, x1, y1, fam.stacking_nm)
-                own = (self.grain_of(lxy) == g) & self._island_mask(lxy)
+                own = self._island_mask(lxy)
+                if not single_grain:
+                    own &= self.grain_of(lxy) == g
                 own &= self._hole_rim_distance(lxy, margin=1.0) >= 0.0
                 layer_parts.append((lxy[own], lb[own]))
             if layer_parts:
@@ -818,10 +821,16 @@ class Specimen:
                 mean = np.zeros((len(uniq), 2))
                 np.add.at(mean, inverse, pts)
                 mean /= np.bincount(inverse)[:, None]
-                uids = np.array(
-                    [_key(DEFECT_KINDS.index(kind), int(cx), int(cy)) >> 12 for cx, cy in uniq],
-                    dtype=np.int64,
-                )
+                uids = (
+                    _site_uniform(
+                        site_key,
+                        uniq[:, 0],
+                        uniq[:, 1],
+                        np.zeros(len(uniq), np.int64),
+                        20 + DEFECT_KINDS.index(kind),
+                    )
+                    * 2**52
+                ).astype(np.int64)
                 add(kind, mean, np.full(len(uniq), numbers_of_basis[0]), uids)
         for c in near:
             cx, cy = layout.contamination.centers[c]
@@ -834,6 +843,8 @@ class Specimen:
                 )
 
         for ex0, ey0, ex1, ey1, dose in self._exposures:
+            if ex1 < x0 or ex0 >= x1 or ey1 < y0 or ey0 >= y1:
+                continue
             exposed = (
                 (all_xy[:, 0] >= ex0)
                 & (all_xy[:, 0] < ex1)
@@ -998,8 +1009,10 @@ class Specimen:
         iu, iv = u.astype(np.int64), v.astype(np.int64)
         fu, fv = u - iu, v - iv
         return (
-            grid[iv, iu] * (1 - fu) * (1 - fv) + grid[iv, iu + 1] * fu * (1 - fv)
-            + grid[iv + 1, iu] * (1 - fu) * fv + grid[iv + 1, iu + 1] * fu * fv
+            grid[iv, iu] * (1 - fu) * (1 - fv)
+            + grid[iv, iu + 1] * fu * (1 - fv)
+            + grid[iv + 1, iu] * (1 - fu) * fv
+            + grid[iv + 1, iu + 1] * fu * fv
         )
 
     # -- beam damage ------------------------------------------------------------------------
@@ -1048,8 +1061,10 @@ class Specimen:
         keys = [
             (tx, ty)
             for tx, ty in self._tiles
-            if x0 < (tx + 1) * TILE_NM and tx * TILE_NM <= x1
-            and y0 < (ty + 1) * TILE_NM and ty * TILE_NM <= y1
+            if x0 < (tx + 1) * TILE_NM
+            and tx * TILE_NM <= x1
+            and y0 < (ty + 1) * TILE_NM
+            and ty * TILE_NM <= y1
         ]
         for tx, ty in keys:
             tile = self._tile(tx, ty)

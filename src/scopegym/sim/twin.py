@@ -201,10 +201,14 @@ class GroundTruth:
             return "vacuum"
         if specimen.contamination_thickness(point)[0] > 0.3:
             return "contamination"
-        near = specimen.defects_in(x_nm - radius_nm, y_nm - radius_nm, x_nm + radius_nm,
-                                   y_nm + radius_nm)
-        near = [d for d in near if d.kind != "contamination"
-                and np.hypot(d.x_nm - x_nm, d.y_nm - y_nm) <= radius_nm]
+        near = specimen.defects_in(
+            x_nm - radius_nm, y_nm - radius_nm, x_nm + radius_nm, y_nm + radius_nm
+        )
+        near = [
+            d
+            for d in near
+            if d.kind != "contamination" and np.hypot(d.x_nm - x_nm, d.y_nm - y_nm) <= radius_nm
+        ]
         if near:
             closest = min(near, key=lambda d: np.hypot(d.x_nm - x_nm, d.y_nm - y_nm))
             return f"dopant:{closest.element}" if closest.kind == "dopant" else closest.kind
@@ -330,9 +334,16 @@ class TwinMicroscope:
         # Encoders are read once per command, so asking for the state never consumes randomness
         # and cannot change what later commands produce.
         self._reported_nm = self._stage.reported_nm()
+        self._state: InstrumentState | None = None
 
     def state(self) -> InstrumentState:
         """What the instrument reports about itself."""
+        # Built once per command: agents and environments ask for it several times a step.
+        if self._state is None:
+            self._state = self._build_state()
+        return self._state
+
+    def _build_state(self) -> InstrumentState:
         x, y = self._reported_nm
         aberrations = dict(self._corrector_nm)
         return InstrumentState(
@@ -371,7 +382,7 @@ class TwinMicroscope:
         if self._closed:
             raise InstrumentError("the twin microscope is closed; reset() or load_sample() it")
         validate(command, self.state(), self._limits)
-        result: Result
+        result: Frame | EELSSpectrum | None = None
         if isinstance(command, Scan):
             result = self._scan(command)
         elif isinstance(command, Spectrum):
@@ -379,11 +390,9 @@ class TwinMicroscope:
         elif isinstance(command, Zoom):
             self._fov_nm = float(command.fov_nm)
             self._advance(self.config.zoom_time_s)
-            result = self.state()
         elif isinstance(command, Move):
             duration = self._stage.move(command.dx_nm, command.dy_nm, self._elapsed_s)
             self._advance(duration)
-            result = self.state()
         elif isinstance(command, Tune):
             name = command.aberration
             self._corrector_nm[name] += float(command.delta_nm)
@@ -391,11 +400,10 @@ class TwinMicroscope:
                 name, self._residual_nm[name] + self._corrector_nm[name]
             )
             self._advance(self.config.tune_time_s)
-            result = self.state()
         else:  # pragma: no cover - validate() rejects unknown commands first
             raise TypeError(f"unsupported command {command!r}")
         self._read_encoders()
-        return result if isinstance(result, (Frame, EELSSpectrum)) else self.state()
+        return result if result is not None else self.state()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -404,6 +412,7 @@ class TwinMicroscope:
         return self._world_origin_nm[0] + ax, self._world_origin_nm[1] + ay
 
     def _advance(self, duration_s: float) -> None:
+        self._state = None
         self._stage.advance(self._elapsed_s, self._elapsed_s + duration_s)
         self._elapsed_s += duration_s
 
