@@ -5,7 +5,7 @@ included in the timing. Target (issue 3): >= 300 steps/s on one core for DefectS
 frames.
 
 Usage:
-    python scripts/bench_env.py [--steps 2000] [--ids scopegym/DefectSearch-v0 ...] [--json out.json]
+    python scripts/bench_env.py [--steps 2000] [--ids ID ...] [--json out.json]
 """
 
 from __future__ import annotations

@@ -584,8 +584,10 @@ class _FrameSearch:
         return reward
 
     def choose(self, slack: float) -> LoGParams:
-        """Of all evaluated settings with a reward within ``slack`` of the best, the one that
-        finds the most atoms (then the one with the higher reward)."""
+        """The evaluated setting that finds the most atoms within ``slack`` of the best reward.
+
+        Ties go to the higher reward.
+        """
         floor = self.best_reward - slack
         choice: tuple[int, float, LoGParams] | None = None
         for sigma_nm, min_distance_nm, rewards, thresholds in self._curves:
@@ -627,15 +629,19 @@ def optimise_atom_finder(
     budget: int = 60,
     space: SearchSpace | None = None,
     prior: LatticePrior | None = None,
-    reward_slack: float = 0.0,
+    reward_slack: float = 0.005,
 ) -> tuple[LoGParams, AtomFindingScore]:
     """Tune the LoG atom finder on one frame by maximising :func:`score_atoms` (no ground truth).
 
-    Each evaluation takes one (sigma, minimum distance) pair and chooses its threshold exactly
-    among all thresholds of the search space (see the module docstring). Two thirds of the
-    ``budget`` go to a grid (sigma geometric, minimum distance linear), the rest to
-    golden-section refinement of the minimum distance and then of sigma around the best grid
-    point. The LoG response is computed once per sigma.
+    Each evaluation takes one (sigma, minimum distance) pair and scores every threshold of the
+    search space at once (see the module docstring). Two thirds of the ``budget`` go to a grid
+    (sigma geometric, minimum distance linear), the rest to golden-section refinement of the
+    minimum distance and then of sigma around the best grid point. The LoG response is computed
+    once per sigma. Of all (sigma, minimum distance, threshold) settings scored, the one that
+    finds the most atoms among those within ``reward_slack`` of the best reward is returned:
+    rewards that close are equally good evidence, and on the twin (8 regions, 256² frames) a
+    slack of 0.005 raised recall from 0.967 to 0.978 at 0.5 µs dwell and from 0.870 to 0.877
+    at 0.2 µs, with precision unchanged within 0.7 %.
 
     Args:
         frame_counts: Frame, shape (N, M) [counts].
@@ -650,9 +656,12 @@ def optimise_atom_finder(
         space: Parameter bounds, as fractions of the bond length; the default if None.
         prior: Lattice and reward weights; built from ``atoms_per_nm2`` and ``bond_nm`` if
             None.
+        reward_slack: Rewards within this of the best count as equal; 0 returns the best
+            reward [dimensionless].
 
     Returns:
-        The best parameters, and their score recomputed with :func:`find_atoms` on the frame.
+        The chosen parameters, and their score recomputed with :func:`find_atoms` on the
+        frame.
 
     """
     del rng
