@@ -124,21 +124,23 @@ def test_dose_scales_with_dwell_and_accumulates():
     assert f1.dose_e_per_A2 == pytest.approx(30e-12 * 1e-6 / 1.602176634e-19 / 6.25, rel=1e-6)
 
 
-def _snr(frames):
-    stack = np.stack([f.counts for f in frames]).astype(float)
-    signal = stack.mean(0)
-    return signal.std() / stack.std(0).mean()
-
-
 def test_longer_dwell_gives_better_signal_to_noise():
-    config = TwinConfig(
-        damage=None, stage=QUIET_STAGE, initial_fov_nm=4.0, timing=RasterTiming(line_jitter_nm=0.0)
-    )
+    from scopegym.sim.imaging import electrons_per_pixel, scattered_fraction
+
+    config = TwinConfig(damage=None, stage=QUIET_STAGE, initial_fov_nm=4.0,
+                        timing=RasterTiming(line_jitter_nm=0.0))
     snr = []
-    for dwell in (0.5, 8.0):
+    for dwell in (1.0, 16.0):
         twin = TwinMicroscope("graphene", seed=0, config=config)
-        snr.append(_snr([twin.execute(Scan(64, dwell)) for _ in range(4)]))
-    assert snr[1] > 2.0 * snr[0]
+        geometry = twin._raster(64, dwell)
+        expected = scattered_fraction(twin.specimen, twin.optics, geometry, config.timing)
+        detector = config.detector
+        mean = detector.gain * expected * electrons_per_pixel(config.beam_current_pA, dwell)
+        frame = twin.execute(Scan(64, dwell)).counts - detector.offset
+        snr.append(mean.std() / (frame - mean).std())
+    # Poisson-limited: SNR grows as the square root of the dose, a factor 4 here, less where
+    # read noise still matters.
+    assert snr[1] > 2.5 * snr[0]
 
 
 def test_drift_distorts_slow_scans_only():
@@ -256,8 +258,8 @@ def test_defocus_blurs_the_image():
     blurred = TwinMicroscope("graphene", seed=0, config=config)
     blurred.execute(Tune("C10", 10.0))
     sharp.execute(Tune("C10", 0.0))
-    a = sharp.execute(Scan(128, 4.0)).counts
-    b = blurred.execute(Scan(128, 4.0)).counts
+    a = sharp.execute(Scan(128, 100.0)).counts
+    b = blurred.execute(Scan(128, 100.0)).counts
 
     def high_frequency_power(image):
         spectrum = np.abs(np.fft.fft2(image - image.mean())) ** 2
@@ -270,10 +272,10 @@ def test_defocus_blurs_the_image():
 def test_low_magnification_shows_holes_without_atoms():
     twin = TwinMicroscope("graphene", seed=0, config=TwinConfig(damage=None))
     twin.execute(Zoom(1500.0))
-    frame = twin.execute(Scan(128, 8.0))
+    frame = twin.execute(Scan(128, 200.0))  # ~11 electrons per pixel on the film
     counts = frame.counts
     offset = twin.config.detector.offset
-    dark = counts < offset + 1.0
+    dark = counts < offset + 2.0
     assert 0.005 < dark.mean() < 0.6  # holes are there but do not dominate
     assert counts.std() > 0
 

@@ -15,10 +15,15 @@ from scopegym.rewards import Budget, StepContext
 from scopegym.rewards.spectra_probe import MARECHAL_PHASE_RMS_RAD
 
 #: Default budgets of instrument time and dose per episode.
-DEFECT_SEARCH_BUDGET = Budget(time_s=600.0, dose_e_per_A2=2.0e6)
+DEFECT_SEARCH_BUDGET = Budget(time_s=600.0, dose_e_per_A2=5.0e6)
 AUTOTUNE_BUDGET = Budget(time_s=120.0, dose_e_per_A2=5.0e6)
 SPECTRUM_DISCOVERY_BUDGET = Budget(time_s=60.0, dose_e_per_A2=1.0e9)
 SURVEY_BUDGET = Budget(time_s=900.0, dose_e_per_A2=5.0e7)
+
+#: Dwell of the opening overview [µs]: ~1 electron per pixel scattered by a graphene film.
+OVERVIEW_DWELL_US = 16.0
+#: Dwell of Autotune's frames [µs]: ~2 electrons per pixel at a carbon column at 30 pA.
+AUTOTUNE_DWELL_US = 32.0
 
 #: Largest random offset of the episode's starting position from the specimen centre [nm].
 START_OFFSET_NM = 500.0
@@ -48,7 +53,7 @@ class DefectSearchTask(Task):
             ActionConfig(
                 verbs=("scan", "zoom", "move"),
                 frame_px=frame_px,
-                dwell_us=(1.0, 4.0, 16.0),
+                dwell_us=(4.0, 16.0, 64.0),
                 fov_levels_nm=(4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0),
                 move_steps=(-1.0, -0.5, 0.0, 0.5, 1.0),
             ),
@@ -58,11 +63,11 @@ class DefectSearchTask(Task):
         )
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
-        """A random sample and position, then a 1 µm overview at 1 µs dwell."""
+        """A random sample and position, then a 1 µm overview at 16 µs dwell."""
         n = self.action_config.frame_px
         return EpisodeStart(
             samples.draw(rng),
-            (_random_offset(rng), Zoom(1024.0), Scan(n, 1.0)),
+            (_random_offset(rng), Zoom(1024.0), Scan(n, OVERVIEW_DWELL_US)),
         )
 
 
@@ -78,7 +83,7 @@ class DefectSearchEnv(TaskEnv):
 
     ## Action Space
     ``MultiDiscrete([3, 3, 9, 5, 5, 1, 1, 1, 1])`` = [verb, dwell, fov, dx, dy, x, y, aberration,
-    delta]. Verb 0 = ``Scan(frame_px, dwell_us ∈ {1, 4, 16}[dwell])``; verb 1 =
+    delta]. Verb 0 = ``Scan(frame_px, dwell_us ∈ {4, 16, 64}[dwell])``; verb 1 =
     ``Zoom(fov_nm ∈ {4, 8, 16, 32, 64, 128, 256, 512, 1024}[fov])``; verb 2 =
     ``Move(s[dx]·fov, s[dy]·fov)`` with s ∈ {−1, −0.5, 0, 0.5, 1}. Each action decodes to
     exactly one command (:mod:`scopegym.envs.actions`); ``action_masks()`` excludes zooms
@@ -99,10 +104,10 @@ class DefectSearchEnv(TaskEnv):
 
     ## Starting State
     A sample drawn from the chosen sample set, a random position within ±500 nm of the specimen
-    centre, and a 1024 nm overview at 1 µs dwell.
+    centre, and a 1024 nm overview at 16 µs dwell.
 
     ## Episode End
-    Truncated when the time (600 s) or dose (2·10⁶ e/Å²) budget is spent or after 200 steps.
+    Truncated when the time (600 s) or dose (5·10⁶ e/Å²) budget is spent or after 200 steps.
     Never terminated.
 
     ## Arguments
@@ -142,7 +147,7 @@ class AutotuneTask(Task):
             ActionConfig(
                 verbs=("scan", "tune"),
                 frame_px=frame_px,
-                dwell_us=(2.0,),
+                dwell_us=(AUTOTUNE_DWELL_US,),
                 fov_levels_nm=(4.0,),
                 aberrations=("C10", "C12a", "C12b", "C21a", "C21b"),
                 delta_steps=(-4.0, -1.0, -0.25, 0.25, 1.0, 4.0),
@@ -159,7 +164,7 @@ class AutotuneTask(Task):
         n = self.action_config.frame_px
         return EpisodeStart(
             SampleSpec(drawn.family, drawn.seed, residual),
-            (_random_offset(rng), Zoom(4.0), Scan(n, 2.0)),
+            (_random_offset(rng), Zoom(4.0), Scan(n, AUTOTUNE_DWELL_US)),
         )
 
     def terminated(self, env: MicroscopeEnv, ctx: StepContext) -> bool:
@@ -188,7 +193,7 @@ class AutotuneEnv(TaskEnv):
     a 4 nm field of graphene or hBN until the probe is well corrected.
 
     ## Action Space
-    ``MultiDiscrete([2, 1, 1, 1, 1, 1, 1, 5, 6])``: verb 0 = ``Scan(frame_px, 2 µs)``; verb 1 =
+    ``MultiDiscrete([2, 1, 1, 1, 1, 1, 1, 5, 6])``: verb 0 = ``Scan(frame_px, 32 µs)``; verb 1 =
     ``Tune(a, d·scale)`` with a ∈ {C10, C12a, C12b, C21a, C21b}[aberration],
     d ∈ {−4, −1, −0.25, 0.25, 1, 4}[delta] and scale 1 nm (C10, C12) or 20 nm (C21).
     ``action_masks()`` excludes steps past the corrector's range.
@@ -250,7 +255,7 @@ class SpectrumDiscoveryTask(Task):
         n = self.action_config.frame_px
         return EpisodeStart(
             samples.draw(rng),
-            (_random_offset(rng), Zoom(8.0), Scan(n, 8.0)),
+            (_random_offset(rng), Zoom(8.0), Scan(n, 32.0)),
         )
 
 
@@ -279,7 +284,7 @@ class SpectrumDiscoveryEnv(TaskEnv):
     alternative is ``spectral_novelty``.
 
     ## Starting State
-    A random position within ±500 nm of the centre, an 8 nm field and one 64² frame at 8 µs.
+    A random position within ±500 nm of the centre, an 8 nm field and one 64² frame at 32 µs.
 
     ## Episode End
     Truncated after 24 spectra (steps) or when the time budget (60 s) is spent.
@@ -314,7 +319,7 @@ class SurveyTask(Task):
             ActionConfig(
                 verbs=("scan", "zoom", "move", "spectrum", "tune"),
                 frame_px=frame_px,
-                dwell_us=(1.0, 4.0, 16.0),
+                dwell_us=(4.0, 16.0, 64.0),
                 fov_levels_nm=(4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0),
                 move_steps=(-1.0, -0.5, 0.0, 0.5, 1.0),
                 spectrum_grid=8,
@@ -341,7 +346,7 @@ class SurveyTask(Task):
         n = self.action_config.frame_px
         return EpisodeStart(
             SampleSpec(drawn.family, drawn.seed, residual),
-            (_random_offset(rng), Zoom(1024.0), Scan(n, 1.0)),
+            (_random_offset(rng), Zoom(1024.0), Scan(n, OVERVIEW_DWELL_US)),
         )
 
 

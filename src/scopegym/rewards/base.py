@@ -154,13 +154,19 @@ def register_reward(name: str) -> Callable[[_Module], _Module]:
         The decorator.
 
     Raises:
-        ValueError: If another class already holds the name.
+        ValueError: If another class already holds the name (a reloaded module may register
+            its class again).
+        TypeError: If the class does not set ``requires_ground_truth`` to a bool.
 
     """
 
     def decorate(cls: _Module) -> _Module:
         holder = REWARDS.get(name)
-        if holder is not None and holder is not cls:
+        reloaded = holder is not None and (holder.__module__, holder.__qualname__) == (
+            cls.__module__,
+            cls.__qualname__,
+        )
+        if holder is not None and holder is not cls and not reloaded:
             raise ValueError(f"reward name {name!r} is already registered to {holder.__name__}")
         if not isinstance(getattr(cls, "requires_ground_truth", None), bool):
             raise TypeError(f"{cls.__name__} must set requires_ground_truth to True or False")
