@@ -47,6 +47,8 @@ STATE_FEATURES = (
     *TUNABLE_ABERRATIONS,
     "have_frame",
 )
+#: Frames with pixels at most this size resolve atoms [nm]; rendering marks defects in them.
+ATOMIC_PIXEL_NM = 0.05
 #: Reward for a command the instrument refused (only reachable without action masks).
 REFUSED_REWARD = -0.1
 
@@ -190,13 +192,17 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._last_frame: Frame | None = None
         self._last_spectrum: EELSSpectrum | None = None
         self._overview: Frame | None = None
-        self._overview_state: InstrumentState | None = None
+        self._overview_view: tuple[float, float, float, float] | None = None
+        # True fields of view of atomic-resolution frames (twin only), for rendering.
+        self._atomic_views: list[tuple[float, float, float, float]] = []
 
     def _used(self, state: InstrumentState) -> tuple[float, float]:
         start = self._start_state or state
         return state.elapsed_s - start.elapsed_s, state.dose_e_per_A2 - start.dose_e_per_A2
 
-    def _observe_result(self, result: Result, state: InstrumentState) -> None:
+    def _observe_result(
+        self, result: Result, view: tuple[float, float, float, float] | None
+    ) -> None:
         if isinstance(result, Frame):
             counts = result.counts
             lo, hi = np.percentile(counts, (0.5, 99.5))
@@ -211,7 +217,9 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self._have_frame = True
             self._last_frame = result
             if self._overview is None or result.fov_nm >= self._overview.fov_nm:
-                self._overview, self._overview_state = result, state
+                self._overview, self._overview_view = result, view
+            if view is not None and result.pixel_nm <= ATOMIC_PIXEL_NM:
+                self._atomic_views.append(view)
             self.history.append(result)
         elif isinstance(result, EELSSpectrum):
             counts = np.maximum(result.counts, 0.0)
@@ -280,9 +288,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self.instrument.load_sample(start.sample)
         self.reward_module.reset()
         for command in start.commands:
-            result = self.instrument.execute(command)
-            state = self.instrument.state()
-            self._observe_result(result, state)
+            view = self._view_bounds()
+            self._observe_result(self.instrument.execute(command), view)
         self.history.clear()  # the opening is context, not something the agent earned
         self._start_state = self.instrument.state()
         info = {"sample": {"family": start.sample.family, "seed": start.sample.seed}}
@@ -316,7 +323,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             view_bounds_nm=view,
         )
         reward = float(self.reward_module(ctx))
-        self._observe_result(result, after)
+        self._observe_result(result, view)
         self.trajectory.append((command, after))
         time_used, dose_used = self._used(after)
         terminated = bool(self.task.terminated(self, ctx))

@@ -33,6 +33,28 @@ def _overview_panel(env: MicroscopeEnv) -> Image.Image:
     image = _gray_panel(overview.counts)
     draw = ImageDraw.Draw(image)
     scale = PANEL / overview.fov_nm
+    truth = env.truth
+    if truth is not None and env._overview_view is not None:
+        # Twin: place everything by true world position.
+        ox0, oy0 = env._overview_view[0], env._overview_view[1]
+
+        def world_box(bounds: tuple[float, float, float, float]) -> tuple[float, ...]:
+            x0, y0, x1, y1 = bounds
+            return (
+                (x0 - ox0) * scale,
+                (y0 - oy0) * scale,
+                max((x1 - ox0) * scale, (x0 - ox0) * scale + 2),
+                max((y1 - oy0) * scale, (y0 - oy0) * scale + 2),
+            )
+
+        for bounds in env._atomic_views:
+            draw.rectangle(world_box(bounds), outline=_VISITED)
+            for defect in truth.defects_in(*bounds)[:50]:
+                x, y = (defect.x_nm - ox0) * scale, (defect.y_nm - oy0) * scale
+                draw.ellipse((x - 2, y - 2, x + 2, y + 2), outline=_DEFECT)
+        draw.rectangle(world_box(truth.view_bounds_nm()), outline=_CURRENT)
+        return image
+    # Real instrument: reported positions relative to the overview's.
     ox, oy = overview.stage_x_nm, overview.stage_y_nm
 
     def box(x_nm: float, y_nm: float, fov_nm: float) -> tuple[float, float, float, float]:
@@ -46,23 +68,7 @@ def _overview_panel(env: MicroscopeEnv) -> Image.Image:
             draw.rectangle(box(item.stage_x_nm, item.stage_y_nm, item.fov_nm), outline=_VISITED)
     state = env.instrument.state()
     draw.rectangle(box(state.stage_x_nm, state.stage_y_nm, state.fov_nm), outline=_CURRENT)
-    truth = env.truth
-    if truth is not None:
-        # Twin only: the defects inside atomic-resolution fields visited so far.
-        cx, cy = truth.view_center_nm()
-        for defect in _visited_defects(env):
-            x = (defect[0] - cx) + state.stage_x_nm
-            y = (defect[1] - cy) + state.stage_y_nm
-            x0, y0, x1, y1 = box(x, y, 0.0)
-            draw.ellipse((x0 - 1, y0 - 1, x1 + 1, y1 + 1), outline=_DEFECT)
     return image
-
-
-def _visited_defects(env: MicroscopeEnv) -> list[tuple[float, float]]:
-    found = getattr(env.reward_module, "found_positions", None)
-    if callable(found):
-        return list(found())
-    return []
 
 
 def _spectrum_panel(env: MicroscopeEnv) -> Image.Image:
@@ -73,9 +79,13 @@ def _spectrum_panel(env: MicroscopeEnv) -> Image.Image:
         draw.text((8, 8), "no spectrum yet", fill=(160, 160, 160))
         return image
     energy = np.asarray(spectrum.energy_eV)
-    counts = np.log1p(np.maximum(np.asarray(spectrum.counts), 0.0))
     keep = energy >= 50.0  # core-loss region; the zero-loss peak would flatten everything
-    energy, counts = energy[keep], counts[keep]
+    bands = 8  # channels summed per plotted point, so counting noise does not hide the edges
+    usable = int(keep.sum()) // bands * bands
+    energy = energy[keep][:usable].reshape(-1, bands).mean(1)
+    counts = np.log1p(
+        np.maximum(np.asarray(spectrum.counts)[keep][:usable], 0.0).reshape(-1, bands).sum(1)
+    )
     x = (energy - energy[0]) / max(energy[-1] - energy[0], 1e-9) * (PANEL - 16) + 8
     span = max(float(counts.max() - counts.min()), 1e-9)
     y = PANEL - 24 - (counts - counts.min()) / span * (PANEL - 48)
