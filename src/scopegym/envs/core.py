@@ -280,10 +280,22 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
     ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-        """Load a sample (when the instrument can), run the task's opening and observe."""
+        """Load a sample (when the instrument can), run the task's opening and observe.
+
+        Args:
+            seed: Seed of the episode's generator.
+            options: ``{"sample": SampleSpec}`` pins the sample (its family and seed); the
+                task still draws the rest of the opening.
+        """
         super().reset(seed=seed)
         self._clear_episode()
         start = self.task.start(self.samples, self.np_random)
+        pinned = (options or {}).get("sample")
+        if pinned is not None:
+            # Evaluation visits every held-out sample in turn; the opening stays the task's.
+            start = EpisodeStart(
+                SampleSpec(pinned.family, pinned.seed, start.sample.aberrations_nm), start.commands
+            )
         if isinstance(self.instrument, SupportsSampleLoading):
             self.instrument.load_sample(start.sample)
         self.reward_module.reset()
