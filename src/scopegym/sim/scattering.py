@@ -36,9 +36,9 @@ SYMBOLS: dict[int, str] = {
 }
 ATOMIC_NUMBERS: dict[str, int] = {symbol: z for z, symbol in SYMBOLS.items()}
 
-# Used only when the committed table cannot be read: an order-of-magnitude carbon value for an
-# 80–200 mrad detector at 60 kV [nm²].
-_FALLBACK_CARBON_NM2 = 1.2e-4
+# Used only when the committed table cannot be read: the table's carbon value for the 80–200 mrad
+# detector at 60 kV [nm²].
+_FALLBACK_CARBON_NM2 = 7.6e-6
 
 
 @functools.cache

@@ -310,6 +310,7 @@ class TwinMicroscope:
         self._n_scans = 0
         self._n_spectra = 0
         self._damage_events: list[str] = []
+        self._probe_cache: tuple[Optics, np.ndarray, float] | None = None
         self._read_encoders()
 
     def load_sample(self, sample: SampleSpec) -> None:
@@ -496,7 +497,7 @@ class TwinMicroscope:
 
     def _probe_weights(self) -> tuple[np.ndarray, float]:
         """Probe intensity [1/nm²] on a small grid, blurred by inelastic delocalisation."""
-        cached = getattr(self, "_probe_cache", None)
+        cached = self._probe_cache
         if cached is not None and cached[0] == self._optics:
             return cached[1], cached[2]
         n, p = _EELS_PROBE_GRID, _EELS_PROBE_PIXEL_NM
