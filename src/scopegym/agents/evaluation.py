@@ -1,0 +1,291 @@
+"""One evaluation harness for scripted baselines and trained models alike.
+
+:func:`run_episode` calls ``policy.predict(obs, action_masks=..., deterministic=True)`` at every
+step, exactly the call an sb3-contrib ``MaskablePPO`` model accepts, so a trained model and a
+:class:`~scopegym.agents.baselines.ScriptedPolicy` are scored by the same code.
+:func:`evaluate` visits every sample of a sample set in order; :func:`summarise` gives means
+and 95 % confidence intervals (Student's t) per policy and metric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import gymnasium as gym
+import numpy as np
+from scipy import stats
+
+from scopegym.envs.samples import SampleSet, sample_set
+from scopegym.instrument import SampleSpec
+
+SECONDS_PER_HOUR = 3600.0
+
+
+class Policy(Protocol):
+    """Anything with Stable-Baselines3's ``predict`` (models and scripted baselines)."""
+
+    def predict(
+        self,
+        observation: Any,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = False,
+        action_masks: Any = None,
+    ) -> tuple[Any, Any]:
+        """The next action and recurrent state."""
+        ...
+
+
+@dataclass
+class EpisodeResult:
+    """What one episode achieved and cost.
+
+    Attributes:
+        env_id: Gymnasium id (or class name) of the environment.
+        policy: Name of the policy.
+        sample_family: Specimen family of the episode's sample.
+        sample_seed: Specimen seed of the episode's sample.
+        episode_return: Sum of rewards [dimensionless].
+        steps: Number of steps taken.
+        time_s: Instrument time used [s].
+        dose_e_per_A2: Dose used [e/Å²].
+        n_scans: Frames acquired.
+        n_spectra: Spectra acquired.
+        reward_parts: Each reward part, unweighted, summed over the episode [dimensionless].
+        terminated: Whether the task ended itself (e.g. Autotune reached tolerance).
+        truncated: Whether a budget or step limit ended the episode.
+        metrics: Task metrics (see :func:`task_metrics`).
+        trajectory: The commands sent, as dictionaries, in order.
+    """
+
+    env_id: str
+    policy: str
+    sample_family: str
+    sample_seed: int
+    episode_return: float = 0.0
+    steps: int = 0
+    time_s: float = 0.0
+    dose_e_per_A2: float = 0.0
+    n_scans: int = 0
+    n_spectra: int = 0
+    reward_parts: dict[str, float] = field(default_factory=dict)
+    terminated: bool = False
+    truncated: bool = False
+    metrics: dict[str, float] = field(default_factory=dict)
+    trajectory: list[dict[str, Any]] = field(default_factory=list)
+
+    def scalars(self) -> dict[str, float]:
+        """Every numeric figure of the episode, for :func:`summarise`."""
+        values = {
+            "return": self.episode_return,
+            "steps": float(self.steps),
+            "time_s": self.time_s,
+            "dose_e_per_A2": self.dose_e_per_A2,
+            "n_scans": float(self.n_scans),
+            "n_spectra": float(self.n_spectra),
+            "terminated": float(self.terminated),
+        }
+        values.update({f"part_{name}": value for name, value in self.reward_parts.items()})
+        values.update(self.metrics)
+        return values
+
+
+def _per_feature(env: Any, part: str, attribute: str) -> float:
+    module = getattr(env.unwrapped.reward_module, "parts", {}).get(part)
+    return float(getattr(module, attribute, 1.0)) or 1.0
+
+
+def task_metrics(env: gym.Env[Any, Any], result: EpisodeResult) -> dict[str, float]:
+    """Task metrics of a finished episode, from its summed reward parts and costs.
+
+    Defects (DefectSearch, Survey): ``defects_found`` (discovery part / its ``per_feature``),
+    ``defects_per_hour`` [1/h] and ``dose_per_defect`` [e/Å²] (NaN without a defect). Autotune:
+    ``success``, ``scans_to_tolerance`` and ``dose_to_tolerance`` [e/Å²] (NaN when the tolerance
+    was not reached). Spectra (SpectrumDiscovery, Survey): ``signatures_found`` and
+    ``signatures_per_spectrum``.
+
+    Args:
+        env: The environment the episode ran in.
+        result: The episode, with costs and reward parts filled in.
+    """
+    core: Any = env.unwrapped
+    parts = result.reward_parts
+    metrics: dict[str, float] = {}
+    if "discovery" in parts:
+        found = parts["discovery"] / _per_feature(env, "discovery", "per_feature")
+        metrics["defects_found"] = found
+        hours = result.time_s / SECONDS_PER_HOUR
+        metrics["defects_per_hour"] = found / hours if hours > 0 else math.nan
+        metrics["dose_per_defect"] = result.dose_e_per_A2 / found if found > 0 else math.nan
+    if getattr(core.task, "name", "") == "Autotune":
+        metrics["success"] = float(result.terminated)
+        metrics["scans_to_tolerance"] = float(result.n_scans) if result.terminated else math.nan
+        metrics["dose_to_tolerance"] = result.dose_e_per_A2 if result.terminated else math.nan
+    if "signatures" in parts:
+        found = parts["signatures"] / _per_feature(env, "signatures", "per_signature")
+        metrics["signatures_found"] = found
+        metrics["signatures_per_spectrum"] = (
+            found / result.n_spectra if result.n_spectra > 0 else math.nan
+        )
+    return metrics
+
+
+def _policy_name(policy: Any) -> str:
+    return str(getattr(policy, "name", type(policy).__name__))
+
+
+def run_episode(
+    env: gym.Env[Any, Any],
+    policy: Policy,
+    sample: SampleSpec | None = None,
+    seed: int = 0,
+    max_steps: int | None = None,
+) -> EpisodeResult:
+    """Run one episode with ``policy.predict`` and record what it achieved and cost.
+
+    Args:
+        env: A scopegym environment (wrapped or not).
+        policy: A scripted baseline or an SB3 model; its ``reset()`` is called first if it has
+            one, and ``episode_start`` is true at the first step.
+        sample: Sample to pin (None: the environment draws one).
+        seed: Seed of the episode's reset.
+        max_steps: Stop after this many steps (None: when the environment ends the episode).
+    """
+    options = {"sample": sample} if sample is not None else None
+    observation, info = env.reset(seed=seed, options=options)
+    reset = getattr(policy, "reset", None)
+    if callable(reset):
+        reset()
+    spec = getattr(env, "spec", None)
+    result = EpisodeResult(
+        env_id=spec.id if spec is not None else type(env.unwrapped).__name__,
+        policy=_policy_name(policy),
+        sample_family=str(info["sample"]["family"]),
+        sample_seed=int(info["sample"]["seed"]),
+    )
+    recurrent: Any = None
+    first = True
+    while max_steps is None or result.steps < max_steps:
+        masks = env.unwrapped.action_masks()  # type: ignore[attr-defined]
+        action, recurrent = policy.predict(
+            observation,
+            state=recurrent,
+            episode_start=np.array([first]),
+            deterministic=True,
+            action_masks=masks,
+        )
+        first = False
+        observation, reward, terminated, truncated, info = env.step(np.asarray(action))
+        result.steps += 1
+        result.episode_return += float(reward)
+        command = dict(info["command"])
+        result.trajectory.append(command)
+        if info.get("refused") is None:
+            result.n_scans += command["command"] == "Scan"
+            result.n_spectra += command["command"] == "Spectrum"
+        for name, value in info.get("reward_parts", {}).items():
+            result.reward_parts[name] = result.reward_parts.get(name, 0.0) + float(value)
+        result.time_s = float(info.get("elapsed_s", result.time_s))
+        result.dose_e_per_A2 = float(info.get("dose_e_per_A2", result.dose_e_per_A2))
+        result.terminated, result.truncated = bool(terminated), bool(truncated)
+        if terminated or truncated:
+            break
+    result.metrics = task_metrics(env, result)
+    return result
+
+
+def evaluate(
+    policy_factory: Callable[[gym.Env[Any, Any]], Policy],
+    env_id: str,
+    samples: str | SampleSet = "heldout",
+    episodes: int | None = None,
+    seed: int = 0,
+    env_kwargs: Mapping[str, Any] | None = None,
+    max_steps: int | None = None,
+) -> list[EpisodeResult]:
+    """Run a policy on every sample of a sample set, in order.
+
+    Args:
+        policy_factory: Makes the policy for the environment (e.g.
+            ``lambda env: make_baseline("raster", env)`` or ``lambda env: model``).
+        env_id: Gymnasium id.
+        samples: Sample set name or SampleSet.
+        episodes: Stop after this many samples (None: all of them).
+        seed: Reset seed of the first episode; episode i uses ``seed + i``.
+        env_kwargs: Further keyword arguments of ``gymnasium.make``.
+        max_steps: Step limit per episode, as in :func:`run_episode`.
+    """
+    chosen = sample_set(samples)
+    env = gym.make(env_id, samples=chosen, **dict(env_kwargs or {}))
+    try:
+        policy = policy_factory(env)
+        results = []
+        for index, sample in enumerate(chosen):
+            if episodes is not None and index >= episodes:
+                break
+            results.append(run_episode(env, policy, sample, seed + index, max_steps))
+        return results
+    finally:
+        env.close()
+
+
+def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
+    """Mean and Student-t confidence interval of finite values (NaNs are left out).
+
+    Args:
+        values: Samples [any units].
+        confidence: Coverage of the interval.
+
+    Returns:
+        ``{"mean", "low", "high", "n"}``; with one value the interval is that value, with none
+        everything is NaN.
+    """
+    data = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
+    if data.size == 0:
+        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0.0}
+    mean = float(data.mean())
+    sem = float(stats.sem(data)) if data.size > 1 else 0.0
+    if sem == 0.0:
+        return {"mean": mean, "low": mean, "high": mean, "n": float(data.size)}
+    low, high = stats.t.interval(confidence, data.size - 1, loc=mean, scale=sem)
+    return {"mean": mean, "low": float(low), "high": float(high), "n": float(data.size)}
+
+
+def summarise(
+    results: Sequence[EpisodeResult], confidence: float = 0.95
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and confidence interval of every metric, per policy (and environment).
+
+    Args:
+        results: Episodes, from any number of policies and environments.
+        confidence: Coverage of the intervals.
+
+    Returns:
+        ``{policy: {metric: {"mean", "low", "high", "n"}}}``; where several environments are
+        mixed the key is ``"env_id/policy"``.
+    """
+    mixed = len({r.env_id for r in results}) > 1
+    grouped: dict[str, dict[str, list[float]]] = {}
+    for result in results:
+        key = f"{result.env_id}/{result.policy}" if mixed else result.policy
+        metrics = grouped.setdefault(key, {})
+        for name, value in result.scalars().items():
+            metrics.setdefault(name, []).append(float(value))
+    return {
+        key: {name: mean_interval(values, confidence) for name, values in metrics.items()}
+        for key, metrics in grouped.items()
+    }
+
+
+__all__ = [
+    "EpisodeResult",
+    "Policy",
+    "evaluate",
+    "mean_interval",
+    "run_episode",
+    "summarise",
+    "task_metrics",
+]

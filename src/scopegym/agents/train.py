@@ -1,0 +1,316 @@
+"""``scopegym-train``: train an SB3 agent on a scopegym environment, configured with Hydra.
+
+Example::
+
+    scopegym-train env=defect_search agent=maskable_ppo reward=default samples=train seed=0 \
+        total_timesteps=100000 n_envs=2 vec_env=subproc
+
+Everything a run writes (checkpoints, VecNormalize statistics, evaluations on the validation
+split, TensorBoard logs, the composed config) goes to the Hydra run directory, so ``-m``
+multiruns keep their runs apart. The held-out split is refused here: it is for final evaluation.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+#: The split kept for final evaluation (scopegym.envs.SAMPLE_SETS); never used in training.
+HELDOUT = "heldout"
+#: The split that evaluation during training uses.
+VALIDATION = "validation"
+CHECKPOINT_PREFIX = "model"
+
+
+class TrainConfigError(ValueError):
+    """A configuration that cannot train; the message says which key and why."""
+
+
+@dataclass(frozen=True)
+class EnvFactory:
+    """Builds one monitored scopegym environment; picklable for SubprocVecEnv.
+
+    Attributes:
+        env_id: Registered Gymnasium id.
+        kwargs: Keyword arguments of ``gymnasium.make`` (samples, frame_px, reward weights, ...).
+        box_actions: Wrap in :class:`~scopegym.envs.BoxActions`.
+        monitor: Wrap in SB3's Monitor (episode returns for the logger and evaluation).
+    """
+
+    env_id: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    box_actions: bool = False
+    monitor: bool = True
+
+    def __call__(self) -> gym.Env[Any, Any]:
+        """Make the environment."""
+        # Importing registers the ids, also in a fresh worker process.
+        from stable_baselines3.common.monitor import Monitor
+
+        from scopegym.envs import BoxActions
+
+        env: gym.Env[Any, Any] = gym.make(self.env_id, **self.kwargs)
+        if self.monitor:
+            env = Monitor(env)
+        if self.box_actions:
+            env = BoxActions(env)
+        return env
+
+    def with_kwargs(self, **changes: Any) -> EnvFactory:
+        """A copy with some ``gymnasium.make`` keyword arguments replaced."""
+        return EnvFactory(self.env_id, {**self.kwargs, **changes}, self.box_actions, self.monitor)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Refuse configurations that cannot train, before anything is built.
+
+    Args:
+        cfg: The composed ``train`` config.
+
+    Raises:
+        TrainConfigError: Which key is wrong and why.
+    """
+    from scopegym.envs import ENV_IDS, SAMPLE_SETS
+    from scopegym.instrument import available_instruments
+    from scopegym.rewards import REWARDS
+
+    samples = str(cfg.samples.name)
+    if samples == HELDOUT:
+        raise TrainConfigError(
+            "samples=heldout is reserved for final evaluation and never used in training; "
+            "use samples=train (or samples=validation)"
+        )
+    if samples not in SAMPLE_SETS:
+        raise TrainConfigError(f"samples.name={samples!r} is unknown; known: {sorted(SAMPLE_SETS)}")
+    if str(cfg.env.id) not in ENV_IDS:
+        raise TrainConfigError(f"env.id={cfg.env.id!r} is unknown; known: {sorted(ENV_IDS)}")
+    if str(cfg.instrument.name) not in available_instruments():
+        raise TrainConfigError(
+            f"instrument.name={cfg.instrument.name!r} is unknown; known: {available_instruments()}"
+        )
+    for key in ("total_timesteps", "n_envs"):
+        value = cfg[key]
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise TrainConfigError(f"{key} must be a positive integer, got {value!r}")
+    for key in ("eval.freq", "eval.n_episodes", "checkpoint.freq", "tensorboard.image_freq"):
+        value = OmegaConf.select(cfg, key)
+        if not isinstance(value, int) or value < 0:
+            raise TrainConfigError(f"{key} must be a non-negative integer, got {value!r}")
+    if cfg.vec_env not in ("dummy", "subproc"):
+        raise TrainConfigError(f"vec_env must be 'dummy' or 'subproc', got {cfg.vec_env!r}")
+    weights = cfg.reward.weights
+    if weights is not None:
+        unknown = sorted(set(weights) - set(REWARDS))
+        if unknown:
+            raise TrainConfigError(
+                f"reward.weights has unknown rewards {unknown}; known: {sorted(REWARDS)}"
+            )
+    if cfg.resume is not None and not Path(str(cfg.resume)).is_file():
+        raise TrainConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
+    if cfg.agent.box_actions and cfg.agent.maskable:
+        raise TrainConfigError("agent.box_actions and agent.maskable exclude each other")
+
+
+def env_factory(cfg: DictConfig, samples: str) -> EnvFactory:
+    """The environment a config describes, drawing from one sample set.
+
+    Args:
+        cfg: The composed ``train`` config.
+        samples: Sample set name ("train" or "validation").
+    """
+    container = OmegaConf.to_container(cfg.env.kwargs, resolve=True) or {}
+    if not isinstance(container, dict):
+        raise TrainConfigError(f"env.kwargs must be a mapping, got {container!r}")
+    kwargs: dict[str, Any] = {str(key): value for key, value in container.items()}
+    kwargs["samples"] = samples
+    kwargs["instrument_name"] = str(cfg.instrument.name)
+    kwargs["instrument_kwargs"] = OmegaConf.to_container(cfg.instrument.kwargs, resolve=True)
+    if cfg.reward.weights is not None:
+        kwargs["reward_weights"] = OmegaConf.to_container(cfg.reward.weights, resolve=True)
+    if cfg.reward.params is not None:
+        kwargs["reward_params"] = OmegaConf.to_container(cfg.reward.params, resolve=True)
+    return EnvFactory(str(cfg.env.id), kwargs, box_actions=bool(cfg.agent.box_actions))
+
+
+def vecnormalize_path(checkpoint: Path) -> Path:
+    """Where CheckpointCallback keeps the VecNormalize statistics of a checkpoint.
+
+    ``model_2048_steps.zip`` -> ``model_vecnormalize_2048_steps.pkl``; ``final.zip`` ->
+    ``final_vecnormalize.pkl``.
+    """
+    match = re.fullmatch(r"(.*)_(\d+_steps)", checkpoint.stem)
+    if match:
+        return checkpoint.with_name(f"{match[1]}_vecnormalize_{match[2]}.pkl")
+    return checkpoint.with_name(f"{checkpoint.stem}_vecnormalize.pkl")
+
+
+def progress_bar_available() -> bool:
+    """Whether SB3's progress bar can be drawn (it needs both tqdm and rich)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("tqdm", "rich"))
+
+
+def train(cfg: DictConfig, run_dir: Path) -> Path:
+    """Train as configured and save the final model.
+
+    Args:
+        cfg: The composed ``train`` config (see ``scopegym/configs/train.yaml``).
+        run_dir: Directory for every output of the run.
+
+    Returns:
+        Path of the final model (``final.zip`` in ``run_dir``).
+
+    Raises:
+        TrainConfigError: The config cannot train.
+    """
+    import torch
+    from hydra.utils import get_class, instantiate
+    from stable_baselines3.common.base_class import BaseAlgorithm
+    from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
+    from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
+
+    from scopegym.agents.callbacks import EpisodeStatsCallback, RenderImageCallback
+
+    validate(cfg)
+    torch.set_num_threads(int(cfg.torch_threads))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n_envs = int(cfg.n_envs)
+    seed = int(cfg.seed)
+    maskable = bool(cfg.agent.maskable)
+
+    factory = env_factory(cfg, str(cfg.samples.name))
+    vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" else DummyVecEnv
+    venv: VecEnv = vec_cls([factory] * n_envs)
+    venv.seed(seed)
+    eval_venv: VecEnv = DummyVecEnv([factory.with_kwargs(samples=VALIDATION)])
+    eval_venv.seed(seed + 10_000)
+
+    resume = Path(str(cfg.resume)) if cfg.resume is not None else None
+    if cfg.vec_normalize:
+        stats = vecnormalize_path(resume) if resume is not None else None
+        if stats is not None and stats.is_file():
+            venv = VecNormalize.load(str(stats), venv)
+            venv.training = True
+            log.info("loaded VecNormalize statistics from %s", stats)
+        else:
+            venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=_gamma(cfg))
+        # Evaluation reports raw returns; the wrapper only keeps the two envs alike for SB3.
+        eval_venv = VecNormalize(eval_venv, training=False, norm_obs=False, norm_reward=False)
+
+    tensorboard_dir = run_dir / "tensorboard"
+    model: BaseAlgorithm
+    if resume is not None:
+        algorithm: type[BaseAlgorithm] = get_class(str(cfg.agent.model._target_))
+        model = algorithm.load(
+            str(resume), env=venv, device=str(cfg.device), tensorboard_log=str(tensorboard_dir)
+        )
+        log.info("resumed from %s at %d steps", resume, model.num_timesteps)
+    else:
+        model = instantiate(
+            cfg.agent.model,
+            env=venv,
+            seed=seed,
+            device=str(cfg.device),
+            tensorboard_log=str(tensorboard_dir),
+            verbose=int(cfg.verbose),
+            _convert_="all",
+        )
+
+    callbacks: list[BaseCallback] = [EpisodeStatsCallback()]
+    if cfg.checkpoint.freq > 0:
+        callbacks.append(
+            CheckpointCallback(
+                save_freq=max(int(cfg.checkpoint.freq) // n_envs, 1),
+                save_path=str(run_dir / "checkpoints"),
+                name_prefix=CHECKPOINT_PREFIX,
+                save_vecnormalize=True,
+            )
+        )
+    if cfg.eval.freq > 0 and cfg.eval.n_episodes > 0:
+        eval_kwargs: dict[str, Any] = {
+            "eval_freq": max(int(cfg.eval.freq) // n_envs, 1),
+            "n_eval_episodes": int(cfg.eval.n_episodes),
+            "deterministic": bool(cfg.eval.deterministic),
+            "best_model_save_path": str(run_dir / "best"),
+            "log_path": str(run_dir / "eval"),
+            "verbose": int(cfg.verbose),
+        }
+        if maskable:
+            from sb3_contrib.common.maskable.callbacks import MaskableEvalCallback
+
+            callbacks.append(MaskableEvalCallback(eval_venv, **eval_kwargs))
+        else:
+            callbacks.append(EvalCallback(eval_venv, **eval_kwargs))
+    if cfg.tensorboard.image_freq > 0:
+        callbacks.append(
+            RenderImageCallback(
+                factory.with_kwargs(render_mode="rgb_array"),
+                every_steps=int(cfg.tensorboard.image_freq),
+                policy_steps=int(cfg.tensorboard.image_steps),
+                use_masks=maskable,
+                seed=seed + 20_000,
+            )
+        )
+
+    progress_bar = bool(cfg.progress_bar)
+    if progress_bar and not progress_bar_available():
+        log.warning("progress bar disabled: stable-baselines3 needs both 'tqdm' and 'rich'")
+        progress_bar = False
+
+    remaining = int(cfg.total_timesteps) - model.num_timesteps
+    if remaining > 0:
+        model.learn(
+            total_timesteps=remaining,
+            callback=callbacks,
+            tb_log_name=str(cfg.agent.name),
+            reset_num_timesteps=resume is None,
+            progress_bar=progress_bar,
+        )
+        model.logger.dump(model.num_timesteps)  # values recorded after the last periodic dump
+    else:
+        log.info("the checkpoint already has %d steps; nothing to train", model.num_timesteps)
+
+    final = run_dir / "final.zip"
+    model.save(str(final))
+    normalizer = model.get_vec_normalize_env()
+    if normalizer is not None:
+        normalizer.save(str(vecnormalize_path(final)))
+    venv.close()
+    eval_venv.close()
+    log.info("trained %d steps; final model %s", model.num_timesteps, final)
+    return final
+
+
+def _gamma(cfg: DictConfig) -> float:
+    gamma = OmegaConf.select(cfg, "agent.model.gamma", default=0.99)
+    return float(gamma)
+
+
+@hydra.main(config_path="../configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``scopegym-train`` (Hydra parses the command line).
+
+    Args:
+        cfg: The composed ``train`` config.
+    """
+    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        train(cfg, run_dir)
+    except TrainConfigError as error:
+        # One line for the user instead of a traceback through Hydra and SB3.
+        sys.exit(f"scopegym-train: error: {error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,205 @@
+"""scopegym-train: config composition, tiny training runs in subprocesses and clear refusals."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from scopegym.agents.train import EnvFactory, env_factory, validate, vecnormalize_path
+from scopegym.envs import ENV_IDS, MicroscopeEnv
+
+ENVS = ["defect_search", "autotune", "spectrum_discovery", "survey"]
+AGENTS = ["ppo", "maskable_ppo", "sac"]
+TINY = [
+    "env.kwargs.frame_px=64",
+    "n_envs=1",
+    "total_timesteps=256",
+    "agent.model.policy_kwargs.features_extractor_kwargs.cnn_output_dim=32",
+    "agent.model.policy_kwargs.net_arch=[32]",
+    "eval.freq=128",
+    "eval.n_episodes=1",
+    "checkpoint.freq=128",
+    "tensorboard.image_freq=128",
+    "tensorboard.image_steps=2",
+]
+PPO_TINY = ["agent.model.n_steps=128", "agent.model.batch_size=64", "agent.model.n_epochs=1"]
+
+
+def run_cli(*overrides: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "scopegym.agents.train", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def event_files(run_dir: Path) -> list[Path]:
+    return sorted((run_dir / "tensorboard").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("agent", AGENTS)
+@pytest.mark.parametrize("env", ENVS)
+def test_every_env_and_agent_composes_from_the_packaged_configs(env, agent):
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[f"env={env}", f"agent={agent}"])
+    assert cfg.env.id in ENV_IDS
+    assert cfg.agent.name == agent
+    assert cfg.agent.box_actions == (agent == "sac")
+    assert cfg.agent.maskable == (agent == "maskable_ppo")
+    assert cfg.samples.name == "train"
+    validate(cfg)
+    factory = env_factory(cfg, "validation")
+    assert factory.kwargs["samples"] == "validation"
+    assert factory.box_actions == (agent == "sac")
+
+
+def test_observation_only_reward_reaches_the_environment():
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["reward=observation_only", "env.kwargs.frame_px=64"])
+    env = env_factory(cfg, "train")()
+    unwrapped = env.unwrapped
+    assert isinstance(unwrapped, MicroscopeEnv)
+    try:
+        assert not unwrapped.reward_module.requires_ground_truth
+        assert set(unwrapped.task.reward_weights) == {
+            "novelty",
+            "quality",
+            "time_penalty",
+            "dose_penalty",
+        }
+    finally:
+        env.close()
+
+
+def test_env_factory_wraps_box_actions_for_sac():
+    from gymnasium import spaces
+
+    env = EnvFactory("scopegym/Autotune-v0", {"frame_px": 64}, box_actions=True)()
+    try:
+        assert isinstance(env.action_space, spaces.Box)
+    finally:
+        env.close()
+
+
+def test_vecnormalize_path_matches_checkpoint_callback_names():
+    assert vecnormalize_path(Path("c/model_2048_steps.zip")) == Path(
+        "c/model_vecnormalize_2048_steps.pkl"
+    )
+    assert vecnormalize_path(Path("r/final.zip")) == Path("r/final_vecnormalize.pkl")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("samples=heldout", "reserved for final evaluation"),
+        ("total_timesteps=-5", "total_timesteps must be a positive integer"),
+        ("env=no_such_env", "Could not find 'env/no_such_env'"),
+        ("resume=/no/such/checkpoint.zip", "no such checkpoint file"),
+    ],
+)
+def test_bad_overrides_fail_with_one_clear_message(override, message, tmp_path):
+    result = run_cli(override, f"hydra.run.dir={tmp_path}", timeout=60)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "final.zip").exists()
+
+
+@pytest.mark.slow
+def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    result = run_cli(
+        "agent=maskable_ppo", *TINY, *PPO_TINY, "vec_normalize=true", f"hydra.run.dir={first}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    checkpoint = first / "checkpoints" / "model_256_steps.zip"
+    assert checkpoint.is_file()
+    assert vecnormalize_path(checkpoint).is_file()
+    assert (first / "final.zip").is_file()
+    assert (first / "eval" / "evaluations.npz").is_file()
+    assert event_files(first)
+    assert (first / ".hydra" / "config.yaml").is_file()
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(event_files(first)[0].parent))
+    events.Reload()
+    assert "episode/render" in events.Tags()["images"]
+    assert {
+        "episode/dose_e_per_A2",
+        "episode/elapsed_s",
+        "episode/reward_discovery",
+        "episode/defects_found",
+        "eval/mean_reward",
+    } <= set(events.Tags()["scalars"])
+
+    result = run_cli(
+        "agent=maskable_ppo",
+        *TINY,
+        *PPO_TINY,
+        "vec_normalize=true",
+        "total_timesteps=384",
+        f"resume={checkpoint}",
+        f"hydra.run.dir={second}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "loaded VecNormalize statistics" in result.stderr + result.stdout
+    assert (second / "checkpoints" / "model_384_steps.zip").is_file()
+    assert not (second / "checkpoints" / "model_128_steps.zip").exists()
+
+
+@pytest.mark.slow
+def test_sac_run_on_the_box_encoding(tmp_path):
+    result = run_cli(
+        "agent=sac",
+        "env=autotune",
+        *TINY,
+        "agent.model.learning_starts=64",
+        "agent.model.buffer_size=512",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "checkpoints" / "model_256_steps.zip").is_file()
+    assert event_files(tmp_path)
+    cfg = OmegaConf.load(tmp_path / ".hydra" / "config.yaml")
+    assert cfg.agent.model._target_ == "stable_baselines3.SAC"
+
+
+@pytest.mark.slow
+def test_multirun_keeps_runs_apart(tmp_path):
+    result = run_cli(
+        "-m",
+        "seed=0,1",
+        "env=spectrum_discovery",
+        "agent=ppo",
+        *TINY,
+        *PPO_TINY,
+        "total_timesteps=128",
+        "eval.freq=0",
+        "tensorboard.image_freq=0",
+        f"hydra.sweep.dir={tmp_path}",
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    finals = sorted(tmp_path.glob("*/final.zip"))
+    assert [path.parent.name for path in finals] == ["0", "1"]
+    seeds = [OmegaConf.load(path.parent / ".hydra" / "config.yaml").seed for path in finals]
+    assert seeds == [0, 1]
+
+
+def test_installed_entry_point_finds_the_packaged_configs(tmp_path):
+    script = Path(sys.executable).parent / "scopegym-train"
+    if not script.exists():
+        pytest.skip("scopegym-train is not installed next to this interpreter")
+    result = subprocess.run(
+        [str(script), "samples=heldout", f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    assert "samples=heldout is reserved for final evaluation" in result.stderr
