@@ -73,6 +73,7 @@ from typing import NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+import scipy.constants
 from scipy import fft as sp_fft
 from scipy.signal import fftconvolve
 from scipy.special import erf
@@ -95,7 +96,7 @@ FloatArray = npt.NDArray[np.float64]
 _RYDBERG_EV = 13.605693122994
 _BOHR_RADIUS_NM = 0.0529177210903
 _ELECTRON_REST_ENERGY_EV = 510998.95
-_ELEMENTARY_CHARGE_C = 1.602176634e-19
+_ELEMENTARY_CHARGE_C = scipy.constants.e
 _HBAR_C_EV_NM = 197.3269804
 
 _FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
@@ -249,24 +250,46 @@ _GRAPHENE_OSCILLATORS = (_Oscillator(4.7, 2.5, 0.5), _Oscillator(14.6, 7.0, 1.7)
 # Amorphous carbon: pi plasmon ~6 eV, bulk plasmon ~24 eV (Egerton 2011, approximate widths).
 _AMORPHOUS_CARBON_OSCILLATORS = (_Oscillator(6.0, 3.5, 0.35), _Oscillator(24.0, 12.0, 2.0))
 # Outer-shell f2 of carbon below the K edge (FFAST).
-_CARBON_BACKGROUND = ((30.0, 1.43), (50.0, 1.16), (97.0, 0.666), (144.0, 0.424), (201.0, 0.278),
-                      (278.0, 0.182))
+_CARBON_BACKGROUND = (
+    (30.0, 1.43),
+    (50.0, 1.16),
+    (97.0, 0.666),
+    (144.0, 0.424),
+    (201.0, 0.278),
+    (278.0, 0.182),
+)
 # The atomic C K jump (FFAST: 0.18 -> 3.94 at 284-285 eV). In sp2 carbon the continuum starts at
 # the sigma* threshold; the 1s -> pi* transition sits below it as a separate peak.
 _CARBON_SIGMA_THRESHOLD = ((289.6, 3.76),)
 _CARBON_K_CRYSTALLINE = _Edge(
-    "K", 284.0, _CARBON_SIGMA_THRESHOLD, 1.25, 2.0,
+    "K",
+    284.0,
+    _CARBON_SIGMA_THRESHOLD,
+    1.25,
+    2.0,
     peaks=(_Peak(285.2, 1.1, 4.6), _Peak(291.8, 1.0, 2.5), _Peak(298.0, 8.0, 1.0)),
 )
 # Under-coordinated (edge) carbon: edge-state pre-peak near 283 eV, reduced and shifted pi*
 # (Suenaga & Koshino 2010); heights approximate.
 _CARBON_K_EDGE_SITE = _Edge(
-    "K", 284.0, _CARBON_SIGMA_THRESHOLD, 1.25, 2.5,
-    peaks=(_Peak(283.2, 1.2, 2.0), _Peak(285.6, 1.6, 2.6), _Peak(291.8, 1.2, 1.5),
-           _Peak(298.0, 8.0, 1.2)),
+    "K",
+    284.0,
+    _CARBON_SIGMA_THRESHOLD,
+    1.25,
+    2.5,
+    peaks=(
+        _Peak(283.2, 1.2, 2.0),
+        _Peak(285.6, 1.6, 2.6),
+        _Peak(291.8, 1.2, 1.5),
+        _Peak(298.0, 8.0, 1.2),
+    ),
 )
 _CARBON_K_AMORPHOUS = _Edge(
-    "K", 284.0, ((289.0, 3.76),), 1.25, 4.0,
+    "K",
+    284.0,
+    ((289.0, 3.76),),
+    1.25,
+    4.0,
     peaks=(_Peak(285.3, 2.2, 2.2), _Peak(293.0, 8.0, 1.2)),
 )
 
@@ -282,33 +305,60 @@ _BULK_MODELS: tuple[_ElementModel, ...] = (
     # Hydrogen (contamination): valence only; hydrogenic f2 tail ∝ E^-2.5.
     _ElementModel("H", 1, (_Oscillator(21.0, 12.0, 0.8),), ((50.0, 0.091),), 2.5, 25.0, ()),
     _ElementModel(
-        "B", 5, (_Oscillator(8.6, 3.0, 0.3), _Oscillator(26.5, 10.0, 1.5)),
-        ((50.0, 0.566), (97.0, 0.315), (144.0, 0.2015), (184.0, 0.1505)), 1.3, 25.0,
+        "B",
+        5,
+        (_Oscillator(8.6, 3.0, 0.3), _Oscillator(26.5, 10.0, 1.5)),
+        ((50.0, 0.566), (97.0, 0.315), (144.0, 0.2015), (184.0, 0.1505)),
+        1.3,
+        25.0,
         (_k_edge(188.0, 3.81, 1.35),),
     ),
     _carbon(_GRAPHENE_OSCILLATORS, _CARBON_K_CRYSTALLINE),
     _ElementModel(
-        "N", 7, (_Oscillator(8.6, 3.0, 0.5), _Oscillator(26.5, 10.0, 2.5)),
-        ((50.0, 2.1), (281.0, 0.331), (392.0, 0.206)), 1.4, 25.0,
+        "N",
+        7,
+        (_Oscillator(8.6, 3.0, 0.5), _Oscillator(26.5, 10.0, 2.5)),
+        ((50.0, 2.1), (281.0, 0.331), (392.0, 0.206)),
+        1.4,
+        25.0,
         (_k_edge(401.0, 3.83, 1.38),),
     ),
     _ElementModel(
-        "O", 8, (_Oscillator(24.0, 12.0, 3.5),),
-        ((50.0, 3.1), (392.0, 0.341), (512.0, 0.232)), 1.4, 30.0,
+        "O",
+        8,
+        (_Oscillator(24.0, 12.0, 3.5),),
+        ((50.0, 3.1), (392.0, 0.341), (512.0, 0.232)),
+        1.4,
+        30.0,
         (_k_edge(532.0, 3.89, 1.38, width=1.0),),
     ),
     # Si: plasmon 16.7 eV, width 3.7 eV (Egerton 2011, table 3.2); L2,3 from Henke (solid Si):
     # f2 0.5 -> 5.1 at 99.8 eV, delayed maximum ~10.9 at 168 eV.
     _ElementModel(
-        "Si", 14, (_Oscillator(16.7, 3.7, 3.0),), ((40.0, 0.44), (97.0, 0.49)), 1.2, 25.0,
+        "Si",
+        14,
+        (_Oscillator(16.7, 3.7, 3.0),),
+        ((40.0, 0.44), (97.0, 0.49)),
+        1.2,
+        25.0,
         (
-            _Edge("L2,3", 99.0, ((99.0, 4.6),), 1.2, 0.5,
-                  delayed=_DelayedMaximum(128.0, 12.0, 10.0, 1.0)),
+            _Edge(
+                "L2,3",
+                99.0,
+                ((99.0, 4.6),),
+                1.2,
+                0.5,
+                delayed=_DelayedMaximum(128.0, 12.0, 10.0, 1.0),
+            ),
             _Edge("K", 1839.0, ((1839.0, 3.8),), 1.4, 1.0),
         ),
     ),
     _ElementModel(
-        "P", 15, (_Oscillator(19.0, 8.0, 3.0),), ((57.0, 0.43), (90.0, 0.51), (126.0, 0.54)), 1.2,
+        "P",
+        15,
+        (_Oscillator(19.0, 8.0, 3.0),),
+        ((57.0, 0.43), (90.0, 0.51), (126.0, 0.54)),
+        1.2,
         30.0,
         (
             _Edge("L2,3", 132.0, ((132.0, 10.0), (189.0, 1.07)), 1.0, 0.6, plateau_eV=165.0),
@@ -316,8 +366,12 @@ _BULK_MODELS: tuple[_ElementModel, ...] = (
         ),
     ),
     _ElementModel(
-        "S", 16, (_Oscillator(23.0, 10.0, 3.5),), ((85.0, 0.64), (126.0, 0.75), (154.0, 0.76)),
-        1.2, 35.0,
+        "S",
+        16,
+        (_Oscillator(23.0, 10.0, 3.5),),
+        ((85.0, 0.64), (126.0, 0.75), (154.0, 0.76)),
+        1.2,
+        35.0,
         (
             _Edge("L2,3", 165.0, ((165.0, 12.5), (229.0, 1.16)), 1.05, 0.6, plateau_eV=170.0),
             _Edge("K", 2472.0, ((2472.0, 3.70),), 1.4, 1.0),
@@ -326,82 +380,179 @@ _BULK_MODELS: tuple[_ElementModel, ...] = (
     # Ti: the outer-shell f2 includes the broad delayed M2,3 maximum (~2.9 near 170 eV). White
     # lines are those of d0 Ti4+ (SrTiO3, TiO2): crystal-field split t2g/eg peaks in L3 and L2.
     _ElementModel(
-        "Ti", 22, (_Oscillator(28.0, 12.0, 2.5),),
-        ((45.0, 0.9), (65.0, 1.14), (100.0, 2.0), (150.0, 2.85), (176.0, 2.89), (250.0, 2.53),
-         (340.0, 1.99), (450.0, 1.53)), 1.0, 30.0,
+        "Ti",
+        22,
+        (_Oscillator(28.0, 12.0, 2.5),),
         (
-            _Edge("L2,3", 456.0, ((456.0, 9.6), (462.0, 4.7), (563.0, 1.55)), 1.0, 0.5,
-                  peaks=(_Peak(457.2, 1.0, 30.0), _Peak(459.4, 1.8, 35.0),
-                         _Peak(462.6, 1.4, 28.0), _Peak(465.0, 2.2, 30.0))),
+            (45.0, 0.9),
+            (65.0, 1.14),
+            (100.0, 2.0),
+            (150.0, 2.85),
+            (176.0, 2.89),
+            (250.0, 2.53),
+            (340.0, 1.99),
+            (450.0, 1.53),
+        ),
+        1.0,
+        30.0,
+        (
+            _Edge(
+                "L2,3",
+                456.0,
+                ((456.0, 9.6), (462.0, 4.7), (563.0, 1.55)),
+                1.0,
+                0.5,
+                peaks=(
+                    _Peak(457.2, 1.0, 30.0),
+                    _Peak(459.4, 1.8, 35.0),
+                    _Peak(462.6, 1.4, 28.0),
+                    _Peak(465.0, 2.2, 30.0),
+                ),
+            ),
         ),
     ),
     # Fe: outer-shell f2 includes the M2,3 edge (~54 eV); white lines typical of Fe3+ oxides.
     _ElementModel(
-        "Fe", 26, (_Oscillator(23.0, 12.0, 4.0),),
-        ((57.0, 7.74), (70.0, 7.16), (100.0, 6.3), (150.0, 5.55), (200.0, 5.13), (300.0, 4.17),
-         (400.0, 3.31), (500.0, 2.66), (600.0, 2.2), (700.0, 1.84)), 1.16, 40.0,
+        "Fe",
+        26,
+        (_Oscillator(23.0, 12.0, 4.0),),
         (
-            _Edge("L2,3", 708.0, ((708.0, 9.8), (721.0, 4.85), (846.0, 1.68)), 1.0, 0.6,
-                  peaks=(_Peak(709.8, 2.0, 40.0), _Peak(722.8, 2.6, 11.0))),
+            (57.0, 7.74),
+            (70.0, 7.16),
+            (100.0, 6.3),
+            (150.0, 5.55),
+            (200.0, 5.13),
+            (300.0, 4.17),
+            (400.0, 3.31),
+            (500.0, 2.66),
+            (600.0, 2.2),
+            (700.0, 1.84),
+        ),
+        1.16,
+        40.0,
+        (
+            _Edge(
+                "L2,3",
+                708.0,
+                ((708.0, 9.8), (721.0, 4.85), (846.0, 1.68)),
+                1.0,
+                0.6,
+                peaks=(_Peak(709.8, 2.0, 40.0), _Peak(722.8, 2.6, 11.0)),
+            ),
         ),
     ),
     # Sr: the 4p (N2,3) level near 20 eV is a valence-region oscillator; M4,5 is a delayed edge.
     _ElementModel(
-        "Sr", 38, (_Oscillator(20.0, 4.0, 1.0), _Oscillator(28.0, 12.0, 3.0)),
+        "Sr",
+        38,
+        (_Oscillator(20.0, 4.0, 1.0), _Oscillator(28.0, 12.0, 3.0)),
         ((40.0, 1.46), (50.0, 0.90), (60.0, 0.70), (80.0, 0.645), (100.0, 0.66), (126.0, 0.69)),
-        0.8, 30.0,
+        0.8,
+        30.0,
         (
-            _Edge("M4,5", 133.0, ((133.0, 0.55), (135.0, 0.41)), 1.0, 1.0,
-                  delayed=_DelayedMaximum(190.0, 28.0, 23.0, 0.6)),
+            _Edge(
+                "M4,5",
+                133.0,
+                ((133.0, 0.55), (135.0, 0.41)),
+                1.0,
+                1.0,
+                delayed=_DelayedMaximum(190.0, 28.0, 23.0, 0.6),
+            ),
             _Edge("M2,3", 269.0, ((269.0, 1.58), (280.0, 0.68)), 1.0, 2.0),
             _Edge("L3", 1940.0, ((1940.0, 8.7), (2007.0, 4.18)), 1.3, 1.5),
         ),
     ),
     _ElementModel(
-        "Mo", 42, (_Oscillator(8.0, 3.0, 0.3), _Oscillator(23.0, 10.0, 3.0)),
-        ((30.0, 4.9), (34.0, 4.6), (60.0, 2.5), (100.0, 2.3), (165.0, 2.0), (222.0, 1.9)), 0.5,
+        "Mo",
+        42,
+        (_Oscillator(8.0, 3.0, 0.3), _Oscillator(23.0, 10.0, 3.0)),
+        ((30.0, 4.9), (34.0, 4.6), (60.0, 2.5), (100.0, 2.3), (165.0, 2.0), (222.0, 1.9)),
+        0.5,
         20.0,
         (
             _Edge("N2,3", 35.0, ((35.0, 6.0),), 2.0, 3.0),
-            _Edge("M4,5", 227.0, ((227.0, 1.63), (230.0, 1.2)), 1.0, 1.5,
-                  delayed=_DelayedMaximum(290.0, 45.0, 22.0, 0.7)),
+            _Edge(
+                "M4,5",
+                227.0,
+                ((227.0, 1.63), (230.0, 1.2)),
+                1.0,
+                1.5,
+                delayed=_DelayedMaximum(290.0, 45.0, 22.0, 0.7),
+            ),
             _Edge("M2,3", 392.0, ((392.0, 2.46), (410.0, 1.0)), 1.0, 2.0),
             _Edge("L3", 2520.0, ((2520.0, 8.25), (2625.0, 4.0)), 1.3, 1.5),
         ),
     ),
     _ElementModel(
-        "La", 57, (_Oscillator(26.0, 12.0, 3.0),),
-        ((40.0, 1.08), (50.0, 0.83), (65.0, 0.69), (90.0, 0.62)), 1.0, 25.0,
+        "La",
+        57,
+        (_Oscillator(26.0, 12.0, 3.0),),
+        ((40.0, 1.08), (50.0, 0.83), (65.0, 0.69), (90.0, 0.62)),
+        1.0,
+        25.0,
         (
             # 4d -> 4f giant resonance just above the N4,5 threshold, then a delayed maximum.
-            _Edge("N4,5", 99.0, ((99.0, 1.5),), 1.0, 1.0, peaks=(_Peak(102.0, 5.0, 18.0),),
-                  delayed=_DelayedMaximum(300.0, 100.0, 9.0, 0.5)),
+            _Edge(
+                "N4,5",
+                99.0,
+                ((99.0, 1.5),),
+                1.0,
+                1.0,
+                peaks=(_Peak(102.0, 5.0, 18.0),),
+                delayed=_DelayedMaximum(300.0, 100.0, 9.0, 0.5),
+            ),
             # 4f0 white lines: M4 taller than M5 (Thole et al. 1985).
-            _Edge("M4,5", 832.0, ((832.0, 19.2), (849.0, 12.5)), 1.0, 0.6,
-                  peaks=(_Peak(834.0, 1.6, 130.0), _Peak(851.0, 1.8, 170.0))),
+            _Edge(
+                "M4,5",
+                832.0,
+                ((832.0, 19.2), (849.0, 12.5)),
+                1.0,
+                0.6,
+                peaks=(_Peak(834.0, 1.6, 130.0), _Peak(851.0, 1.8, 170.0)),
+            ),
         ),
     ),
     # W: the 4f (N6,7, 31-34 eV) and 5p3/2 (O3, ~36 eV) thresholds lie within the lifetime width
     # of each other, so they are merged into one step at 33 eV; the 5p1/2 step follows at 47 eV.
     # The 4f -> eg delayed maximum dominates 100-500 eV.
     _ElementModel(
-        "W", 74, (_Oscillator(25.0, 12.0, 4.0),), ((20.0, 6.5), (25.0, 5.4), (31.0, 3.9)), 2.5,
+        "W",
+        74,
+        (_Oscillator(25.0, 12.0, 4.0),),
+        ((20.0, 6.5), (25.0, 5.4), (31.0, 3.9)),
+        2.5,
         12.0,
         (
-            _Edge("N6,7", 33.0, ((33.0, 5.5), (47.0, 2.45)), 1.5, 2.0,
-                  delayed=_DelayedMaximum(165.0, 50.0, 25.0, 0.3)),
+            _Edge(
+                "N6,7",
+                33.0,
+                ((33.0, 5.5), (47.0, 2.45)),
+                1.5,
+                2.0,
+                delayed=_DelayedMaximum(165.0, 50.0, 25.0, 0.3),
+            ),
             _Edge("N4,5", 245.0, ((245.0, 1.06), (259.0, 0.8)), 1.0, 3.0),
         ),
     ),
     # Au: O2,3 (5p) steps at 54/72 eV, weak N6,7 (4f) steps at 83/87 eV with a large delayed
     # maximum near 420 eV, and small N4,5 steps.
     _ElementModel(
-        "Au", 79, (_Oscillator(25.0, 15.0, 5.0),), ((30.0, 16.4), (40.0, 11.0), (50.0, 5.9)), 2.5,
+        "Au",
+        79,
+        (_Oscillator(25.0, 15.0, 5.0),),
+        ((30.0, 16.4), (40.0, 11.0), (50.0, 5.9)),
+        2.5,
         12.0,
         (
             _Edge("O2,3", 54.0, ((54.0, 3.9), (72.0, 1.76)), 1.5, 3.0),
-            _Edge("N6,7", 83.0, ((83.0, 0.55), (87.0, 0.34)), 1.0, 2.0,
-                  delayed=_DelayedMaximum(240.0, 60.0, 30.0, 0.3)),
+            _Edge(
+                "N6,7",
+                83.0,
+                ((83.0, 0.55), (87.0, 0.34)),
+                1.0,
+                2.0,
+                delayed=_DelayedMaximum(240.0, 60.0, 30.0, 0.3),
+            ),
             _Edge("N4,5", 335.0, ((335.0, 0.67), (353.0, 0.5)), 1.0, 3.0),
         ),
     ),
@@ -507,8 +658,11 @@ def _oscillator_df_de(model: _ElementModel, energy: FloatArray) -> FloatArray:
     for osc in model.oscillators:
         # Lorentz oscillator normalised so that its integral over E > 0 is its strength.
         e2 = energy * energy
-        df += (2.0 * osc.strength / math.pi) * e2 * osc.fwhm_eV / (
-            (e2 - osc.energy_eV**2) ** 2 + e2 * osc.fwhm_eV**2
+        df += (
+            (2.0 * osc.strength / math.pi)
+            * e2
+            * osc.fwhm_eV
+            / ((e2 - osc.energy_eV**2) ** 2 + e2 * osc.fwhm_eV**2)
         )
     return df
 
@@ -645,8 +799,9 @@ class _LossGrid:
 @lru_cache(maxsize=32)
 def _loss_grid(axis: EnergyAxis) -> _LossGrid:
     size = max(2, math.ceil(axis.last_eV / axis.dispersion_eV) + 2)
-    return _LossGrid(size, sp_fft.next_fast_len(2 * size, real=True),
-                     axis.offset_eV / axis.dispersion_eV)
+    return _LossGrid(
+        size, sp_fft.next_fast_len(2 * size, real=True), axis.offset_eV / axis.dispersion_eV
+    )
 
 
 @lru_cache(maxsize=256)
@@ -681,8 +836,12 @@ def _total_cross_sections(
     z = model.atomic_number
     theta0 = z ** (1.0 / 3.0) / (kin.k0_per_nm * _BOHR_RADIUS_NM)
     beta = collection_mrad * 1e-3
-    elastic = 4.0 * math.pi * kin.gamma**2 * z**2 / (
-        _BOHR_RADIUS_NM**2 * kin.k0_per_nm**4 * (beta**2 + theta0**2)
+    elastic = (
+        4.0
+        * math.pi
+        * kin.gamma**2
+        * z**2
+        / (_BOHR_RADIUS_NM**2 * kin.k0_per_nm**4 * (beta**2 + theta0**2))
     )
     return ScatteringCrossSections(inelastic, elastic)
 
@@ -858,8 +1017,12 @@ def edge_cross_section_nm2(
     onset = matches[0].onset_eV
     energy = np.linspace(onset, onset + window_eV, max(200, math.ceil(window_eV / 0.02)))
     dsigma = _dsigma_de_nm2(
-        model, energy, _kinematics(conditions.voltage_kV), conditions.collection_mrad * 1e-3,
-        valence=False, edges=(matches[0],),
+        model,
+        energy,
+        _kinematics(conditions.voltage_kV),
+        conditions.collection_mrad * 1e-3,
+        valence=False,
+        edges=(matches[0],),
     )
     return float(np.trapezoid(dsigma, energy))
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import scipy.constants
 import scipy.fft
 
 from scopegym.sim import noise
@@ -24,7 +25,7 @@ from scopegym.sim.optics import Optics, probe_radius_nm, psf_transfer
 from scopegym.sim.scattering import cross_sections_for
 from scopegym.sim.specimen import Specimen
 
-ELEMENTARY_CHARGE_C = 1.602176634e-19
+ELEMENTARY_CHARGE_C = scipy.constants.e
 
 
 @dataclass(frozen=True)

@@ -228,10 +228,6 @@ class GroundTruth:
         return list(self._twin._damage_events)
 
 
-#: Maréchal criterion: RMS phase error of a well-corrected probe [rad] (Strehl ratio ≥ 0.8).
-MARECHAL_PHASE_RMS_RAD = 2.0 * np.pi / 14.0
-
-
 def phase_error_rms_rad(optics: Optics, samples: int = 64) -> float:
     """RMS of χ over the probe-forming aperture with the mean (piston) removed [rad].
 
@@ -545,7 +541,7 @@ class TwinMicroscope:
         counts = acquire_spectrum(
             composition, exposure_ms, cfg.eels, self.rng, cfg.energy_axis, environment=environment
         )
-        electrons = cfg.beam_current_pA * 1e-12 * exposure_ms * 1e-3 / 1.602176634e-19
+        electrons = electrons_per_pixel(cfg.beam_current_pA, exposure_ms * 1e3)
         # Areal dose at the probe peak: the quantity that drives knock-on damage.
         peak_density_per_nm2 = float(probe.max())
         dose_peak = electrons * peak_density_per_nm2 / _A2_PER_NM2
@@ -591,7 +587,6 @@ class TwinMicroscope:
 
 
 __all__ = [
-    "MARECHAL_PHASE_RMS_RAD",
     "GroundTruth",
     "TwinConfig",
     "TwinMicroscope",
