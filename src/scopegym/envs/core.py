@@ -343,6 +343,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             time_used >= self.task.budget.time_s or dose_used >= self.task.budget.dose_e_per_A2
         )
         info.update(
+            result=describe_result(result),
             elapsed_s=time_used,
             dose_e_per_A2=dose_used,
             reward_parts=dict(getattr(self.reward_module, "last_parts", {})),
@@ -362,6 +363,34 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def close(self) -> None:
         """Close the instrument."""
         self.instrument.close()
+
+
+def describe_result(result: Result) -> dict[str, Any]:
+    """A short, printable summary of a command's result (no arrays, no ground truth)."""
+    if isinstance(result, Frame):
+        return {
+            "result": "Frame",
+            "size_px": result.size_px,
+            "fov_nm": result.fov_nm,
+            "dwell_us": result.dwell_us,
+            "dose_e_per_A2": result.dose_e_per_A2,
+            "mean_counts": float(np.mean(result.counts)),
+            "stage_nm": (result.stage_x_nm, result.stage_y_nm),
+        }
+    if isinstance(result, EELSSpectrum):
+        return {
+            "result": "EELSSpectrum",
+            "x": result.x,
+            "y": result.y,
+            "exposure_ms": result.exposure_ms,
+            "total_counts": float(np.sum(result.counts)),
+        }
+    return {
+        "result": "InstrumentState",
+        "fov_nm": result.fov_nm,
+        "stage_nm": (result.stage_x_nm, result.stage_y_nm),
+        "elapsed_s": result.elapsed_s,
+    }
 
 
 class TaskEnv(MicroscopeEnv):
