@@ -204,10 +204,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self, result: Result, view: tuple[float, float, float, float] | None
     ) -> None:
         if isinstance(result, Frame):
-            counts = result.counts
-            lo, hi = np.percentile(counts, (0.5, 99.5))
-            scaled = (counts - lo) * (255.0 / max(float(hi - lo), 1e-6))
-            frame = np.clip(scaled, 0, 255).astype(np.uint8)
+            frame = contrast_stretch(result.counts)
             n = self.task.action_config.frame_px
             if frame.shape != (n, n):  # an instrument may return another size
                 rows = np.linspace(0, frame.shape[0] - 1, n).astype(int)
@@ -363,6 +360,13 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def close(self) -> None:
         """Close the instrument."""
         self.instrument.close()
+
+
+def contrast_stretch(counts: np.ndarray) -> np.ndarray:
+    """Counts scaled to uint8 between their 0.5th and 99.5th percentiles (the frame observation)."""
+    lo, hi = np.percentile(counts, (0.5, 99.5))
+    scaled = (counts - lo) * (255.0 / max(float(hi - lo), 1e-6))
+    return np.clip(scaled, 0, 255).astype(np.uint8)
 
 
 def describe_result(result: Result) -> dict[str, Any]:

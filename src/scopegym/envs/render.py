@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image, ImageDraw
 
+from scopegym.envs.core import contrast_stretch
 from scopegym.instrument import Frame
 
 if TYPE_CHECKING:
@@ -21,9 +22,11 @@ _TRACE = (120, 230, 120)
 
 
 def _gray_panel(counts: np.ndarray) -> Image.Image:
-    lo, hi = np.percentile(counts, (0.5, 99.5))
-    scaled = np.clip((counts - lo) * (255.0 / max(float(hi - lo), 1e-6)), 0, 255).astype(np.uint8)
-    return Image.fromarray(scaled).resize((PANEL, PANEL), Image.Resampling.NEAREST).convert("RGB")
+    return (
+        Image.fromarray(contrast_stretch(counts))
+        .resize((PANEL, PANEL), Image.Resampling.NEAREST)
+        .convert("RGB")
+    )
 
 
 def _overview_panel(env: MicroscopeEnv) -> Image.Image:

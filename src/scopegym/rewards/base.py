@@ -138,6 +138,23 @@ def require_truth(module: RewardModule, ctx: StepContext) -> GroundTruth:
     return ctx.truth
 
 
+def true_view_bounds(ctx: StepContext, fov_nm: float) -> tuple[float, float, float, float]:
+    """True world box (x0, y0, x1, y1) the step's command looked at [nm] (twin only).
+
+    Without the box the environment recorded before the command, the present view is the best
+    estimate: it differs only by the drift during the command.
+
+    Args:
+        ctx: The step context; its ``truth`` must be set.
+        fov_nm: Field of view of the command [nm].
+    """
+    if ctx.view_bounds_nm is not None:
+        return ctx.view_bounds_nm
+    truth = ctx.truth
+    assert truth is not None
+    return tuple(truth.view_bounds_nm(fov_nm))  # type: ignore[return-value]
+
+
 REWARDS: dict[str, type[RewardModule]] = {}
 """Registry: name -> reward module class."""
 

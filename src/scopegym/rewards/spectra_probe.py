@@ -13,7 +13,13 @@ import math
 import numpy as np
 
 from scopegym.instrument import EELSSpectrum, Tune
-from scopegym.rewards.base import RewardModule, StepContext, register_reward, require_truth
+from scopegym.rewards.base import (
+    RewardModule,
+    StepContext,
+    register_reward,
+    require_truth,
+    true_view_bounds,
+)
 from scopegym.rewards.primitives import saturating
 
 #: Maréchal criterion for a well-corrected probe: RMS phase error ≤ 2π/14 rad (Strehl ≥ 0.8).
@@ -59,12 +65,7 @@ class ProbeCorrectionReward(RewardModule):
 
 
 def _spectrum_position(ctx: StepContext, spectrum: EELSSpectrum) -> tuple[float, float]:
-    if ctx.view_bounds_nm is not None:
-        x0, y0, x1, y1 = ctx.view_bounds_nm
-    else:
-        truth = ctx.truth
-        assert truth is not None
-        x0, y0, x1, y1 = truth.view_bounds_nm()
+    x0, y0, x1, y1 = true_view_bounds(ctx, ctx.state_before.fov_nm)
     return x0 + spectrum.x * (x1 - x0), y0 + spectrum.y * (y1 - y0)
 
 

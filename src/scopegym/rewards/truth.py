@@ -26,19 +26,15 @@ from scopegym.rewards.atoms import (
     match_positions,
     optimise_atom_finder,
 )
-from scopegym.rewards.base import RewardModule, StepContext, register_reward, require_truth
+from scopegym.rewards.base import (
+    RewardModule,
+    StepContext,
+    register_reward,
+    require_truth,
+    true_view_bounds,
+)
 
 __all__ = ["DefectCountReward", "DiscoveryReward"]
-
-
-def _frame_bounds(ctx: StepContext, frame: Frame) -> tuple[float, float, float, float]:
-    if ctx.view_bounds_nm is not None:
-        return ctx.view_bounds_nm
-    # Without the box the environment recorded during the scan, the present view is the best
-    # estimate: it differs only by the drift during the frame.
-    truth = ctx.truth
-    assert truth is not None
-    return truth.view_bounds_nm(frame.fov_nm)
 
 
 @register_reward("discovery")
@@ -103,7 +99,7 @@ class DiscoveryReward(RewardModule):
             return 0.0
         new = {
             defect.uid
-            for defect in truth.defects_in(*_frame_bounds(ctx, frame))
+            for defect in truth.defects_in(*true_view_bounds(ctx, frame.fov_nm))
             if defect.kind in self.kinds and defect.uid not in self._credited
         }
         self._credited |= new
@@ -188,7 +184,7 @@ class DefectCountReward(RewardModule):
         frame = ctx.result
         if not isinstance(frame, Frame) or frame.pixel_nm > self.max_pixel_nm:
             return 0.0
-        x0, y0, x1, y1 = _frame_bounds(ctx, frame)
+        x0, y0, x1, y1 = true_view_bounds(ctx, frame.fov_nm)
         detections = self.detect(frame)
         self.last_detections = detections
         true_defects = [d for d in truth.defects_in(x0, y0, x1, y1) if d.kind in self._KINDS]
