@@ -63,19 +63,78 @@ def test_missing_checkpoint_is_one_line_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_untrained_maskable_checkpoint_is_scored(tmp_path: Path) -> None:
+@pytest.mark.parametrize("algorithm", ["MaskablePPO", "PPO", "SAC"])
+def test_untrained_checkpoint_of_each_algorithm_is_scored(tmp_path: Path, algorithm: str) -> None:
     import gymnasium as gym
     from sb3_contrib import MaskablePPO
+    from stable_baselines3 import PPO, SAC
 
     import scopegym.envs  # noqa: F401 - registers the ids
+    from scopegym.envs import BoxActions
 
     env = gym.make("scopegym/DefectSearch-v0", frame_px=64, samples="train")
-    model = MaskablePPO("MultiInputPolicy", env, n_steps=64, batch_size=32, device="cpu")
+    small = {"features_extractor_kwargs": {"cnn_output_dim": 16}, "net_arch": [16]}
+    if algorithm == "SAC":
+        # No saved run config beside the zip: eval must infer the Box encoding from the model.
+        model = SAC(
+            "MultiInputPolicy", BoxActions(env), buffer_size=64, policy_kwargs=small, device="cpu"
+        )
+    else:
+        algorithm_class = MaskablePPO if algorithm == "MaskablePPO" else PPO
+        model = algorithm_class(
+            "MultiInputPolicy", env, n_steps=64, batch_size=32, policy_kwargs=small, device="cpu"
+        )
     checkpoint = tmp_path / "final.zip"
     model.save(str(checkpoint))
     env.close()
     proc = _run(tmp_path, "episodes=1", "max_steps=5", "policies=[]", f"checkpoint={checkpoint}")
     assert proc.returncode == 0, proc.stderr
-    assert "| MaskablePPO:final | 1 |" in (tmp_path / "report.md").read_text()
+    assert f"| {algorithm}:final | 1 |" in (tmp_path / "report.md").read_text()
     document = json.loads((tmp_path / "results.json").read_text())
     assert document["episodes"][0]["scalars"]["steps"] == 5.0
+
+
+@pytest.mark.slow
+def test_exported_policy_is_smaller_keeps_its_config_and_refuses_another_env(
+    tmp_path: Path,
+) -> None:
+    run_dir = tmp_path / "run"
+    train = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scopegym.agents.train",
+            "env.kwargs.frame_px=64",
+            "total_timesteps=64",
+            "agent.model.n_steps=64",
+            "agent.model.batch_size=32",
+            "agent.model.n_epochs=1",
+            "eval.freq=0",
+            "checkpoint.freq=0",
+            "tensorboard.image_freq=0",
+            "progress_bar=false",
+            f"hydra.run.dir={run_dir}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert train.returncode == 0, train.stderr[-2000:]
+    exported = tmp_path / "policies" / "tiny.zip"
+    export = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "export_policy.py"), str(run_dir / "final.zip"),
+         str(exported)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert export.returncode == 0, export.stderr
+    assert exported.stat().st_size < 0.7 * (run_dir / "final.zip").stat().st_size
+    assert "frame_px: 64" in exported.with_suffix(".yaml").read_text()
+    proc = _run(tmp_path, "episodes=1", "max_steps=3", "policies=[]", f"checkpoint={exported}")
+    assert proc.returncode == 0, proc.stderr
+    assert "| MaskablePPO:tiny | 1 |" in (tmp_path / "report.md").read_text()
+    wrong = _run(tmp_path, "env=autotune", "episodes=1", "policies=[]", f"checkpoint={exported}")
+    assert wrong.returncode == 1
+    assert "was trained on scopegym/DefectSearch-v0" in wrong.stderr
+    assert "Traceback" not in wrong.stderr

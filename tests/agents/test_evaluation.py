@@ -35,6 +35,8 @@ def test_autotune_and_spectrum_metrics() -> None:
         assert tuned.metrics["scans_to_tolerance"] == tuned.n_scans
     else:
         assert np.isnan(tuned.metrics["scans_to_tolerance"])
+    final = env.unwrapped.truth.phase_error_rms_rad()
+    assert tuned.metrics["phase_error_final_rad"] == pytest.approx(final)
     env = gym.make("scopegym/SpectrumDiscovery-v0")
     spectra = run_episode(env, make_baseline("raster", env), seed=0)
     assert spectra.n_spectra == spectra.steps > 0

@@ -80,9 +80,14 @@ class ModelPolicy:
 
 
 def _run_config(checkpoint: Path) -> DictConfig | None:
-    # final.zip sits in the run directory; checkpoints/ and best/ one level further down.
-    for directory in (checkpoint.parent, checkpoint.parent.parent):
-        path = directory / ".hydra" / "config.yaml"
+    # An exported policy (scripts/export_policy.py) carries its run config beside it as
+    # <name>.yaml; in a run directory final.zip sits beside .hydra/, checkpoints/ and best/ one
+    # level further down.
+    candidates = [checkpoint.with_suffix(".yaml")] + [
+        directory / ".hydra" / "config.yaml"
+        for directory in (checkpoint.parent, checkpoint.parent.parent)
+    ]
+    for path in candidates:
         if path.is_file():
             loaded = OmegaConf.load(path)
             if isinstance(loaded, DictConfig):
@@ -178,6 +183,38 @@ def validate(cfg: DictConfig) -> None:
         raise EvalConfigError(f"episodes must be a positive integer, got {episodes!r}")
     if cfg.checkpoint is not None and not Path(str(cfg.checkpoint)).is_file():
         raise EvalConfigError(f"checkpoint={cfg.checkpoint!r}: no such checkpoint file")
+    if cfg.checkpoint is not None:
+        check_checkpoint_matches(Path(str(cfg.checkpoint)), cfg)
+
+
+def check_checkpoint_matches(checkpoint: Path, cfg: DictConfig) -> None:
+    """Refuse a checkpoint trained on another environment or frame size than ``cfg`` asks for.
+
+    SB3 would otherwise fail deep inside ``predict`` with an observation-shape error.
+
+    Args:
+        checkpoint: The model's ``.zip``.
+        cfg: The composed ``eval`` or ``run`` config.
+
+    Raises:
+        EvalConfigError: The checkpoint's saved run config names another env id or frame size.
+    """
+    run_cfg = _run_config(checkpoint)
+    if run_cfg is None:
+        return
+    trained_id = OmegaConf.select(run_cfg, "env.id")
+    if trained_id is not None and str(trained_id) != str(cfg.env.id):
+        raise EvalConfigError(
+            f"checkpoint={str(checkpoint)!r} was trained on {trained_id}, not {cfg.env.id}; "
+            f"pick the matching env=..."
+        )
+    trained_px = OmegaConf.select(run_cfg, "env.kwargs.frame_px")
+    asked_px = OmegaConf.select(cfg, "env.kwargs.frame_px")
+    if trained_px is not None and asked_px is not None and int(trained_px) != int(asked_px):
+        raise EvalConfigError(
+            f"checkpoint={str(checkpoint)!r} was trained with env.kwargs.frame_px={trained_px}, "
+            f"not {asked_px}"
+        )
 
 
 def env_kwargs(cfg: DictConfig, box_actions: bool = False) -> dict[str, Any]:

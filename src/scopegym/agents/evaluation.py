@@ -104,8 +104,8 @@ def task_metrics(env: gym.Env[Any, Any], result: EpisodeResult) -> dict[str, flo
     Defects (DefectSearch, Survey): ``defects_found`` (discovery part / its ``per_feature``),
     ``defects_per_hour`` [1/h] and ``dose_per_defect`` [e/Å²] (NaN without a defect). Autotune:
     ``success``, ``scans_to_tolerance`` and ``dose_to_tolerance`` [e/Å²] (NaN when the tolerance
-    was not reached). Spectra (SpectrumDiscovery, Survey): ``signatures_found`` and
-    ``signatures_per_spectrum``.
+    was not reached); :func:`run_episode` adds ``phase_error_final_rad`` on the twin. Spectra
+    (SpectrumDiscovery, Survey): ``signatures_found`` and ``signatures_per_spectrum``.
 
     Args:
         env: The environment the episode ran in.
@@ -194,6 +194,10 @@ def run_episode(
         if terminated or truncated:
             break
     result.metrics = task_metrics(env, result)
+    twin = info.get("twin") if isinstance(info, dict) else None
+    if isinstance(twin, dict) and "phase_error_rms_rad" in twin:
+        # Twin-only: how far from tolerance an episode ended, where success alone says nothing.
+        result.metrics["phase_error_final_rad"] = float(twin["phase_error_rms_rad"])
     return result
 
 
