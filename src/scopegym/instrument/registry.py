@@ -13,7 +13,13 @@ from typing import Any
 
 from scopegym.instrument.protocol import Instrument
 
-_INSTRUMENTS: dict[str, str] = {"twin": "scopegym.sim.twin:TwinMicroscope"}
+_INSTRUMENTS: dict[str, str] = {
+    "twin": "scopegym.sim.twin:TwinMicroscope",
+    "remote": "scopegym.adapters.remote:RemoteInstrument",
+    "replay": "scopegym.adapters.records:ReplayInstrument",
+    "nion_usim": "scopegym.adapters.nion:make_nion_usim",
+    "nion_swift": "scopegym.adapters.nion:NionSwiftInstrument",
+}
 
 
 def register_instrument(name: str, target: str) -> None:
