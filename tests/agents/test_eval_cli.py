@@ -134,6 +134,17 @@ def test_exported_policy_is_smaller_keeps_its_config_and_refuses_another_env(
     proc = _run(tmp_path, "episodes=1", "max_steps=3", "policies=[]", f"checkpoint={exported}")
     assert proc.returncode == 0, proc.stderr
     assert "| MaskablePPO:tiny | 1 |" in (tmp_path / "report.md").read_text()
+    sampled = []
+    for attempt in range(2):
+        out = tmp_path / f"stochastic{attempt}"
+        out.mkdir()
+        proc = _run(out, "episodes=2", "max_steps=6", "policies=[]", "stochastic=true",
+                    f"checkpoint={exported}")
+        assert proc.returncode == 0, proc.stderr
+        assert "| MaskablePPO:tiny:stochastic | 2 |" in (out / "report.md").read_text()
+        episodes = json.loads((out / "results.json").read_text())["episodes"]
+        sampled.append([episode["commands"] for episode in episodes])
+    assert sampled[0] == sampled[1]  # seeded: the sampled actions reproduce
     wrong = _run(tmp_path, "env=autotune", "episodes=1", "policies=[]", f"checkpoint={exported}")
     assert wrong.returncode == 1
     assert "was trained on scopegym/DefectSearch-v0" in wrong.stderr

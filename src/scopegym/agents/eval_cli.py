@@ -52,12 +52,16 @@ class ModelPolicy:
         name: Name in the report.
         maskable: Pass action masks to ``model.predict`` (MaskablePPO).
         box_actions: Decodes the model's Box actions to the MultiDiscrete encoding (SAC), or None.
+        sample_actions: Sample from the policy's action distribution even when the harness asks
+            for deterministic actions (the most likely entry of each MultiDiscrete dimension
+            can be a poorer policy than the distribution PPO learned).
     """
 
     model: Any
     name: str
     maskable: bool = False
     box_actions: Any = None
+    sample_actions: bool = False
 
     def predict(
         self,
@@ -68,6 +72,7 @@ class ModelPolicy:
         action_masks: Any = None,
     ) -> tuple[Any, Any]:
         """The model's next action in the environment's MultiDiscrete encoding."""
+        deterministic = deterministic and not self.sample_actions
         if self.maskable:
             action, state = self.model.predict(
                 observation, state, episode_start, deterministic, action_masks=action_masks
@@ -307,6 +312,7 @@ def results_document(runs: Sequence[PolicyRun]) -> dict[str, Any]:
             "terminated": result.terminated,
             "truncated": result.truncated,
             "scalars": {key: _finite(value) for key, value in result.scalars().items()},
+            "commands": result.trajectory,
         }
         for run in runs
         for result in run.results
@@ -481,10 +487,18 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> str:
 
         path = Path(str(cfg.checkpoint))
         model, maskable, box = load_checkpoint(path, str(cfg.device))
-        label = f"{type(model).__name__}:{path.stem}"
+        sample_actions = bool(cfg.get("stochastic", False))
+        label = f"{type(model).__name__}:{path.stem}" + (":stochastic" if sample_actions else "")
+        if sample_actions:
+            import torch
+
+            # SB3 samples actions with torch's global generator: seeded, the run reproduces.
+            torch.manual_seed(int(cfg.seed))
 
         def model_factory(env: gym.Env[Any, Any]) -> Policy:
-            return ModelPolicy(model, label, maskable, BoxActions(env) if box else None)
+            return ModelPolicy(
+                model, label, maskable, BoxActions(env) if box else None, sample_actions
+            )
 
         factories.append((label, model_factory))
     runs = []
