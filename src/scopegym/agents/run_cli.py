@@ -3,104 +3,353 @@
 Each command is printed as it is sent and each result as it comes back. This is the same code
 path that points agents at real instruments: only the ``instrument`` config changes.
 
+The instrument named by ``instrument`` (``make_instrument(name, **kwargs)``) is wrapped by the
+safety layer (:class:`~scopegym.instrument.safety.SafeInstrument`, limits from the ``safety``
+group, plus ``dry_run``, ``approve`` and ``stop_file``) and that by the HDF5 experiment record
+(:class:`~scopegym.adapters.records.RecordingInstrument`, ``record``), and handed to the
+environment. Without ground truth (hardware, a dry run, a replay) a reward that needs it falls
+back to the observation-only weights (``configs/reward/observation_only.yaml``).
+
+Exit codes: 0 the run ended normally; 1 the configuration cannot run; 3 emergency stop (stop
+file, Ctrl-C or the operator's "stop"): beam blanked where the instrument can, record closed;
+130 a second Ctrl-C aborted at once (the record is closed, the completed steps kept).
+
 Usage:
     scopegym-run env=defect_search checkpoint=outputs/<run>/final.zip instrument=twin
     scopegym-run env=autotune policy=autofocus max_steps=30
+    scopegym-run dry_run=true approve=command stop_file=/tmp/STOP safety=default
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import scopegym  # noqa: F401  (registers the environment ids)
+from scopegym.adapters.records import RecordingInstrument
 from scopegym.agents.baselines import BASELINES, make_baseline
 from scopegym.agents.eval_cli import ModelPolicy, env_kwargs, load_checkpoint
 from scopegym.agents.evaluation import Policy
 from scopegym.envs import BoxActions
+from scopegym.instrument import CommandLimitError, Instrument, make_instrument
+from scopegym.instrument.safety import (
+    Approval,
+    EmergencyStopError,
+    SafeInstrument,
+    SafetyLimits,
+    stop_on_sigint,
+)
 
 log = logging.getLogger(__name__)
+
+#: Exit code of a configuration that cannot run.
+EXIT_CONFIG_ERROR = 1
+#: Exit code of an emergency stop (stop file, Ctrl-C, the operator's "stop").
+EXIT_EMERGENCY_STOP = 3
+#: Exit code of a second Ctrl-C (abort without waiting for the next command).
+EXIT_ABORTED = 130
+
+_CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+_NOT_TASK_KWARGS = ("samples", "render_mode", "instrument", "instrument_name", "instrument_kwargs")
 
 
 class RunConfigError(ValueError):
     """A configuration that cannot be run, reported in one line."""
 
 
+@dataclass
+class RunOutcome:
+    """How a run ended.
+
+    Attributes:
+        total_return: Sum of the rewards [reward units].
+        steps: Environment steps taken.
+        exit_code: 0, :data:`EXIT_EMERGENCY_STOP` or :data:`EXIT_ABORTED`.
+        stopped: The emergency-stop message, or None.
+        record: Path of the experiment record, or None.
+    """
+
+    total_return: float
+    steps: int
+    exit_code: int = 0
+    stopped: str | None = None
+    record: Path | None = None
+
+
 def _policy(cfg: DictConfig, env: gym.Env[Any, Any]) -> tuple[Policy, str]:
     if cfg.checkpoint:
         checkpoint = Path(str(cfg.checkpoint)).expanduser()
-        if not checkpoint.is_file():
-            raise RunConfigError(f"checkpoint {checkpoint} does not exist")
         model, maskable, box = load_checkpoint(checkpoint, device=str(cfg.device))
         wrapper = BoxActions(env.unwrapped) if box else None
         name = f"{type(model).__name__}:{checkpoint.stem}"
         return ModelPolicy(model, name, maskable=maskable, box_actions=wrapper), name
     name = str(cfg.policy)
-    if name not in BASELINES:
-        raise RunConfigError(f"unknown policy {name!r}; baselines: {sorted(BASELINES)}")
     return make_baseline(name, env), name
 
 
-def run(cfg: DictConfig, out: Any = sys.stdout) -> float:
-    """Run one episode, printing every step; returns the episode's return.
+def _check_config(cfg: DictConfig) -> None:
+    """Refuse what cannot run before anything touches the instrument or the disk."""
+    if cfg.max_steps is not None and int(cfg.max_steps) <= 0:
+        raise RunConfigError(f"max_steps must be positive, got {cfg.max_steps}")
+    if cfg.checkpoint:
+        checkpoint = Path(str(cfg.checkpoint)).expanduser()
+        if not checkpoint.is_file():
+            raise RunConfigError(f"checkpoint {checkpoint} does not exist")
+    elif str(cfg.policy) not in BASELINES:
+        raise RunConfigError(f"unknown policy {cfg.policy!r}; baselines: {sorted(BASELINES)}")
+    if cfg.approve not in (None, "command", "batch"):
+        raise RunConfigError(f"approve must be null, command or batch, got {cfg.approve!r}")
+
+
+def _run_dir() -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        return Path(HydraConfig.get().runtime.output_dir)
+    return Path.cwd()
+
+
+def _config_yaml(cfg: DictConfig) -> str:
+    try:
+        return OmegaConf.to_yaml(cfg, resolve=True)
+    except Exception:  # noqa: BLE001 - an unresolvable interpolation: keep it as written
+        return OmegaConf.to_yaml(cfg)
+
+
+def _reward_needs_truth(env_id: str, kwargs: dict[str, Any]) -> bool:
+    """Whether the configured environment's reward needs the twin's ground truth."""
+    from gymnasium.envs.registration import load_env_creator
+
+    spec = gym.spec(env_id)
+    entry = spec.entry_point
+    creator = load_env_creator(entry) if isinstance(entry, str) else entry
+    task_class = getattr(creator, "task_class", None)
+    if task_class is None:
+        return False  # not a scopegym TaskEnv: let the environment decide
+    task_kwargs = {k: v for k, v in {**spec.kwargs, **kwargs}.items() if k not in _NOT_TASK_KWARGS}
+    return bool(task_class(**task_kwargs).make_reward().requires_ground_truth)
+
+
+def build_instrument(
+    cfg: DictConfig,
+    *,
+    run_dir: Path,
+    input_fn: Callable[[str], str] | None = None,
+    out: Any = sys.stdout,
+) -> tuple[SafeInstrument, RecordingInstrument | None]:
+    """Make the configured instrument, wrapped by the safety layer and the record.
+
+    Args:
+        cfg: The composed ``run`` config.
+        run_dir: Directory a relative ``record`` path lies in.
+        input_fn: Reads the operator's answers (approval); :func:`input` by default.
+        out: Stream for approval messages.
+
+    Returns:
+        ``(safety layer, record)``; the record wraps the safety layer and is None when
+        ``record`` is null.
+
+    Raises:
+        RunConfigError: A safety key, the stop file or the record path cannot be used.
+    """
+    name = str(cfg.instrument.name)
+    container = OmegaConf.to_container(cfg.instrument.kwargs, resolve=True) or {}
+    assert isinstance(container, dict)
+    kwargs = {str(key): value for key, value in container.items()}
+    safety_cfg = OmegaConf.to_container(cfg.safety, resolve=True)
+    try:
+        limits = SafetyLimits.from_config(safety_cfg)  # type: ignore[arg-type]
+        approval = None
+        if cfg.approve is not None:
+            approval = Approval(str(cfg.approve), int(cfg.approve_batch_size), input_fn, out)
+    except ValueError as error:
+        raise RunConfigError(str(error)) from None
+    inner = make_instrument(name, **kwargs)
+    stop_file = None if cfg.stop_file is None else Path(str(cfg.stop_file)).expanduser().absolute()
+    try:
+        safe = SafeInstrument(
+            inner, limits, dry_run=bool(cfg.dry_run), approval=approval, stop_file=stop_file
+        )
+    except ValueError as error:
+        inner.close()
+        raise RunConfigError(str(error)) from None
+    if cfg.record is None:
+        return safe, None
+    path = Path(str(cfg.record)).expanduser()
+    if not path.is_absolute():
+        path = run_dir / path
+    try:
+        recording = RecordingInstrument(
+            safe,
+            path,
+            instrument_name=name,
+            instrument_kwargs=kwargs,
+            policy=None if cfg.checkpoint else str(cfg.policy),
+            checkpoint=None if not cfg.checkpoint else Path(str(cfg.checkpoint)).expanduser(),
+            config_yaml=_config_yaml(cfg),
+            seed=int(cfg.seed),
+            extra={"env": str(cfg.env.id), "samples": str(cfg.samples.name)},
+        )
+    except (FileExistsError, OSError) as error:
+        safe.close()
+        raise RunConfigError(f"cannot create the record {path}: {error}") from None
+    return safe, recording
+
+
+def _make_env(cfg: DictConfig, instrument: Instrument, out: Any) -> gym.Env[Any, Any]:
+    kwargs = env_kwargs(cfg)
+    kwargs.pop("instrument_name", None)
+    kwargs.pop("instrument_kwargs", None)
+    if getattr(instrument, "truth", None) is None and _reward_needs_truth(str(cfg.env.id), kwargs):
+        why = "a dry run has" if cfg.dry_run else f"instrument '{cfg.instrument.name}' has"
+        fallback = OmegaConf.load(_CONFIG_DIR / "reward" / "observation_only.yaml")
+        kwargs["reward_weights"] = OmegaConf.to_container(fallback.weights)
+        kwargs.pop("reward_params", None)
+        if fallback.params is not None:
+            kwargs["reward_params"] = OmegaConf.to_container(fallback.params)
+        print(
+            f"{why} no ground truth: the reward falls back to the observation-only weights "
+            "(configs/reward/observation_only.yaml)",
+            file=out,
+        )
+    return gym.make(str(cfg.env.id), samples=str(cfg.samples.name), instrument=instrument, **kwargs)
+
+
+def run(
+    cfg: DictConfig,
+    out: Any = sys.stdout,
+    *,
+    input_fn: Callable[[str], str] | None = None,
+    run_dir: Path | None = None,
+) -> RunOutcome:
+    """Run one episode through the safety layer and the record, printing every step.
 
     Args:
         cfg: The composed ``run`` config.
         out: Stream to print to.
+        input_fn: Reads the operator's approval answers; :func:`input` by default.
+        run_dir: Directory for a relative ``record`` path; the Hydra run directory by default.
+
+    Returns:
+        How the run ended; an emergency stop is an outcome, not an exception.
+
+    Raises:
+        RunConfigError: The configuration cannot run.
     """
-    if cfg.max_steps is not None and int(cfg.max_steps) <= 0:
-        raise RunConfigError(f"max_steps must be positive, got {cfg.max_steps}")
-    kwargs = env_kwargs(cfg)
-    env = gym.make(str(cfg.env.id), samples=str(cfg.samples.name), **kwargs)
-    policy, name = _policy(cfg, env)
-    obs, info = env.reset(seed=int(cfg.seed))
-    if hasattr(policy, "reset"):
-        policy.reset()
-    print(
-        f"{name} on {cfg.env.id} via instrument '{cfg.instrument.name}', sample {info['sample']}",
-        file=out,
+    _check_config(cfg)
+    safe, recording = build_instrument(
+        cfg, run_dir=run_dir or _run_dir(), input_fn=input_fn, out=out
     )
+    instrument: Instrument = recording if recording is not None else safe
+    record_path = recording.path if recording is not None else None
+    env: gym.Env[Any, Any] | None = None
     total, step = 0.0, 0
-    limit = int(cfg.max_steps) if cfg.max_steps is not None else None
-    while limit is None or step < limit:
-        masks = env.unwrapped.action_masks()  # type: ignore[attr-defined]
-        action, _ = policy.predict(obs, action_masks=masks, deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(action)
-        step += 1
-        total += float(reward)
-        print(f"[{step:4d}] -> {info['command']}", file=out)
-        outcome = info.get("result") or {"refused": info["refused"]}
+    status, exit_code, stopped = "crashed", 0, None
+    try:
+        env = _make_env(cfg, instrument, out)
+        policy, name = _policy(cfg, env)
+        safety_name = cfg.safety.get("name", "custom")
+        print(f"safety '{safety_name}': {safe.safety_limits.describe()}", file=out)
+        if safe.dry_run:
+            print(
+                "DRY RUN: every command is checked and recorded, none is sent to the instrument; "
+                "results are placeholders (blank frames and spectra, nominal states)",
+                file=out,
+            )
+        if safe.approval is not None:
+            print(f"approval: {cfg.approve} (y = send, n = refuse, s = emergency stop)", file=out)
+        if safe.stop_file is not None:
+            print(f"emergency stop: create {safe.stop_file} or press Ctrl-C", file=out)
+        print(f"record: {record_path}", file=out, flush=True)
+        with stop_on_sigint(safe):
+            try:
+                obs, info = env.reset(seed=int(cfg.seed))
+            except CommandLimitError as error:
+                raise RunConfigError(
+                    f"the task's opening command was refused ({error}); nothing else was sent"
+                ) from None
+            if hasattr(policy, "reset"):
+                policy.reset()
+            print(
+                f"{name} on {cfg.env.id} via instrument '{cfg.instrument.name}', "
+                f"sample {info['sample']}",
+                file=out,
+                flush=True,
+            )
+            limit = int(cfg.max_steps) if cfg.max_steps is not None else None
+            while limit is None or step < limit:
+                safe.check_stop()
+                masks = env.unwrapped.action_masks()  # type: ignore[attr-defined]
+                action, _ = policy.predict(obs, action_masks=masks, deterministic=True)
+                obs, reward, terminated, truncated, info = env.step(action)
+                step += 1
+                total += float(reward)
+                print(f"[{step:4d}] -> {info['command']}", file=out)
+                outcome = info.get("result") or {"refused": info["refused"]}
+                dry = "  (dry run: not sent)" if safe.dry_run and info.get("result") else ""
+                print(
+                    f"       <- {outcome}{dry}  reward {reward:+.4f}  t {info['elapsed_s']:.2f} s  "
+                    f"dose {info['dose_e_per_A2']:.3g} e/A^2",
+                    file=out,
+                    flush=True,
+                )
+                if terminated or truncated:
+                    print(
+                        f"episode {'terminated' if terminated else 'truncated'} after {step} steps",
+                        file=out,
+                    )
+                    break
+            safe.check_stop()  # a stop that came in during the last step
+        status = "completed"
+        print(f"return {total:+.4f}", file=out, flush=True)
+    except EmergencyStopError as error:
+        if recording is not None:
+            recording.record_stop(error)
+        status, exit_code, stopped = "emergency stop", EXIT_EMERGENCY_STOP, str(error)
+    except KeyboardInterrupt:
+        status, exit_code = "aborted (second Ctrl-C)", EXIT_ABORTED
+    except RunConfigError as error:
+        status = f"not run: {error}"
+        raise
+    except BaseException as error:
+        status = f"crashed ({type(error).__name__}: {error})"
+        raise
+    finally:
+        if recording is not None:
+            recording.finish(status)
+        if env is not None:
+            env.close()
+        else:
+            instrument.close()
+    if exit_code:
+        steps_kept = f" ({recording.n_steps} steps)" if recording is not None else ""
         print(
-            f"       <- {outcome}  reward {reward:+.4f}  t {info['elapsed_s']:.2f} s  "
-            f"dose {info['dose_e_per_A2']:.3g} e/A^2",
+            f"scopegym-run: {stopped or status}. Record closed: {record_path}{steps_kept}. "
+            f"Exit code {exit_code}.",
             file=out,
             flush=True,
         )
-        if terminated or truncated:
-            print(
-                f"episode {'terminated' if terminated else 'truncated'} after {step} steps",
-                file=out,
-            )
-            break
-    print(f"return {total:+.4f}", file=out)
-    env.close()
-    return total
+    return RunOutcome(total, step, exit_code, stopped, record_path)
 
 
 @hydra.main(config_path="../configs", config_name="run", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     """Command-line entry point."""
     try:
-        run(cfg)
+        outcome = run(cfg)
     except RunConfigError as error:
         print(f"scopegym-run: error: {error}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_CONFIG_ERROR)
+    if outcome.exit_code:
+        sys.exit(outcome.exit_code)
 
 
 if __name__ == "__main__":

@@ -307,9 +307,20 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def step(
         self, action: np.ndarray
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Decode the action to one command, run it, and score it."""
+        """Decode the action to one command, run it, and score it.
+
+        Raises:
+            ValueError: The action is not an integer array inside the action space; nothing is
+                sent to the instrument.
+        """
+        action = np.asarray(action)
+        if action.dtype.kind not in "iu" or not self.action_space.contains(action):
+            raise ValueError(
+                f"{type(self).__name__}.step: action {action.tolist()!r} is not in "
+                f"{self.action_space} (integers, one per entry, each below its nvec)"
+            )
         before = self.instrument.state()
-        command = self.codec.decode(np.asarray(action), before)
+        command = self.codec.decode(action, before)
         view = self._view_bounds()
         info: dict[str, Any] = {"command": command.to_dict(), "refused": None}
         try:

@@ -27,7 +27,12 @@ from scopegym.instrument.errors import (
     UnknownCommandError,
 )
 from scopegym.instrument.limits import InstrumentLimits, Range, validate
-from scopegym.instrument.protocol import Instrument, SupportsSampleLoading, expected_result_type
+from scopegym.instrument.protocol import (
+    Instrument,
+    SupportsBeamBlanking,
+    SupportsSampleLoading,
+    expected_result_type,
+)
 from scopegym.instrument.registry import (
     SampleSpec,
     available_instruments,
@@ -63,6 +68,7 @@ __all__ = [
     "SampleSpec",
     "Scan",
     "Spectrum",
+    "SupportsBeamBlanking",
     "SupportsSampleLoading",
     "Tune",
     "UnknownAberrationError",

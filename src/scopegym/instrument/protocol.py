@@ -14,7 +14,7 @@ from scopegym.instrument.errors import CommandTypeError
 from scopegym.instrument.limits import InstrumentLimits
 from scopegym.instrument.results import EELSSpectrum, Frame, InstrumentState, Result
 
-__all__ = ["Instrument", "SupportsSampleLoading", "expected_result_type"]
+__all__ = ["Instrument", "SupportsBeamBlanking", "SupportsSampleLoading", "expected_result_type"]
 
 _RESULT_TYPE_BY_COMMAND: dict[
     type[Command], type[Frame] | type[EELSSpectrum] | type[InstrumentState]
@@ -121,3 +121,16 @@ class SupportsSampleLoading(Protocol):
 
     def load_sample(self, sample: Any) -> None:
         """Load ``sample`` (a :class:`~scopegym.instrument.registry.SampleSpec`) and reset."""
+
+
+@runtime_checkable
+class SupportsBeamBlanking(Protocol):
+    """An instrument that can blank the beam on request: the safety layer's emergency stop.
+
+    After :meth:`blank_beam` the instrument delivers no further dose: commands that need the
+    beam (Scan, Spectrum) fail with :class:`~scopegym.instrument.errors.InstrumentError` until
+    the instrument's own, documented way of unblanking. Blanking is idempotent.
+    """
+
+    def blank_beam(self) -> None:
+        """Blank the beam now; safe to call more than once."""

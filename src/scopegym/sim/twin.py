@@ -272,7 +272,7 @@ class TwinMicroscope:
         family: str | SpecimenFamily | None = None,
         residual_nm: Mapping[str, float] | None = None,
     ) -> None:
-        """Load a fresh specimen and return the microscope to its initial settings.
+        """Load a fresh specimen and return the microscope to its initial settings, beam unblanked.
 
         Args:
             seed: New seed; None keeps the present one.
@@ -281,6 +281,7 @@ class TwinMicroscope:
                 They are hidden: the reported settings (the corrector) start at zero.
         """
         self._closed = False
+        self._beam_blanked = False
         if seed is not None:
             self.seed = int(seed)
         if family is not None:
@@ -316,6 +317,25 @@ class TwinMicroscope:
             sample: Family, seed and residual aberrations to start from.
         """
         self.reset(seed=sample.seed, family=sample.family, residual_nm=sample.aberrations_nm)
+
+    def blank_beam(self) -> None:
+        """Blank the beam (the safety layer's emergency stop); safe to call more than once.
+
+        While blanked the twin delivers no dose: a Scan or Spectrum that passes validation raises
+        :class:`InstrumentError` and changes nothing (no time, no dose, no randomness used).
+        Zoom, Move and Tune still work, as the lenses and the stage do not need the beam.
+        :meth:`unblank_beam`, :meth:`reset` and :meth:`load_sample` unblank it.
+        """
+        self._beam_blanked = True
+
+    def unblank_beam(self) -> None:
+        """Unblank the beam after :meth:`blank_beam`."""
+        self._beam_blanked = False
+
+    @property
+    def beam_blanked(self) -> bool:
+        """Whether the beam is blanked (see :meth:`blank_beam`)."""
+        return self._beam_blanked
 
     @property
     def limits(self) -> InstrumentLimits:
@@ -374,11 +394,17 @@ class TwinMicroscope:
 
         Raises:
             CommandLimitError: The command is outside the limits; nothing changed.
+            InstrumentError: The twin is closed, or the beam is blanked and the command needs
+                it; nothing changed.
 
         """
         if self._closed:
             raise InstrumentError("the twin microscope is closed; reset() or load_sample() it")
         validate(command, self.state(), self._limits)
+        if self._beam_blanked and isinstance(command, Scan | Spectrum):
+            raise InstrumentError(
+                f"the beam is blanked; {command.name} needs the beam (unblank_beam() or reset())"
+            )
         result: Frame | EELSSpectrum | None = None
         if isinstance(command, Scan):
             result = self._scan(command)

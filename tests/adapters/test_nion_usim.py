@@ -1,0 +1,291 @@
+"""The Nion Swift adapter against Nion's simulated microscope (nionswift-usim), headless.
+
+usim allows one instrument per process and its acquisition threads keep a process alive, so the
+adapter runs in subprocesses: usim_session.py drives it and writes JSON that these tests check,
+and the end-to-end tests run scopegym-run (and scopegym-train) on it. Without Nion installed the
+module is skipped, unless SCOPEGYM_REQUIRE_NION=1 (CI) makes that a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+
+def _nion_installed() -> bool:
+    try:
+        return all(
+            importlib.util.find_spec(name) is not None
+            for name in ("nion.usim_device.DeviceConfiguration", "nion.instrumentation.scan_base")
+        )
+    except ModuleNotFoundError:
+        return False
+
+
+if not _nion_installed():
+    if os.environ.get("SCOPEGYM_REQUIRE_NION") == "1":
+        pytest.fail(
+            'SCOPEGYM_REQUIRE_NION=1 but Nion is not installed: pip install -e ".[nion]"',
+            pytrace=False,
+        )
+    pytest.skip('Nion is not installed (pip install -e ".[nion]")', allow_module_level=True)
+
+from scopegym.adapters.nion import USIM_LIMITS, _limits_from, blur_with_probe  # noqa: E402
+from scopegym.instrument import Range  # noqa: E402
+from scopegym.sim.optics import Optics  # noqa: E402
+
+SESSION = Path(__file__).with_name("usim_session.py")
+RUN = [sys.executable, "-m", "scopegym.agents.run_cli"]
+TRAIN = [sys.executable, "-m", "scopegym.agents.train"]
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("usim") / "session.json"
+    try:
+        done = subprocess.run(
+            [sys.executable, str(SESSION), str(out)], capture_output=True, text=True, timeout=180
+        )
+    except subprocess.TimeoutExpired as error:
+        pytest.fail(f"the usim session did not finish (hung at exit?): {error}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    results: dict[str, Any] = json.loads(out.read_text())
+    assert "crashed" not in results, results.get("crashed")
+    return results
+
+
+@pytest.mark.slow
+def test_the_adapter_is_an_instrument_reading_back_the_simulator(session):
+    assert session["is_instrument"]
+    state = session["initial_state"]
+    # make_nion_usim zeroes usim's initial 500 nm defocus and sets the stated probe current.
+    assert all(value == 0.0 for value in state["aberrations_nm"].values())
+    assert state["beam_current_pA"] == 30.0
+    assert session["beam_current_source"] == "controller"
+    assert state["voltage_kV"] == pytest.approx(100.0)
+    assert set(session["tunable"]) >= {"C10", "C12a", "C12b", "C21a", "C21b"}
+
+
+@pytest.mark.slow
+def test_zoom_and_scan_give_a_frame_of_the_requested_size_and_field(session):
+    scan = session["zoom_scan"]
+    assert scan["zoom_fov_nm"] == 200.0
+    assert scan["scan_source_fov_nm"] == 200.0
+    assert scan["shape"] == [64, 64]
+    assert scan["fov_nm"] == 200.0
+    assert scan["dwell_us"] == 2.0
+    assert scan["finite"]
+    assert scan["n_scans_delta"] == 1
+
+
+@pytest.mark.slow
+def test_scans_charge_frame_time_and_dose_like_the_twin(session):
+    scan = session["zoom_scan"]
+    assert scan["elapsed_delta_s"] == pytest.approx(scan["expected_elapsed_delta_s"])
+    assert scan["duration_s"] == pytest.approx(scan["expected_elapsed_delta_s"])
+    assert scan["dose_e_per_A2"] == pytest.approx(scan["expected_dose_e_per_A2"])
+    assert scan["state_dose_delta"] == pytest.approx(scan["dose_e_per_A2"])
+
+
+@pytest.mark.slow
+def test_move_changes_the_reported_stage_by_the_requested_amount(session):
+    move = session["move"]
+    assert move["reported_delta_nm"] == pytest.approx([50.0, -30.0], abs=1e-6)
+    # Nion's stage_position_m is the specimen's offset: the opposite sign, in metres.
+    assert move["controller_delta_m"] == pytest.approx([-50e-9, 30e-9], abs=1e-15)
+    # The view moves over the specimen as on the twin: features move left and down.
+    rows, cols = move["content_shift_px"]
+    assert cols == pytest.approx(-50.0 / move["pixel_nm"], abs=1.5)
+    assert rows == pytest.approx(30.0 / move["pixel_nm"], abs=1.5)
+    assert move["elapsed_delta_s"] > 0
+
+
+@pytest.mark.slow
+def test_tune_changes_the_controller_by_the_requested_amount(session):
+    for name, tune in session["tune"].items():
+        assert tune["controller_delta_m"] == pytest.approx(tune["requested_m"], rel=1e-9), name
+    assert session["tune"]["C10"]["reported_nm"] == pytest.approx(20.0)
+
+
+@pytest.mark.slow
+def test_refused_commands_leave_state_and_controller_unchanged(session):
+    refusals = session["refusals"]
+    assert len(refusals) == 14
+    for refusal in refusals:
+        assert refusal["error"] is not None, refusal["command"]
+        assert refusal["is_command_error"], refusal
+        assert refusal["state_unchanged"], refusal
+        assert refusal["controller_unchanged"], refusal
+    messages = {refusal["command"]: refusal["message"] for refusal in refusals}
+    assert "outside the allowed range [1, 1600] nm" in messages["Zoom(fov_nm=5000.0)"]
+
+
+@pytest.mark.slow
+def test_optics_blur_makes_frames_respond_to_defocus(session):
+    blur = session["blur"]
+    assert blur["defocused"] < 0.5 * blur["in_focus"]
+
+
+@pytest.mark.slow
+def test_usim_haadf_alone_ignores_defocus(session):
+    # Why the blur exists: without it, a 20 nm defocus leaves usim's frames as sharp as before.
+    plain = session["no_blur"]
+    assert plain["defocused"] == pytest.approx(plain["in_focus"], rel=0.2)
+
+
+@pytest.mark.slow
+def test_spectrum_returns_an_eels_spectrum_with_increasing_energies(session):
+    spectrum = session["spectrum"]
+    assert spectrum["increasing"]
+    assert spectrum["channels"] >= 256
+    assert spectrum["energy_min_eV"] < 0.0 < spectrum["energy_max_eV"]
+    assert spectrum["peak_at_eV"] == pytest.approx(0.0, abs=2.0)  # the zero-loss peak
+    assert spectrum["total_counts"] > 0
+    assert spectrum["n_spectra_delta"] == 1
+    assert spectrum["elapsed_delta_s"] == pytest.approx(0.020 + 0.002)
+    assert spectrum["dose_e_per_A2"] > 0
+    assert spectrum["probe_restored"]
+
+
+@pytest.mark.slow
+def test_blanking_the_beam_stops_scans_until_unblanked(session):
+    blank = session["blank"]
+    assert blank["C_Blank"] == 1.0
+    assert blank["scan_error"] == "InstrumentError"
+    assert blank["state_unchanged"]
+    assert blank["C_Blank_after"] == 0.0
+    assert blank["scan_after_unblank"] == "Frame"
+
+
+@pytest.mark.slow
+def test_fuzzed_commands_raise_only_documented_errors(session):
+    fuzz = session["fuzz"]
+    assert fuzz["failures"] == []
+    assert fuzz["examples"] == 300
+    assert fuzz["accepted"] > 0 and fuzz["refused"] > 0
+    assert set(fuzz["errors"]) <= {
+        "CommandLimitError",
+        "CommandTypeError",
+        "UnknownAberrationError",
+    }
+
+
+@pytest.mark.slow
+def test_one_simulator_per_process_and_close_ends_it(session):
+    assert "one simulated instrument per process" in session["second_instance"]
+    assert session["after_close"] == "InstrumentError"
+    # ... after which a fresh simulator starts in the same process (the no-blur run).
+    assert "no_blur" in session
+
+
+def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*args, f"hydra.run.dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+
+
+def _assert_ran(result: subprocess.CompletedProcess[str], steps: int) -> None:
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "via instrument 'nion_usim'" in result.stdout
+    lines = result.stdout.splitlines()
+    sent = [line for line in lines if "] -> {'command'" in line]
+    answered = [line for line in lines if line.strip().startswith("<- ")]
+    assert len(sent) == len(answered) == steps
+
+
+END_TO_END = ["env=defect_search", "instrument=nion_usim", "reward=observation_only"]
+
+
+@pytest.mark.slow
+def test_scopegym_run_drives_usim_with_a_baseline(tmp_path):
+    result = _run([*RUN, *END_TO_END, "max_steps=10", "policy=raster"], tmp_path)
+    _assert_ran(result, 10)
+    # The raster baseline zooms in and scans: frames come back from usim through the adapter.
+    assert "'result': 'Frame', 'size_px': 96" in result.stdout
+
+
+@pytest.mark.slow
+def test_scopegym_run_drives_usim_with_a_twin_trained_checkpoint(tmp_path):
+    train_dir = tmp_path / "train"
+    train_dir.mkdir()
+    trained = _run(
+        [
+            *TRAIN,
+            "env=defect_search",
+            "env.kwargs.frame_px=64",
+            "total_timesteps=32",
+            "agent.model.n_steps=32",
+            "agent.model.batch_size=32",
+            "agent.model.n_epochs=1",
+            "eval.freq=0",
+            "checkpoint.freq=0",
+            "tensorboard.image_freq=0",
+            "progress_bar=false",
+        ],
+        train_dir,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoint = train_dir / "final.zip"
+    assert checkpoint.is_file()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    result = _run(
+        [*RUN, *END_TO_END, "env.kwargs.frame_px=64", "max_steps=6", f"checkpoint={checkpoint}"],
+        run_dir,
+    )
+    _assert_ran(result, 6)
+    assert "MaskablePPO:final" in result.stdout
+
+
+# -- the blur emulation and the config limits, without the simulator ------------------------------
+
+USIM_OPTICS = Optics(voltage_kV=100.0, convergence_mrad=40.0)
+
+
+def _texture(n: int = 64) -> np.ndarray:
+    return np.random.default_rng(0).normal(10.0, 1.0, (n, n))
+
+
+def test_blur_leaves_frames_with_pixels_larger_than_the_probe_alone():
+    frame = _texture()
+    defocused = USIM_OPTICS.with_aberrations(C10=20.0)
+    assert np.array_equal(blur_with_probe(frame, defocused, pixel_nm=10.0), frame)
+
+
+def test_blur_keeps_size_and_mean_and_grows_with_defocus():
+    frame = _texture()
+    spreads = []
+    for c10_nm in (0.0, 5.0, 20.0):
+        blurred = blur_with_probe(frame, USIM_OPTICS.with_aberrations(C10=c10_nm), 0.125)
+        assert blurred.shape == frame.shape
+        assert blurred.mean() == pytest.approx(frame.mean(), rel=1e-3)
+        spreads.append(blurred.std())
+    assert spreads[0] > spreads[1] > spreads[2]
+
+
+def test_blur_falls_back_to_a_ray_optics_disc_for_huge_probes_on_coarse_pixels():
+    frame = _texture()
+    blurred = blur_with_probe(frame, USIM_OPTICS.with_aberrations(C10=2000.0), pixel_nm=20.0)
+    assert blurred.shape == frame.shape
+    assert blurred.std() < 0.5 * frame.std()
+
+
+def test_config_limits_override_the_usim_defaults():
+    limits = _limits_from({"fov_nm": [2, 500], "tune_delta_nm": {"C10": 50}}, USIM_LIMITS)
+    assert limits.fov_nm == Range(2.0, 500.0, "nm")
+    assert limits.dwell_us == USIM_LIMITS.dwell_us
+    assert list(limits.tune_delta_nm) == ["C10"]
+    with pytest.raises(ValueError, match="unknown instrument limit"):
+        _limits_from({"fov": [1, 2]}, USIM_LIMITS)
