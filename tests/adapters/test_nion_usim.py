@@ -249,6 +249,30 @@ def test_scopegym_run_drives_usim_with_a_twin_trained_checkpoint(tmp_path):
     assert "MaskablePPO:final" in result.stdout
 
 
+@pytest.mark.slow
+def test_scopegym_train_runs_on_usim_without_an_evaluation_env(tmp_path):
+    # One simulator per process: with evaluation and images off, training builds only its own env.
+    trained = _run(
+        [
+            *TRAIN,
+            *END_TO_END,
+            "env.kwargs.frame_px=64",
+            "total_timesteps=32",
+            "agent.model.n_steps=32",
+            "agent.model.batch_size=32",
+            "agent.model.n_epochs=1",
+            "eval.freq=0",
+            "checkpoint.freq=0",
+            "tensorboard.image_freq=0",
+            "progress_bar=false",
+        ],
+        tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert (tmp_path / "final.zip").is_file()
+    assert "trained 32 steps" in trained.stderr + trained.stdout
+
+
 # -- the blur emulation and the config limits, without the simulator ------------------------------
 
 USIM_OPTICS = Optics(voltage_kV=100.0, convergence_mrad=40.0)

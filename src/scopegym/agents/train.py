@@ -193,8 +193,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" else DummyVecEnv
     venv: VecEnv = vec_cls([factory] * n_envs)
     venv.seed(seed)
-    eval_venv: VecEnv = DummyVecEnv([factory.with_kwargs(samples=VALIDATION)])
-    eval_venv.seed(seed + 10_000)
+    # Built only when used: an instrument may allow one connection per process (Nion's usim).
+    evaluating = cfg.eval.freq > 0 and cfg.eval.n_episodes > 0
+    eval_venv: VecEnv | None = None
+    if evaluating:
+        eval_venv = DummyVecEnv([factory.with_kwargs(samples=VALIDATION)])
+        eval_venv.seed(seed + 10_000)
 
     resume = Path(str(cfg.resume)) if cfg.resume is not None else None
     if cfg.vec_normalize:
@@ -205,8 +209,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
             log.info("loaded VecNormalize statistics from %s", stats)
         else:
             venv = VecNormalize(venv, norm_obs=False, norm_reward=True, gamma=_gamma(cfg))
-        # Evaluation reports raw returns; the wrapper only keeps the two envs alike for SB3.
-        eval_venv = VecNormalize(eval_venv, training=False, norm_obs=False, norm_reward=False)
+        if eval_venv is not None:
+            # Evaluation reports raw returns; the wrapper only keeps the two envs alike for SB3.
+            eval_venv = VecNormalize(eval_venv, training=False, norm_obs=False, norm_reward=False)
 
     tensorboard_dir = run_dir / "tensorboard"
     model: BaseAlgorithm
@@ -237,7 +242,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
                 save_vecnormalize=True,
             )
         )
-    if cfg.eval.freq > 0 and cfg.eval.n_episodes > 0:
+    if eval_venv is not None:
         eval_kwargs: dict[str, Any] = {
             "eval_freq": max(int(cfg.eval.freq) // n_envs, 1),
             "n_eval_episodes": int(cfg.eval.n_episodes),
@@ -287,7 +292,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     if normalizer is not None:
         normalizer.save(str(vecnormalize_path(final)))
     venv.close()
-    eval_venv.close()
+    if eval_venv is not None:
+        eval_venv.close()
     log.info("trained %d steps; final model %s", model.num_timesteps, final)
     return final
 
