@@ -37,7 +37,6 @@ from scopegym.adapters.remote import (
     decode_limits,
     decode_result,
     encode_array,
-    encode_limits,
     encode_result,
 )
 from scopegym.agents.baselines import make_baseline
@@ -127,7 +126,7 @@ def test_results_and_limits_survive_the_wire_records_bit_for_bit():
         record = encode_result(result)
         assert not any(isinstance(v, np.ndarray) for v in record.values())
         assert decode_result(record) == result
-    assert decode_limits(encode_limits(twin.limits)) == twin.limits
+    assert decode_limits(twin.limits.to_dict()) == twin.limits
     frame = np.arange(12, dtype=">f8").reshape(3, 4)
     packed = encode_array(frame)
     assert isinstance(packed["data"], bytes) and len(packed["data"]) == 96

@@ -258,3 +258,14 @@ def test_serialisation_round_trip_keeps_every_value(
 ) -> None:
     command = build(value)
     assert repr(Command.from_dict(command.to_dict())) == repr(command)
+
+
+def test_limits_round_trip_through_plain_values():
+    import json
+
+    from scopegym.instrument import InstrumentLimits, Range, limits_from_dict
+
+    limits = InstrumentLimits(fov_nm=Range(2.0, 500.0, "nm"), detectors=("haadf", "bf"))
+    record = json.loads(json.dumps(limits.to_dict()))
+    assert record["fov_nm"] == [2.0, 500.0, "nm"]
+    assert limits_from_dict(record) == limits

@@ -58,11 +58,11 @@ from scopegym.instrument import (
     InstrumentError,
     InstrumentLimits,
     InstrumentState,
-    Range,
     Result,
     SampleSpec,
     SupportsBeamBlanking,
     SupportsSampleLoading,
+    limits_from_dict,
     result_from_dict,
     validate,
 )
@@ -78,8 +78,6 @@ __all__ = [
     "ReplayDivergenceError",
     "ReplayInstrument",
     "file_sha256",
-    "limits_from_dict",
-    "limits_to_dict",
     "read_record",
 ]
 
@@ -88,55 +86,7 @@ FORMAT_VERSION: Final = 1
 _CHUNK_FLOATS: Final = 1 << 16
 _CHUNK_BYTES: Final = 1 << 16
 _CHUNK_ROWS: Final = 1024
-_RANGE_FIELDS: Final = (
-    "size_px",
-    "dwell_us",
-    "fov_nm",
-    "stage_x_nm",
-    "stage_y_nm",
-    "move_nm",
-    "exposure_ms",
-    "spectrum_position",
-)
-
-
 # -- small conversions ----------------------------------------------------------------------
-
-
-def _range_to_list(value: Range) -> list[Any]:
-    return [value.low, value.high, value.unit]
-
-
-def _range_from_list(value: Any) -> Range:
-    low, high, unit = value
-    return Range(float(low), float(high), str(unit))
-
-
-def limits_to_dict(limits: InstrumentLimits) -> dict[str, Any]:
-    """Serialise instrument limits to plain JSON types.
-
-    Args:
-        limits: The limits.
-
-    Returns:
-        ``{<range field>: [low, high, unit], "detectors": [...], "tune_delta_nm": {...},
-        "aberration_nm": {...}}``.
-
-    """
-    record: dict[str, Any] = {name: _range_to_list(getattr(limits, name)) for name in _RANGE_FIELDS}
-    record["detectors"] = list(limits.detectors)
-    record["tune_delta_nm"] = {k: _range_to_list(v) for k, v in limits.tune_delta_nm.items()}
-    record["aberration_nm"] = {k: _range_to_list(v) for k, v in limits.aberration_nm.items()}
-    return record
-
-
-def limits_from_dict(record: Mapping[str, Any]) -> InstrumentLimits:
-    """Rebuild instrument limits from :func:`limits_to_dict` output."""
-    kwargs: dict[str, Any] = {name: _range_from_list(record[name]) for name in _RANGE_FIELDS}
-    kwargs["detectors"] = tuple(record["detectors"])
-    kwargs["tune_delta_nm"] = {k: _range_from_list(v) for k, v in record["tune_delta_nm"].items()}
-    kwargs["aberration_nm"] = {k: _range_from_list(v) for k, v in record["aberration_nm"].items()}
-    return InstrumentLimits(**kwargs)
 
 
 def _sample_to_dict(sample: Any) -> dict[str, Any]:
@@ -421,7 +371,7 @@ class RecordingInstrument:
             "format_version": FORMAT_VERSION,
             "instrument": instrument_name or type(inner).__name__,
             "instrument_kwargs": json.dumps(dict(instrument_kwargs or {}), default=str),
-            "limits": json.dumps(limits_to_dict(inner.limits)),
+            "limits": json.dumps(inner.limits.to_dict()),
             "initial_state": json.dumps(_state_to_json(self._state)),
             "supports_sample_loading": self._can_load,
             "dry_run": self._dry_run,

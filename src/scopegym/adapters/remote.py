@@ -70,11 +70,11 @@ from scopegym.instrument import (
     InstrumentError,
     InstrumentLimits,
     InstrumentState,
-    Range,
     Result,
     SampleSpec,
     SupportsSampleLoading,
     expected_result_type,
+    limits_from_dict,
     result_from_dict,
 )
 
@@ -94,7 +94,6 @@ __all__ = [
     "decode_limits",
     "decode_result",
     "encode_array",
-    "encode_limits",
     "encode_result",
     "is_loopback",
 ]
@@ -242,47 +241,8 @@ def decode_result(record: Any) -> Result:
         raise RemoteProtocolError(f"malformed result record: {error}") from None
 
 
-def _encode_range(allowed: Range) -> list[Any]:
-    return [allowed.low, allowed.high, allowed.unit]
-
-
-def _decode_range(record: Any) -> Range:
-    low, high, unit = record
-    return Range(low, high, unit)
-
-
-_RANGE_FIELDS: Final = (
-    "size_px",
-    "dwell_us",
-    "fov_nm",
-    "stage_x_nm",
-    "stage_y_nm",
-    "move_nm",
-    "exposure_ms",
-    "spectrum_position",
-)
-
-
-def encode_limits(limits: InstrumentLimits) -> dict[str, Any]:
-    """Turn instrument limits into a record of plain values.
-
-    Args:
-        limits: The limits.
-
-    Returns:
-        ``{<range field>: [low, high, unit], "detectors": [...], "tune_delta_nm":
-        {name: [low, high, unit]}, "aberration_nm": {...}}``.
-
-    """
-    record: dict[str, Any] = {name: _encode_range(getattr(limits, name)) for name in _RANGE_FIELDS}
-    record["detectors"] = list(limits.detectors)
-    for table in ("tune_delta_nm", "aberration_nm"):
-        record[table] = {name: _encode_range(r) for name, r in getattr(limits, table).items()}
-    return record
-
-
 def decode_limits(record: Any) -> InstrumentLimits:
-    """Rebuild instrument limits from :func:`encode_limits` output.
+    """Rebuild instrument limits from :meth:`InstrumentLimits.to_dict` output.
 
     Args:
         record: The record.
@@ -295,11 +255,7 @@ def decode_limits(record: Any) -> InstrumentLimits:
 
     """
     try:
-        kwargs: dict[str, Any] = {name: _decode_range(record[name]) for name in _RANGE_FIELDS}
-        kwargs["detectors"] = tuple(record["detectors"])
-        for table in ("tune_delta_nm", "aberration_nm"):
-            kwargs[table] = {name: _decode_range(r) for name, r in record[table].items()}
-        return InstrumentLimits(**kwargs)
+        return limits_from_dict(record)
     except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise RemoteProtocolError(f"malformed limits record: {error!r}") from None
 
@@ -457,15 +413,15 @@ class InstrumentService:
             lambda: {
                 "protocol": PROTOCOL_VERSION,
                 "instrument": self._name,
-                "limits": encode_limits(self._instrument.limits),
+                "limits": self._instrument.limits.to_dict(),
                 "loads_samples": isinstance(self._instrument, SupportsSampleLoading),
                 "blanks_beam": callable(getattr(self._instrument, "blank_beam", None)),
             }
         )
 
     def limits(self) -> dict[str, Any]:
-        """The instrument's limits as an :func:`encode_limits` record."""
-        return self._answer(lambda: encode_limits(self._instrument.limits))
+        """The instrument's limits as an :meth:`InstrumentLimits.to_dict` record."""
+        return self._answer(lambda: self._instrument.limits.to_dict())
 
     def state(self) -> dict[str, Any]:
         """The instrument's present state as an :func:`encode_result` record."""

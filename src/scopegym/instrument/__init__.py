@@ -26,7 +26,7 @@ from scopegym.instrument.errors import (
     UnknownAberrationError,
     UnknownCommandError,
 )
-from scopegym.instrument.limits import InstrumentLimits, Range, validate
+from scopegym.instrument.limits import InstrumentLimits, Range, limits_from_dict, validate
 from scopegym.instrument.protocol import (
     Instrument,
     SupportsBeamBlanking,
@@ -61,6 +61,7 @@ __all__ = [
     "Instrument",
     "InstrumentError",
     "InstrumentLimits",
+    "limits_from_dict",
     "InstrumentState",
     "Move",
     "Range",

@@ -31,7 +31,7 @@ from scopegym.instrument.errors import (
 )
 from scopegym.instrument.results import InstrumentState
 
-__all__ = ["InstrumentLimits", "Range", "validate"]
+__all__ = ["InstrumentLimits", "Range", "limits_from_dict", "validate"]
 
 
 def _is_real(value: object) -> bool:
@@ -224,6 +224,49 @@ class InstrumentLimits:
 
         """
         return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The limits as plain values (JSON, msgpack): ranges become ``[low, high, unit]``.
+
+        Returns:
+            ``{<range field>: [low, high, unit], "detectors": [...], "tune_delta_nm":
+            {name: [low, high, unit]}, "aberration_nm": {...}}``; :func:`limits_from_dict`
+            inverts it.
+        """
+        record: dict[str, Any] = {
+            name: _range_to_list(getattr(self, name)) for name in self._RANGE_FIELDS
+        }
+        record["detectors"] = list(self.detectors)
+        for table in ("tune_delta_nm", "aberration_nm"):
+            record[table] = {name: _range_to_list(r) for name, r in getattr(self, table).items()}
+        return record
+
+
+def _range_to_list(allowed: Range) -> list[Any]:
+    return [allowed.low, allowed.high, allowed.unit]
+
+
+def _range_from_list(record: Any) -> Range:
+    low, high, unit = record
+    return Range(low, high, str(unit))
+
+
+def limits_from_dict(record: Mapping[str, Any]) -> InstrumentLimits:
+    """Rebuild limits from :meth:`InstrumentLimits.to_dict` output.
+
+    Args:
+        record: The plain-value record.
+
+    Raises:
+        KeyError, TypeError, ValueError: The record is not such output.
+    """
+    kwargs: dict[str, Any] = {
+        name: _range_from_list(record[name]) for name in InstrumentLimits._RANGE_FIELDS
+    }
+    kwargs["detectors"] = tuple(record["detectors"])
+    for table in ("tune_delta_nm", "aberration_nm"):
+        kwargs[table] = {name: _range_from_list(r) for name, r in record[table].items()}
+    return InstrumentLimits(**kwargs)
 
 
 def _limits_from_kwargs(values: Mapping[str, Any]) -> InstrumentLimits:
