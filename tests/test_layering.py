@@ -1,6 +1,7 @@
-"""Layering: cli -> agents -> envs -> rewards -> instrument, with sim underneath.
+"""Layering: cli -> agents -> envs -> rewards -> instrument, with sim and adapters underneath.
 
-Environments, rewards and the instrument language never import the twin; it is made by name.
+Environments, rewards and the instrument language never import the twin or an adapter; they are
+made by name. The twin and the adapters know nothing of environments, rewards or agents.
 """
 
 import subprocess
@@ -14,20 +15,21 @@ import pytest
 def test_package_imports_no_simulator(package):
     code = (
         f"import sys, {package}\n"
-        "loaded = sorted(m for m in sys.modules if m.startswith('scopegym.sim'))\n"
+        "loaded = sorted(m for m in sys.modules\n"
+        "                if m.startswith(('scopegym.sim', 'scopegym.adapters')))\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_sim_knows_nothing_of_rewards_envs_or_agents():
+@pytest.mark.parametrize("package", ["scopegym.sim", "scopegym.adapters"])
+def test_sim_and_adapters_know_nothing_of_rewards_envs_or_agents(package):
     import ast
+    import importlib
     from pathlib import Path
 
-    import scopegym.sim
-
     forbidden = ("scopegym.envs", "scopegym.rewards", "scopegym.agents")
-    for path in Path(scopegym.sim.__file__).parent.glob("*.py"):
+    for path in Path(importlib.import_module(package).__file__).parent.glob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             names = []
             if isinstance(node, ast.Import):
