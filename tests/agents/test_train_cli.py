@@ -99,10 +99,13 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("total_timesteps=-5", "total_timesteps must be a positive integer"),
         ("env=no_such_env", "Could not find 'env/no_such_env'"),
         ("resume=/no/such/checkpoint.zip", "no such checkpoint file"),
+        ("pretrain.policies=[raster,wizard]", "pretrain.policies: unknown baselines ['wizard']"),
+        ("agent=sac pretrain.policies=[raster]", "acts on the Box encoding"),
+        ("pretrain.episodes=0", "pretrain.episodes must be a positive integer"),
     ],
 )
 def test_bad_overrides_fail_with_one_clear_message(override, message, tmp_path):
-    result = run_cli(override, f"hydra.run.dir={tmp_path}", timeout=60)
+    result = run_cli(*override.split(), f"hydra.run.dir={tmp_path}", timeout=60)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr

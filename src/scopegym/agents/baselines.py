@@ -30,17 +30,8 @@ import gymnasium as gym
 import numpy as np
 from scipy import ndimage
 
-from scopegym.envs.actions import ARGUMENTS, ActionConfig
+from scopegym.envs.actions import ARGUMENTS, VERB_ARGUMENTS, ActionConfig
 from scopegym.instrument import InstrumentLimits, InstrumentState
-
-#: Argument entries each verb reads (the others are ignored by the codec).
-_VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
-    "scan": ("dwell",),
-    "zoom": ("fov",),
-    "move": ("dx", "dy"),
-    "spectrum": ("x", "y"),
-    "tune": ("aberration", "delta"),
-}
 
 
 def frame_sharpness(frame: np.ndarray) -> float:
@@ -158,7 +149,7 @@ class ScriptedPolicy:
         if not self._entry_mask(masks, 0)[verb_index]:
             return False
         verb = self.config.verbs[verb_index]
-        for name in _VERB_ARGUMENTS[verb]:
+        for name in VERB_ARGUMENTS[verb]:
             entry = 1 + ARGUMENTS.index(name)
             index = int(action[entry])
             if not 0 <= index < self.nvec[entry] or not self._entry_mask(masks, entry)[index]:
@@ -190,7 +181,7 @@ class ScriptedPolicy:
         for verb in self.config.verbs:
             candidate = np.zeros(len(self.nvec), dtype=np.int64)
             candidate[0] = self.config.verbs.index(verb)
-            for name in _VERB_ARGUMENTS[verb]:
+            for name in VERB_ARGUMENTS[verb]:
                 entry = 1 + ARGUMENTS.index(name)
                 allowed = np.flatnonzero(self._entry_mask(masks, entry))
                 candidate[entry] = int(allowed[len(allowed) // 2]) if allowed.size else 0

@@ -82,6 +82,7 @@ def validate(cfg: DictConfig) -> None:
     Raises:
         TrainConfigError: Which key is wrong and why.
     """
+    from scopegym.agents.baselines import BASELINES
     from scopegym.envs import ENV_IDS, SAMPLE_SETS
     from scopegym.instrument import available_instruments
     from scopegym.rewards import REWARDS
@@ -104,6 +105,10 @@ def validate(cfg: DictConfig) -> None:
         value = cfg[key]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise TrainConfigError(f"{key} must be a positive integer, got {value!r}")
+    for key in ("pretrain.episodes", "pretrain.epochs", "pretrain.batch_size"):
+        value = OmegaConf.select(cfg, key)
+        if value is not None and (not isinstance(value, int) or value <= 0):
+            raise TrainConfigError(f"{key} must be a positive integer, got {value!r}")
     for key in ("eval.freq", "eval.n_episodes", "checkpoint.freq", "tensorboard.image_freq"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value < 0:
@@ -119,6 +124,19 @@ def validate(cfg: DictConfig) -> None:
             )
     if cfg.resume is not None and not Path(str(cfg.resume)).is_file():
         raise TrainConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
+    pretrain = cfg.get("pretrain")
+    if pretrain is not None and pretrain.policies:
+        unknown_baselines = [str(n) for n in pretrain.policies if str(n) not in BASELINES]
+        if unknown_baselines:
+            raise TrainConfigError(
+                f"pretrain.policies: unknown baselines {unknown_baselines}; "
+                f"known: {sorted(BASELINES)}"
+            )
+        if cfg.agent.box_actions:
+            raise TrainConfigError(
+                "pretrain.policies clones MultiDiscrete actions into PPO or MaskablePPO; "
+                f"agent={cfg.agent.name} acts on the Box encoding"
+            )
     if cfg.agent.box_actions and cfg.agent.maskable:
         raise TrainConfigError("agent.box_actions and agent.maskable exclude each other")
 
@@ -159,6 +177,41 @@ def vecnormalize_path(checkpoint: Path) -> Path:
 def progress_bar_available() -> bool:
     """Whether SB3's progress bar can be drawn (it needs both tqdm and rich)."""
     return all(importlib.util.find_spec(name) is not None for name in ("tqdm", "rich"))
+
+
+def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> None:
+    """Clone the configured baselines into the fresh model before RL (``pretrain`` group)."""
+    from scopegym.agents.imitation import clone, collect_demonstrations
+
+    names = [str(name) for name in cfg.pretrain.policies]
+    demonstrations = collect_demonstrations(
+        factory,
+        names,
+        episodes=int(cfg.pretrain.episodes),
+        gamma=_gamma(cfg),
+        seed=seed + 30_000,
+    )
+    figures = clone(
+        model,
+        demonstrations,
+        epochs=int(cfg.pretrain.epochs),
+        batch_size=int(cfg.pretrain.batch_size),
+        # Rewards normalised by VecNormalize are on another scale than the raw returns.
+        value_coef=0.0 if cfg.vec_normalize else 0.5,
+        maskable=bool(cfg.agent.maskable),
+        seed=seed,
+    )
+    log.info(
+        "cloned %s from %d steps (%d episodes, mean return %.2f): action NLL %.2f -> %.2f nats, "
+        "%.0f %% of steps matched",
+        names,
+        len(demonstrations),
+        demonstrations.episode_returns.size,
+        float(demonstrations.episode_returns.mean()),
+        figures["nll_before"],
+        figures["nll_after"],
+        100 * figures["accuracy_after"],
+    )
 
 
 def train(cfg: DictConfig, run_dir: Path) -> Path:
@@ -231,6 +284,9 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
             verbose=int(cfg.verbose),
             _convert_="all",
         )
+
+    if resume is None and cfg.pretrain.policies:
+        _pretrain(cfg, model, factory, seed)
 
     callbacks: list[BaseCallback] = [EpisodeStatsCallback()]
     if cfg.checkpoint.freq > 0:

@@ -36,6 +36,14 @@ from scopegym.instrument import (
 
 VERBS = ("scan", "zoom", "move", "spectrum", "tune")
 ARGUMENTS = ("dwell", "fov", "dx", "dy", "x", "y", "aberration", "delta")
+#: Argument entries each verb reads; the codec ignores the others.
+VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
+    "scan": ("dwell",),
+    "zoom": ("fov",),
+    "move": ("dx", "dy"),
+    "spectrum": ("x", "y"),
+    "tune": ("aberration", "delta"),
+}
 
 #: Default scale of one tune step per aberration [nm]: coma and trefoil need larger steps.
 TUNE_SCALE_NM: Mapping[str, float] = {

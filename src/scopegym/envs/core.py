@@ -186,6 +186,10 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._frame = np.zeros((1, n, n), np.uint8)
         self._spectrum = np.zeros(SPECTRUM_BINS, np.float32)
         self._have_frame = False
+        # Whether the frame shown was taken at the present view: no Zoom, Move or Tune since.
+        # Without it the observation after "scan" and after "move" is the same, and a policy
+        # cannot tell whether the next frame would show anything new.
+        self._frame_is_current = False
         self.history: list[Frame | EELSSpectrum] = []
         self.trajectory: list[tuple[Command, InstrumentState]] = []
         self._start_state: InstrumentState | None = None
@@ -212,6 +216,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 frame = frame[np.ix_(rows, cols)]
             self._frame = frame[None]
             self._have_frame = True
+            self._frame_is_current = True
             self._last_frame = result
             if self._overview is None or result.fov_nm >= self._overview.fov_nm:
                 self._overview, self._overview_view = result, view
@@ -228,6 +233,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             )
             self._last_spectrum = result
             self.history.append(result)
+        else:  # the new state of a Zoom, Move or Tune: the frame shows what was
+            self._frame_is_current = False
 
     def _observation(self) -> dict[str, np.ndarray]:
         state = self.instrument.state()
@@ -250,7 +257,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 2 * time_used / self.task.budget.time_s - 1,
                 2 * dose_used / self.task.budget.dose_e_per_A2 - 1,
                 *tune,
-                1.0 if self._have_frame else -1.0,
+                1.0 if self._frame_is_current else (0.0 if self._have_frame else -1.0),
             ],
             dtype=np.float32,
         )

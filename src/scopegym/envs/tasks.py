@@ -94,7 +94,8 @@ class DefectSearchEnv(TaskEnv):
     ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32))``: the last
     frame, contrast-stretched, and the reported field of view (log scale), stage offset from the
     episode start, fractions of the time and dose budgets used, the corrector settings and
-    whether a frame exists. Nothing comes from the twin's ground truth.
+    whether the frame shows the present view (+1), an earlier one (0, after a zoom, move or
+    tune) or nothing yet (−1). Nothing comes from the twin's ground truth.
 
     ## Rewards
     ``discovery`` (+1 per defect resolved for the first time: inside an atomic-resolution frame,
