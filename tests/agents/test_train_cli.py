@@ -1,5 +1,6 @@
 """scopegym-train: config composition, tiny training runs in subprocesses and clear refusals."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,8 @@ def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
     assert vecnormalize_path(checkpoint).is_file()
     assert (first / "final.zip").is_file()
     assert (first / "eval" / "evaluations.npz").is_file()
+    score = json.loads((first / "validation.json").read_text())
+    assert score["episodes"] == 1 and score["steps"] == 256
     assert event_files(first)
     assert (first / ".hydra" / "config.yaml").is_file()
 
@@ -206,3 +209,32 @@ def test_installed_entry_point_finds_the_packaged_configs(tmp_path):
     )
     assert result.returncode != 0
     assert "samples=heldout is reserved for final evaluation" in result.stderr
+
+
+@pytest.mark.slow
+def test_optuna_sweep_maximises_the_final_validation_return(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    result = run_cli(
+        "-m",
+        "hydra/sweeper=optuna",
+        "hydra.sweeper.direction=maximize",
+        "hydra.sweeper.n_trials=2",
+        "agent.model.learning_rate=interval(0.0001,0.001)",
+        "env=spectrum_discovery",
+        "agent=ppo",
+        *TINY,
+        *PPO_TINY,
+        "total_timesteps=128",
+        "checkpoint.freq=0",
+        "tensorboard.image_freq=0",
+        f"hydra.sweep.dir={tmp_path}",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    summary = OmegaConf.load(tmp_path / "optimization_results.yaml")
+    scores = [
+        json.loads((tmp_path / str(trial) / "validation.json").read_text())["mean_return"]
+        for trial in (0, 1)
+    ]
+    assert summary.best_value == pytest.approx(max(scores))
+    assert 1e-4 <= summary.best_params["agent.model.learning_rate"] <= 1e-3

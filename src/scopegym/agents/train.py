@@ -13,6 +13,7 @@ multiruns keep their runs apart. The held-out split is refused here: it is for f
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import re
 import sys
@@ -22,6 +23,7 @@ from typing import Any
 
 import gymnasium as gym
 import hydra
+import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
@@ -348,10 +350,43 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     if normalizer is not None:
         normalizer.save(str(vecnormalize_path(final)))
     venv.close()
-    if eval_venv is not None:
-        eval_venv.close()
     log.info("trained %d steps; final model %s", model.num_timesteps, final)
+    if eval_venv is not None:
+        score = _final_validation(cfg, model, eval_venv, maskable)
+        (run_dir / "validation.json").write_text(json.dumps(score, indent=2))
+        log.info(
+            "final model on %d validation episodes: mean return %.4f ± %.4f",
+            score["episodes"],
+            score["mean_return"],
+            score["std_return"],
+        )
+        eval_venv.close()
     return final
+
+
+def _final_validation(
+    cfg: DictConfig, model: Any, eval_venv: Any, maskable: bool
+) -> dict[str, Any]:
+    """Mean return of the final model on the validation split (the objective of a sweep)."""
+    from sb3_contrib.common.maskable.evaluation import evaluate_policy as masked_evaluation
+    from stable_baselines3.common.evaluation import evaluate_policy as plain_evaluation
+
+    evaluate_policy: Any = masked_evaluation if maskable else plain_evaluation
+    returns, _ = evaluate_policy(
+        model,
+        eval_venv,
+        n_eval_episodes=int(cfg.eval.n_episodes),
+        deterministic=bool(cfg.eval.deterministic),
+        return_episode_rewards=True,
+    )
+    values = np.asarray(returns, dtype=float)
+    return {
+        "episodes": int(values.size),
+        "mean_return": float(values.mean()),
+        "std_return": float(values.std()),
+        "deterministic": bool(cfg.eval.deterministic),
+        "steps": int(model.num_timesteps),
+    }
 
 
 def _gamma(cfg: DictConfig) -> float:
@@ -360,11 +395,14 @@ def _gamma(cfg: DictConfig) -> float:
 
 
 @hydra.main(config_path="../configs", config_name="train", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> float | None:
     """Entry point of ``scopegym-train`` (Hydra parses the command line).
 
     Args:
         cfg: The composed ``train`` config.
+
+    Returns:
+        The final model's mean return on the validation split (None without evaluation).
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
@@ -372,6 +410,9 @@ def main(cfg: DictConfig) -> None:
     except TrainConfigError as error:
         # One line for the user instead of a traceback through Hydra and SB3.
         sys.exit(f"scopegym-train: error: {error}")
+    # The final validation return is what a sweeper (e.g. hydra/sweeper=optuna) maximises.
+    score = run_dir / "validation.json"
+    return float(json.loads(score.read_text())["mean_return"]) if score.is_file() else None
 
 
 if __name__ == "__main__":
