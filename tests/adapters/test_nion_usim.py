@@ -199,6 +199,7 @@ def _run(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
 def _assert_ran(result: subprocess.CompletedProcess[str], steps: int) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "via instrument 'nion_usim'" in result.stdout
+    assert "the sample in the holder (this instrument cannot load samples)" in result.stdout
     lines = result.stdout.splitlines()
     sent = [line for line in lines if "] -> {'command'" in line]
     answered = [line for line in lines if line.strip().startswith("<- ")]

@@ -36,6 +36,7 @@ def test_run_prints_each_command_and_result_and_records_them(tmp_path):
     received = [line for line in result.stdout.splitlines() if line.strip().startswith("<- ")]
     assert len(sent) == len(received) == 5
     assert "'result': 'Frame'" in result.stdout
+    assert "sample {'family': " in result.stdout  # the twin loads the episode's sample
     assert "return" in result.stdout.splitlines()[-1]
     assert "no ground truth" not in result.stdout  # the twin has it: the task's own reward
     record = read_record(tmp_path / "record.h5")

@@ -278,9 +278,13 @@ def run(
                 ) from None
             if hasattr(policy, "reset"):
                 policy.reset()
+            sample = (
+                f"sample {info['sample']}"
+                if safe.can_load_samples
+                else "the sample in the holder (this instrument cannot load samples)"
+            )
             print(
-                f"{name} on {cfg.env.id} via instrument '{cfg.instrument.name}', "
-                f"sample {info['sample']}",
+                f"{name} on {cfg.env.id} via instrument '{cfg.instrument.name}', {sample}",
                 file=out,
                 flush=True,
             )
