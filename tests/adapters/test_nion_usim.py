@@ -250,6 +250,18 @@ def test_scopegym_run_drives_usim_with_a_twin_trained_checkpoint(tmp_path):
     assert "MaskablePPO:final" in result.stdout
 
 
+SHIPPED_POLICY = Path(__file__).resolve().parents[2] / "policies" / "defect_search_maskable_ppo.zip"
+
+
+@pytest.mark.slow
+def test_the_shipped_defect_search_policy_runs_unchanged_on_usim(tmp_path):
+    # The README's deployment example: the policy trained on the twin, as shipped, on usim.
+    result = _run([*RUN, *END_TO_END, "max_steps=30", f"checkpoint={SHIPPED_POLICY}"], tmp_path)
+    _assert_ran(result, 30)
+    assert "MaskablePPO:defect_search_maskable_ppo" in result.stdout
+    assert "'result': 'Frame'" in result.stdout
+
+
 @pytest.mark.slow
 def test_scopegym_train_runs_on_usim_without_an_evaluation_env(tmp_path):
     # One simulator per process: with evaluation and images off, training builds only its own env.

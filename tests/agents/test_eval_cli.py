@@ -149,3 +149,29 @@ def test_exported_policy_is_smaller_keeps_its_config_and_refuses_another_env(
     assert wrong.returncode == 1
     assert "was trained on scopegym/DefectSearch-v0" in wrong.stderr
     assert "Traceback" not in wrong.stderr
+
+
+SHIPPED = sorted((ROOT / "policies").glob("*.zip"))
+
+
+def test_policies_are_shipped_small_with_their_configs() -> None:
+    names = {path.stem for path in SHIPPED}
+    assert names >= {"defect_search_maskable_ppo", "autotune_maskable_ppo"}
+    for path in SHIPPED:
+        assert path.stat().st_size <= 5_000_000
+        assert path.with_suffix(".yaml").is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("policy", SHIPPED, ids=[path.stem for path in SHIPPED])
+def test_shipped_policy_is_scored_on_a_heldout_sample(tmp_path: Path, policy: Path) -> None:
+    env = "defect_search" if policy.stem.startswith("defect_search") else "autotune"
+    proc = subprocess.run(
+        [sys.executable, "-m", "scopegym.agents.eval_cli", f"hydra.run.dir={tmp_path}",
+         f"env={env}", "episodes=1", "max_steps=20", "policies=[]", f"checkpoint={policy}"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert f"| MaskablePPO:{policy.stem} | 1 |" in (tmp_path / "report.md").read_text()

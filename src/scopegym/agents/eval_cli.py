@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -392,7 +393,8 @@ def plot_bars(runs: Sequence[PolicyRun], directory: Path) -> list[Path]:
         figure, axes = plt.subplots(figsize=(1.2 * len(runs) + 2.5, 3.5))
         positions = np.arange(len(runs))
         axes.bar(positions, np.nan_to_num(means), yerr=errors, capsize=4, color="tab:blue")
-        axes.set_xticks(positions, [run.name for run in runs])
+        # Checkpoint names are long (MaskablePPO:<file>:stochastic): one part per line.
+        axes.set_xticks(positions, [run.name.replace(":", "\n") for run in runs], fontsize=8)
         axes.set_ylabel(metric)
         axes.set_title(f"{metric} (mean, 95 % CI)")
         figure.tight_layout()
@@ -451,7 +453,9 @@ def plot_trajectory(run: PolicyRun, directory: Path) -> Path | None:
     axes.set_ylabel("stage y [nm]")
     axes.set_title(f"{run.name}: {len(run.states)} scans on the overview")
     figure.tight_layout()
-    path = directory / f"trajectory_{run.name}.png"
+    # Policy names hold ':' (MaskablePPO:final), which some file systems refuse.
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", run.name)
+    path = directory / f"trajectory_{safe_name}.png"
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
