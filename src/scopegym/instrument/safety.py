@@ -165,6 +165,11 @@ class EmergencyStopError(InstrumentError):
 # -- dose -----------------------------------------------------------------------------------
 
 
+def _beam_electrons(beam_current_pA: float, duration_s: float) -> float:
+    """Electrons a probe current delivers in a time: ``I * t / e`` [electrons]."""
+    return beam_current_pA * 1e-12 * duration_s / ELEMENTARY_CHARGE_C
+
+
 def frame_dose_e_per_A2(
     beam_current_pA: float, dwell_us: float, fov_nm: float, size_px: int
 ) -> float:
@@ -180,7 +185,7 @@ def frame_dose_e_per_A2(
         The dose [e/Å²].
 
     """
-    electrons = beam_current_pA * 1e-12 * dwell_us * 1e-6 / ELEMENTARY_CHARGE_C
+    electrons = _beam_electrons(beam_current_pA, dwell_us * 1e-6)
     pixel_A2 = (fov_nm / size_px) ** 2 * _A2_PER_NM2
     return electrons / pixel_A2
 
@@ -199,7 +204,7 @@ def spectrum_dose_e_per_A2(
         The dose [e/Å²].
 
     """
-    electrons = beam_current_pA * 1e-12 * exposure_ms * 1e-3 / ELEMENTARY_CHARGE_C
+    electrons = _beam_electrons(beam_current_pA, exposure_ms * 1e-3)
     area_A2 = math.pi * (0.5 * probe_diameter_nm) ** 2 * _A2_PER_NM2
     return electrons / area_A2
 
@@ -235,16 +240,16 @@ def predict(command: Command, state: InstrumentState, probe_diameter_nm: float) 
     current = state.beam_current_pA
     if isinstance(command, Scan):
         pixels = command.size_px * command.size_px
-        per_pixel = current * 1e-12 * command.dwell_us * 1e-6 / ELEMENTARY_CHARGE_C
+        beam_on_s = pixels * command.dwell_us * 1e-6
         return Prediction(
             frame_dose_e_per_A2(current, command.dwell_us, state.fov_nm, command.size_px),
-            per_pixel * pixels,
-            pixels * command.dwell_us * 1e-6,
+            _beam_electrons(current, beam_on_s),
+            beam_on_s,
         )
     if isinstance(command, Spectrum):
         return Prediction(
             spectrum_dose_e_per_A2(current, command.exposure_ms, probe_diameter_nm),
-            current * 1e-12 * command.exposure_ms * 1e-3 / ELEMENTARY_CHARGE_C,
+            _beam_electrons(current, command.exposure_ms * 1e-3),
             command.exposure_ms * 1e-3,
         )
     return Prediction()
