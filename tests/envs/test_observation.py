@@ -1,9 +1,14 @@
 """What the observation's state vector says about the frame it carries."""
 
 import gymnasium as gym
+import hypothesis.strategies as st
+import numpy as np
+from hypothesis import given, settings
+from hypothesis.extra.numpy import arrays
 
 import scopegym  # noqa: F401  (registers the ids)
 from scopegym.agents.baselines import make_baseline
+from scopegym.envs.core import SPECTRUM_BINS, spectrum_observation
 
 
 def test_last_state_entry_says_whether_the_frame_shows_the_present_view():
@@ -18,3 +23,34 @@ def test_last_state_entry_says_whether_the_frame_shows_the_present_view():
     assert obs["state"][-1] == 1.0
     obs, *_ = env.step(helper.action("zoom", fov=3))
     assert obs["state"][-1] == 0.0
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    arrays(
+        np.float64,
+        st.integers(SPECTRUM_BINS, 4 * SPECTRUM_BINS + 3),
+        elements=st.floats(-10.0, 1e7, allow_nan=False),
+    )
+)
+def test_spectrum_observation_stays_in_unit_interval(counts):
+    observed = spectrum_observation(counts)
+    assert observed.dtype == np.float32
+    assert observed.shape == (SPECTRUM_BINS,)
+    assert observed.min() >= 0.0
+    assert observed.max() <= 1.0
+
+
+def test_spectra_in_a_random_rollout_stay_inside_the_observation_space():
+    # Seed 0 with these sampled actions once returned a spectrum bin of 1.0000001.
+    env = gym.make("scopegym/SpectrumDiscovery-v0").unwrapped
+    env.reset(seed=0)
+    env.action_space.seed(0)
+    spectra = 0
+    for _ in range(25):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        assert env.observation_space["spectrum"].contains(obs["spectrum"])
+        spectra += int(obs["spectrum"].max() > 0)
+        if terminated or truncated:
+            break
+    assert spectra > 0

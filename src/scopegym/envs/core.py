@@ -224,13 +224,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 self._atomic_views.append(view)
             self.history.append(result)
         elif isinstance(result, EELSSpectrum):
-            counts = np.maximum(result.counts, 0.0)
-            usable = counts[: (counts.size // SPECTRUM_BINS) * SPECTRUM_BINS]
-            binned = usable.reshape(SPECTRUM_BINS, -1).sum(1)
-            # Log scale: the zero-loss peak is ~1e6 times the core-loss edges.
-            self._spectrum = (np.log1p(binned) / math.log1p(max(binned.max(), 1.0))).astype(
-                np.float32
-            )
+            self._spectrum = spectrum_observation(result.counts)
             self._last_spectrum = result
             self.history.append(result)
         else:  # the new state of a Zoom, Move or Tune: the frame shows what was
@@ -378,6 +372,20 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def close(self) -> None:
         """Close the instrument."""
         self.instrument.close()
+
+
+def spectrum_observation(counts: np.ndarray) -> np.ndarray:
+    """Counts binned to ``SPECTRUM_BINS`` on a log scale, in [0, 1] (the spectrum observation).
+
+    A log scale because the zero-loss peak is ~1e6 times the core-loss edges.
+    """
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 0.0)
+    usable = counts[: (counts.size // SPECTRUM_BINS) * SPECTRUM_BINS]
+    binned = usable.reshape(SPECTRUM_BINS, -1).sum(1)
+    scaled = np.log1p(binned) / np.log1p(max(float(binned.max()), 1.0))
+    # Guard the bounds explicitly: an ulp above 1.0 (as math.log1p against np.log1p once
+    # gave) puts the observation outside its space and fails SB3's check_env.
+    return np.clip(scaled.astype(np.float32), 0.0, 1.0)
 
 
 def contrast_stretch(counts: np.ndarray) -> np.ndarray:
