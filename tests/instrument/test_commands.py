@@ -31,6 +31,8 @@ from scopegym.instrument import (
     Move,
     Range,
     Result,
+    Ronchigram,
+    RonchigramImage,
     Scan,
     Spectrum,
     Tune,
@@ -51,6 +53,8 @@ EXAMPLE_COMMANDS: list[Command] = [
     Spectrum(0.25, 0.75, 50.0),
     Tune("C10", -12.5),
     Tune("C30", 1000.0),
+    Ronchigram(5.0),
+    Ronchigram(0.5, 64),
 ]
 
 
@@ -80,6 +84,21 @@ def make_frame(**changes: Any) -> Frame:
     }
     values.update(changes)
     return Frame(**values)
+
+
+def make_ronchigram(**changes: Any) -> RonchigramImage:
+    values: dict[str, Any] = {
+        "counts": np.arange(64, dtype=np.float64).reshape(8, 8),
+        "max_angle_mrad": 60.0,
+        "exposure_ms": 5.0,
+        "stage_x_nm": 1.0,
+        "stage_y_nm": 2.0,
+        "dose_e_per_A2": 1e5,
+        "start_time_s": 3.0,
+        "end_time_s": 3.007,
+    }
+    values.update(changes)
+    return RonchigramImage(**values)
 
 
 def make_spectrum(**changes: Any) -> EELSSpectrum:
@@ -358,6 +377,8 @@ def test_message_example_from_the_specification() -> None:
         (Spectrum(1.5, 0.5, 1.0), "x", "1.5", "fraction of field of view", "[0, 1]"),
         (Spectrum(0.5, -0.1, 1.0), "y", "-0.1", "fraction of field of view", "[0, 1]"),
         (Spectrum(0.5, 0.5, 2e4), "exposure_ms", "20000", "ms", "[0.1, 10000] ms"),
+        (Ronchigram(0.01), "exposure_ms", "0.01", "ms", "[0.1, 10000] ms"),
+        (Ronchigram(1.0, 8), "size_px", "8", "px", "[16, 2048] px"),
         (Tune("C10", 600.0), "delta_nm", "600", "nm", "[-500, 500] nm"),
         (Tune("C12b", -250.0), "delta_nm", "-250", "nm", "[-200, 200] nm"),
         (Tune("C30", 6e4), "delta_nm", "60000", "nm", "[-50000, 50000] nm"),
@@ -384,6 +405,7 @@ def test_limit_messages_name_command_field_value_unit_and_range(
         (lambda v: Spectrum(v, 0.5, 1.0), "x"),
         (lambda v: Spectrum(0.5, v, 1.0), "y"),
         (lambda v: Spectrum(0.5, 0.5, v), "exposure_ms"),
+        (lambda v: Ronchigram(v), "exposure_ms"),
         (lambda v: Tune("C23a", v), "delta_nm"),
     ],
 )
@@ -579,7 +601,9 @@ def test_spectrum_arrays_and_dispersion() -> None:
         make_spectrum(energy_eV=np.linspace(600.0, 100.0, 501))
 
 
-@pytest.mark.parametrize("build", [make_frame, make_spectrum, make_state], ids=lambda f: f.__name__)
+@pytest.mark.parametrize(
+    "build", [make_frame, make_spectrum, make_ronchigram, make_state], ids=lambda f: f.__name__
+)
 def test_results_round_trip(build: Any) -> None:
     result = build()
     record = result.to_dict()
@@ -587,6 +611,19 @@ def test_results_round_trip(build: Any) -> None:
     assert not any(isinstance(value, list) for value in record.values())
     assert result_from_dict(record) == result
     assert pickle.loads(pickle.dumps(result)) == result
+
+
+def test_ronchigram_image_axes_and_checks() -> None:
+    image = make_ronchigram()
+    assert image.size_px == 8
+    assert image.mrad_per_px == pytest.approx(15.0)
+    assert image.duration_s == pytest.approx(0.007)
+    assert image.counts.dtype == np.float32 and not image.counts.flags.writeable
+    assert image != make_ronchigram(max_angle_mrad=50.0)
+    with pytest.raises(ValueError, match="square"):
+        make_ronchigram(counts=np.zeros((4, 5)))
+    with pytest.raises(ValueError, match="positive"):
+        make_ronchigram(max_angle_mrad=0.0)
 
 
 def test_result_equality_looks_at_array_contents() -> None:
@@ -652,6 +689,7 @@ def test_state_and_results_are_frozen() -> None:
         (Zoom(10.0), InstrumentState),
         (Move(1.0, 1.0), InstrumentState),
         (Tune("C10", 1.0), InstrumentState),
+        (Ronchigram(1.0), RonchigramImage),
     ],
 )
 def test_expected_result_type(command: Command, result_type: type) -> None:

@@ -1,9 +1,10 @@
 """The instrument hyper-language: commands, results, limits and the Instrument protocol.
 
 An agent drives a STEM with a handful of operator-level commands (:class:`Scan`, :class:`Zoom`,
-:class:`Move`, :class:`Spectrum`, :class:`Tune`), each checked by :func:`validate` against the
-instrument's :class:`InstrumentLimits` and its present :class:`InstrumentState` before anything
-moves, and each answered with a typed result (:class:`Frame`, :class:`EELSSpectrum` or the new
+:class:`Move`, :class:`Spectrum`, :class:`Tune`, :class:`Ronchigram`), each checked by
+:func:`validate` against the instrument's :class:`InstrumentLimits` and its present
+:class:`InstrumentState` before anything moves, and each answered with a typed result
+(:class:`Frame`, :class:`EELSSpectrum`, :class:`RonchigramImage` or the new
 :class:`InstrumentState`). The digital twin and hardware drivers implement :class:`Instrument`.
 
 This package depends on numpy only; it never imports the simulator.
@@ -17,7 +18,16 @@ from scopegym.instrument.aberrations import (
     TUNABLE_ABERRATIONS,
     canonical_aberration,
 )
-from scopegym.instrument.commands import COMMAND_TYPES, Command, Move, Scan, Spectrum, Tune, Zoom
+from scopegym.instrument.commands import (
+    COMMAND_TYPES,
+    Command,
+    Move,
+    Ronchigram,
+    Scan,
+    Spectrum,
+    Tune,
+    Zoom,
+)
 from scopegym.instrument.errors import (
     CommandError,
     CommandLimitError,
@@ -44,6 +54,7 @@ from scopegym.instrument.results import (
     Frame,
     InstrumentState,
     Result,
+    RonchigramImage,
     result_from_dict,
 )
 
@@ -66,6 +77,8 @@ __all__ = [
     "Move",
     "Range",
     "Result",
+    "Ronchigram",
+    "RonchigramImage",
     "SampleSpec",
     "Scan",
     "Spectrum",

@@ -2,9 +2,9 @@
 
 A command is an immutable record of one operation a human operator performs on a STEM (Kalinin
 et al., "Deep Learning for Automated Experimentation in STEM": tune, scan, zoom, move, point
-spectroscopy). Commands are plain data: the digital twin and the hardware driver interpret them,
-the remote server and the experiment record serialise them with :meth:`Command.to_dict` and
-:meth:`Command.from_dict`.
+spectroscopy, and the Ronchigram an operator tunes the corrector from). Commands are plain
+data: the digital twin and the hardware driver interpret them, the remote server and the
+experiment record serialise them with :meth:`Command.to_dict` and :meth:`Command.from_dict`.
 
 Construction converts field types where that loses nothing (``Zoom(100)`` holds ``100.0``,
 ``Scan(256.0, 8)`` holds ``size_px=256``) and refuses other types with
@@ -28,7 +28,7 @@ import numpy as np
 from scopegym.instrument.aberrations import canonical_aberration
 from scopegym.instrument.errors import CommandTypeError, UnknownCommandError
 
-__all__ = ["COMMAND_TYPES", "Command", "Move", "Scan", "Spectrum", "Tune", "Zoom"]
+__all__ = ["COMMAND_TYPES", "Command", "Move", "Ronchigram", "Scan", "Spectrum", "Tune", "Zoom"]
 
 
 def _as_float(command: str, field: str, value: object) -> float:
@@ -86,7 +86,9 @@ class Command:
 
     def __post_init__(self) -> None:
         if type(self) is Command:
-            raise TypeError("Command is abstract; construct Scan, Zoom, Move, Spectrum or Tune")
+            raise TypeError(
+                "Command is abstract; construct Scan, Zoom, Move, Spectrum, Tune or Ronchigram"
+            )
         for spec in fields(self):
             coerce = _COERCERS[str(spec.type)]
             raw = getattr(self, spec.name)
@@ -251,7 +253,30 @@ class Tune(Command):
         object.__setattr__(self, "aberration", canonical_aberration(self.aberration))
 
 
+@dataclass(frozen=True, slots=True)
+class Ronchigram(Command):
+    """Park the probe at the centre of the field of view and record its Ronchigram.
+
+    The Ronchigram is the far-field (diffraction-plane) image of the convergent probe after the
+    specimen, recorded on a camera below it. Inside the bright-field disc it shows a shadow image
+    of the specimen whose local magnification follows the aberration function, so defocus,
+    astigmatism and coma are read from it: the way aberration correctors are tuned on real
+    columns.
+
+    Attributes:
+        exposure_ms: Camera exposure time [ms]; the probe stays parked for this long.
+        size_px: Camera image size: ``size_px`` x ``size_px`` pixels [px].
+
+    """
+
+    exposure_ms: float
+    size_px: int = 128
+
+
 COMMAND_TYPES: Final[Mapping[str, type[Command]]] = MappingProxyType(
-    {command_type.__name__: command_type for command_type in (Scan, Zoom, Move, Spectrum, Tune)}
+    {
+        command_type.__name__: command_type
+        for command_type in (Scan, Zoom, Move, Spectrum, Tune, Ronchigram)
+    }
 )
 """Every concrete command class, keyed by its name (the ``"command"`` key of a record)."""

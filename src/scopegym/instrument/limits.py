@@ -22,7 +22,7 @@ from typing import Any, Final
 import numpy as np
 
 from scopegym.instrument.aberrations import canonical_aberration
-from scopegym.instrument.commands import Command, Move, Scan, Spectrum, Tune, Zoom
+from scopegym.instrument.commands import Command, Move, Ronchigram, Scan, Spectrum, Tune, Zoom
 from scopegym.instrument.errors import (
     CommandLimitError,
     CommandTypeError,
@@ -141,13 +141,13 @@ class InstrumentLimits:
     """What an instrument allows; immutable, hashable and picklable.
 
     Attributes:
-        size_px: Allowed frame sizes [px].
+        size_px: Allowed frame and Ronchigram camera sizes [px].
         dwell_us: Allowed dwell times per pixel [us].
         fov_nm: Allowed fields of view [nm].
         stage_x_nm: Allowed reported stage x position after a move [nm].
         stage_y_nm: Allowed reported stage y position after a move [nm].
         move_nm: Allowed magnitude of one relative move, per axis [nm].
-        exposure_ms: Allowed spectrum exposure times [ms].
+        exposure_ms: Allowed spectrum and Ronchigram exposure times [ms].
         spectrum_position: Allowed spectrum positions, per axis [fraction of field of view].
         detectors: Names of the detectors a scan may read.
         tune_delta_nm: Allowed change of one coefficient in one Tune, per tunable coefficient
@@ -411,6 +411,8 @@ def validate(command: Command, state: InstrumentState, limits: InstrumentLimits)
       ``limits.stage_y_nm``.
     * :class:`Spectrum` -- ``x`` and ``y`` in ``limits.spectrum_position``, ``exposure_ms`` in
       ``limits.exposure_ms``.
+    * :class:`Ronchigram` -- ``size_px`` in ``limits.size_px`` (the camera shares the frame
+      sizes), ``exposure_ms`` in ``limits.exposure_ms``.
     * :class:`Tune` -- the coefficient has a ``limits.tune_delta_nm`` entry, ``delta_nm`` is in
       it, and ``state.aberrations_nm[coefficient] + delta_nm`` is in
       ``limits.aberration_nm[coefficient]``.
@@ -431,6 +433,9 @@ def validate(command: Command, state: InstrumentState, limits: InstrumentLimits)
     """
     if isinstance(command, Scan):
         _validate_scan(command, limits)
+    elif isinstance(command, Ronchigram):
+        _check_in(command, "size_px", command.size_px, limits.size_px)
+        _check_in(command, "exposure_ms", command.exposure_ms, limits.exposure_ms)
     elif isinstance(command, Zoom):
         _check_in(command, "fov_nm", command.fov_nm, limits.fov_nm)
     elif isinstance(command, Move):
@@ -444,5 +449,5 @@ def validate(command: Command, state: InstrumentState, limits: InstrumentLimits)
             type(command).__name__,
             "command",
             command,
-            "a Scan, Zoom, Move, Spectrum or Tune",
+            "a Scan, Zoom, Move, Spectrum, Tune or Ronchigram",
         )

@@ -9,18 +9,24 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from scopegym.instrument.commands import Command, Move, Scan, Spectrum, Tune, Zoom
+from scopegym.instrument.commands import Command, Move, Ronchigram, Scan, Spectrum, Tune, Zoom
 from scopegym.instrument.errors import CommandTypeError
 from scopegym.instrument.limits import InstrumentLimits
-from scopegym.instrument.results import EELSSpectrum, Frame, InstrumentState, Result
+from scopegym.instrument.results import (
+    EELSSpectrum,
+    Frame,
+    InstrumentState,
+    Result,
+    ResultType,
+    RonchigramImage,
+)
 
 __all__ = ["Instrument", "SupportsBeamBlanking", "SupportsSampleLoading", "expected_result_type"]
 
-_RESULT_TYPE_BY_COMMAND: dict[
-    type[Command], type[Frame] | type[EELSSpectrum] | type[InstrumentState]
-] = {
+_RESULT_TYPE_BY_COMMAND: dict[type[Command], ResultType] = {
     Scan: Frame,
     Spectrum: EELSSpectrum,
+    Ronchigram: RonchigramImage,
     Zoom: InstrumentState,
     Move: InstrumentState,
     Tune: InstrumentState,
@@ -45,7 +51,8 @@ class Instrument(Protocol):
       for a Scan / Spectrum.
     * :meth:`execute` returns the type :func:`expected_result_type` names: a
       :class:`~scopegym.instrument.results.Frame` for a Scan, an
-      :class:`~scopegym.instrument.results.EELSSpectrum` for a Spectrum, and the new
+      :class:`~scopegym.instrument.results.EELSSpectrum` for a Spectrum, a
+      :class:`~scopegym.instrument.results.RonchigramImage` for a Ronchigram, and the new
       :class:`~scopegym.instrument.results.InstrumentState` for Zoom, Move and Tune.
     * Positions in results and state are the *reported* ones; an implementation may keep a
       different true position internally (hysteresis, drift) but never exposes it here.
@@ -71,8 +78,8 @@ class Instrument(Protocol):
             command: The command.
 
         Returns:
-            A Frame for a Scan, an EELSSpectrum for a Spectrum, the new InstrumentState
-            otherwise.
+            A Frame for a Scan, an EELSSpectrum for a Spectrum, a RonchigramImage for a
+            Ronchigram, the new InstrumentState otherwise.
 
         Raises:
             CommandLimitError: If the command is outside the limits; the state is unchanged.
@@ -86,17 +93,16 @@ class Instrument(Protocol):
         ...
 
 
-def expected_result_type(
-    command: Command | type[Command],
-) -> type[Frame] | type[EELSSpectrum] | type[InstrumentState]:
+def expected_result_type(command: Command | type[Command]) -> ResultType:
     """Return the result type :meth:`Instrument.execute` gives for a command.
 
     Args:
         command: A command, or a command class.
 
     Returns:
-        :class:`Frame` for Scan, :class:`EELSSpectrum` for Spectrum, :class:`InstrumentState`
-        for Zoom, Move and Tune.
+        :class:`Frame` for Scan, :class:`EELSSpectrum` for Spectrum,
+        :class:`RonchigramImage` for Ronchigram, :class:`InstrumentState` for Zoom, Move and
+        Tune.
 
     Raises:
         CommandTypeError: If ``command`` is not one of those commands or command classes.
@@ -107,7 +113,10 @@ def expected_result_type(
         if issubclass(command_type, known_type):
             return result_type
     raise CommandTypeError(
-        "expected_result_type", "command", command, "a Scan, Zoom, Move, Spectrum or Tune"
+        "expected_result_type",
+        "command",
+        command,
+        "a Scan, Zoom, Move, Spectrum, Tune or Ronchigram",
     )
 
 
@@ -128,8 +137,9 @@ class SupportsBeamBlanking(Protocol):
     """An instrument that can blank the beam on request: the safety layer's emergency stop.
 
     After :meth:`blank_beam` the instrument delivers no further dose: commands that need the
-    beam (Scan, Spectrum) fail with :class:`~scopegym.instrument.errors.InstrumentError` until
-    the instrument's own, documented way of unblanking. Blanking is idempotent.
+    beam (Scan, Spectrum, Ronchigram) fail with
+    :class:`~scopegym.instrument.errors.InstrumentError` until the instrument's own, documented
+    way of unblanking. Blanking is idempotent.
     """
 
     def blank_beam(self) -> None:

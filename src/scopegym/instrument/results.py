@@ -24,6 +24,7 @@ from scopegym.instrument.aberrations import TUNABLE_ABERRATIONS, canonical_aberr
 
 __all__ = [
     "EELSSpectrum",
+    "RonchigramImage",
     "Frame",
     "InstrumentState",
     "Result",
@@ -250,6 +251,92 @@ class EELSSpectrum:
         return {"result": "EELSSpectrum", **_field_values(self)}
 
 
+@dataclass(frozen=True, slots=True, kw_only=True, eq=False)
+class RonchigramImage:
+    """One Ronchigram: the far-field image of the parked probe after the specimen.
+
+    Attributes:
+        counts: Camera signal per pixel, shape ``(N, N)``; pixel ``(i, j)`` records scattering
+            angles ``theta_y = (i + 0.5 - N / 2) * mrad_per_px`` and
+            ``theta_x = (j + 0.5 - N / 2) * mrad_per_px``, so the optic axis lies at the centre
+            of the image [electron counts, float32, read-only].
+        max_angle_mrad: Half-width of the camera's angular field: the image spans
+            ``-max_angle_mrad`` to ``+max_angle_mrad`` along each axis [mrad].
+        exposure_ms: Exposure time [ms].
+        stage_x_nm: Reported stage x position during the exposure [nm].
+        stage_y_nm: Reported stage y position during the exposure [nm].
+        dose_e_per_A2: Areal electron dose the exposure delivered at the probe peak [e/Å²].
+        start_time_s: Instrument clock when the exposure started [s].
+        end_time_s: Instrument clock when the exposure ended [s].
+
+    """
+
+    counts: np.ndarray
+    max_angle_mrad: float
+    exposure_ms: float
+    stage_x_nm: float
+    stage_y_nm: float
+    dose_e_per_A2: float
+    start_time_s: float
+    end_time_s: float
+
+    _FLOAT_FIELDS = (
+        "max_angle_mrad",
+        "exposure_ms",
+        "stage_x_nm",
+        "stage_y_nm",
+        "dose_e_per_A2",
+        "start_time_s",
+        "end_time_s",
+    )
+
+    def __post_init__(self) -> None:
+        counts = _frozen_float32(self.counts)
+        if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or counts.shape[0] < 1:
+            raise ValueError(f"counts must be a square 2-D array, got shape {counts.shape}")
+        _set(self, "counts", counts)
+        _normalise_floats(self, self._FLOAT_FIELDS)
+        if not self.max_angle_mrad > 0.0:
+            raise ValueError(f"max_angle_mrad must be positive, got {self.max_angle_mrad}")
+
+    @property
+    def size_px(self) -> int:
+        """Side of the square camera image [px]."""
+        return int(self.counts.shape[0])
+
+    @property
+    def mrad_per_px(self) -> float:
+        """Angular width of one camera pixel [mrad]."""
+        return 2.0 * self.max_angle_mrad / self.size_px
+
+    @property
+    def duration_s(self) -> float:
+        """Instrument time the exposure took [s]."""
+        return self.end_time_s - self.start_time_s
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RonchigramImage):
+            return NotImplemented
+        return _fields_equal(self, other, self._FLOAT_FIELDS) and _arrays_equal(
+            self.counts, other.counts
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (result_from_dict, (self.to_dict(),))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialise the Ronchigram.
+
+        Returns:
+            ``{"result": "RonchigramImage", <field>: <value>, ...}``; the array stays a
+            read-only numpy array.
+
+        """
+        return {"result": "RonchigramImage", **_field_values(self)}
+
+
 def _zero_aberrations() -> Mapping[str, float]:
     return MappingProxyType(dict.fromkeys(TUNABLE_ABERRATIONS, 0.0))
 
@@ -364,17 +451,21 @@ class InstrumentState:
         return record
 
 
-Result: TypeAlias = Frame | EELSSpectrum | InstrumentState
+Result: TypeAlias = Frame | EELSSpectrum | RonchigramImage | InstrumentState
 """Anything :meth:`~scopegym.instrument.protocol.Instrument.execute` returns."""
 
-_RESULT_TYPES: Mapping[str, type[Frame] | type[EELSSpectrum] | type[InstrumentState]] = (
-    MappingProxyType(
-        {
-            "Frame": Frame,
-            "EELSSpectrum": EELSSpectrum,
-            "InstrumentState": InstrumentState,
-        }
-    )
+ResultType: TypeAlias = (
+    type[Frame] | type[EELSSpectrum] | type[RonchigramImage] | type[InstrumentState]
+)
+"""The class of a :data:`Result`."""
+
+_RESULT_TYPES: Mapping[str, ResultType] = MappingProxyType(
+    {
+        "Frame": Frame,
+        "EELSSpectrum": EELSSpectrum,
+        "RonchigramImage": RonchigramImage,
+        "InstrumentState": InstrumentState,
+    }
 )
 
 
