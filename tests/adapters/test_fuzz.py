@@ -34,6 +34,8 @@ from scopegym.instrument import (
     InstrumentLimits,
     Move,
     Range,
+    Ronchigram,
+    RonchigramImage,
     Scan,
     Spectrum,
     Tune,
@@ -70,7 +72,9 @@ plausible = {
     "dy_nm": st.floats(-3000.0, 3000.0),
     "x": st.floats(-0.5, 1.5),
     "y": st.floats(-0.5, 1.5),
-    "exposure_ms": st.floats(0.0, 2000.0),
+    # Short exposures too: the default safety limits refuse spectra and Ronchigrams beyond
+    # about 94 ms at 30 pA (their predicted dose).
+    "exposure_ms": st.floats(0.0, 2000.0) | st.floats(0.0, 50.0),
     "aberration": st.sampled_from(["C10", "C12a", "Cs", "C30", "C50", "astigmatism"]),
     "delta_nm": st.floats(-3000.0, 3000.0),
 }
@@ -143,7 +147,14 @@ def test_safe_twin_refuses_things_that_are_not_commands(safe_twin, thing):
     assert safe_twin.state() == before
 
 
-RECORDED = (Scan(32, 2.0), Zoom(8.0), Move(3.0, 1.0), Spectrum(0.5, 0.5, 5.0), Tune("C10", 1.0))
+RECORDED = (
+    Scan(32, 2.0),
+    Zoom(8.0),
+    Move(3.0, 1.0),
+    Spectrum(0.5, 0.5, 5.0),
+    Tune("C10", 1.0),
+    Ronchigram(1.0, 32),
+)
 
 
 @pytest.fixture(scope="module")
@@ -224,6 +235,31 @@ def test_env_decodes_or_refuses_malformed_actions_before_the_instrument(env, act
         event("refused before decoding")
         assert env.instrument.state() == before  # failed in decoding: nothing was sent
     _step(env, np.zeros(len(env.action_space.nvec), dtype=np.int64))  # still usable
+
+
+def test_the_fuzzer_reaches_every_command_kind_including_ronchigram():
+    # The strategies draw each command kind, and a Ronchigram drawn from them gets executed.
+    drawn: set[str] = set()
+    executed: list[Any] = []
+    safe = SafeInstrument(TwinMicroscope(config=SMALL), DEFAULT_SAFETY)
+
+    @settings(max_examples=300, deadline=None, database=None, derandomize=True)
+    @given(record=command_records())
+    def collect(record: dict[str, Any]) -> None:
+        try:
+            command = Command.from_dict(record)
+        except CommandError:
+            return
+        drawn.add(command.name)
+        if isinstance(command, Ronchigram):
+            try:
+                executed.append(safe.execute(command))
+            except CommandError:
+                pass
+
+    collect()
+    assert drawn == set(COMMAND_TYPES)
+    assert any(isinstance(result, RonchigramImage) for result in executed)
 
 
 def test_fuzz_limits_are_what_the_twin_reports():

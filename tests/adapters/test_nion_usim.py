@@ -38,8 +38,16 @@ if not _nion_installed():
         )
     pytest.skip('Nion is not installed (pip install -e ".[nion]")', allow_module_level=True)
 
-from scopegym.adapters.nion import USIM_LIMITS, _limits_from, blur_with_probe  # noqa: E402
-from scopegym.instrument import Range  # noqa: E402
+from nion.data import Calibration, DataAndMetadata  # noqa: E402
+
+from scopegym.adapters.nion import (  # noqa: E402
+    USIM_LIMITS,
+    _area_weights,
+    _limits_from,
+    _ronchigram_from,
+    blur_with_probe,
+)
+from scopegym.instrument import InstrumentError, Range  # noqa: E402
 from scopegym.sim.optics import Optics  # noqa: E402
 
 SESSION = Path(__file__).with_name("usim_session.py")
@@ -118,7 +126,7 @@ def test_tune_changes_the_controller_by_the_requested_amount(session):
 @pytest.mark.slow
 def test_refused_commands_leave_state_and_controller_unchanged(session):
     refusals = session["refusals"]
-    assert len(refusals) == 14
+    assert len(refusals) == 18
     for refusal in refusals:
         assert refusal["error"] is not None, refusal["command"]
         assert refusal["is_command_error"], refusal
@@ -126,6 +134,12 @@ def test_refused_commands_leave_state_and_controller_unchanged(session):
         assert refusal["controller_unchanged"], refusal
     messages = {refusal["command"]: refusal["message"] for refusal in refusals}
     assert "outside the allowed range [1, 1600] nm" in messages["Zoom(fov_nm=5000.0)"]
+    assert messages["Ronchigram(exposure_ms=10.0, size_px=2048)"] == (
+        "Ronchigram.size_px = 2048 px is outside the allowed range [16, 1024] px"
+    )
+    assert (
+        "Ronchigram.exposure_ms = 5000 ms" in messages["Ronchigram(exposure_ms=5000.0, size_px=64)"]
+    )
 
 
 @pytest.mark.slow
@@ -156,10 +170,90 @@ def test_spectrum_returns_an_eels_spectrum_with_increasing_energies(session):
 
 
 @pytest.mark.slow
+def test_ronchigram_comes_from_usims_ronchigram_camera_with_its_angular_calibration(session):
+    ronchigram = session["ronchigram"]
+    assert ronchigram["shape"] == [64, 64]
+    assert ronchigram["dtype"] == "float32"
+    assert ronchigram["finite"]
+    assert ronchigram["std"] > 0
+    # usim's camera: 2048 px of asin(1000 nm / 5000 nm) / 2048 rad each, centred on the axis.
+    assert ronchigram["camera_x_scale_rad"] == pytest.approx(np.arcsin(0.2) / 2048)
+    assert ronchigram["max_angle_mrad"] == pytest.approx(1e3 * np.arcsin(0.2) / 2)  # 100.7 mrad
+    assert ronchigram["exposure_ms"] == 10.0
+    assert ronchigram["stage_nm"] == ronchigram["state_stage_nm"]
+    assert ronchigram["probe_restored"]
+
+
+@pytest.mark.slow
+def test_ronchigram_charges_exposure_readout_and_dose_like_the_twin(session):
+    ronchigram = session["ronchigram"]
+    assert ronchigram["elapsed_delta_s"] == pytest.approx(0.010 + 0.010)
+    assert ronchigram["duration_s"] == pytest.approx(ronchigram["elapsed_delta_s"])
+    assert ronchigram["start_time_s"] == ronchigram["before_elapsed_s"]
+    assert ronchigram["electrons_delta"] == pytest.approx(ronchigram["expected_electrons"])
+    assert ronchigram["dose_e_per_A2"] > 0
+    assert ronchigram["state_dose_delta"] == pytest.approx(ronchigram["dose_e_per_A2"])
+    assert ronchigram["counters_delta"] == [0, 0]  # neither a scan nor a spectrum
+
+
+@pytest.mark.slow
+def test_ronchigram_of_any_size_keeps_the_cameras_counts_and_angles(session):
+    ronchigram = session["ronchigram"]
+    sizes = ronchigram["sizes"]
+    for size, image in sizes.items():
+        assert image["shape"] == [int(size), int(size)]
+        assert image["max_angle_mrad"] == pytest.approx(ronchigram["max_angle_mrad"])
+    # 16, 64 and 100 px come from the same 256² binned image: resampling keeps its total.
+    assert sizes["16"]["total_counts"] == pytest.approx(ronchigram["total_counts"], rel=1e-3)
+    assert sizes["100"]["total_counts"] == pytest.approx(ronchigram["total_counts"], rel=1e-3)
+    # 300 px needs binning 4 (512²), where usim's counts per camera pixel scale as binning^4.
+    assert sizes["300"]["total_counts"] == pytest.approx(ronchigram["total_counts"] / 4, rel=1e-2)
+
+
+@pytest.mark.slow
+def test_usims_ronchigram_degenerates_at_exactly_zero_aberrations(session):
+    # Known usim behaviour, documented in the adapter: noise around zero, no shadow image.
+    ronchigram = session["ronchigram"]
+    assert abs(ronchigram["zero_aberrations_mean"]) < 1e-4 * ronchigram["mean"]
+    assert ronchigram["zero_aberrations_max"] < 1e-3 * ronchigram["mean"]
+
+
+@pytest.mark.slow
+def test_usim_ronchigram_responds_to_defocus_and_astigmatism(session):
+    response = session["ronchigram_response"]
+    # The same settings twice (and after going away and back): the same image, up to noise.
+    assert response["repeat"]["correlation"] > 0.99
+    assert response["C10_back"]["correlation"] > 0.99
+    noise = max(response["repeat"]["difference"], response["C10_back"]["difference"])
+    assert noise < 0.1
+    # 50 nm more defocus changes the shadow image's magnification: a different image.
+    assert response["C10_plus_50"]["correlation"] < 0.7
+    assert response["C10_plus_50"]["difference"] > 10 * noise
+    # 20 nm of two-fold astigmatism stretches it along one axis.
+    assert response["C12a_plus_20"]["correlation"] < 0.9
+    assert response["C12a_plus_20"]["difference"] > 5 * noise
+
+
+@pytest.mark.slow
+def test_usims_aperture_puts_the_bright_field_disc_in_the_ronchigram(session):
+    response = session["ronchigram_response"]
+    assert response["aperture_out"] == 0.0  # make_nion_usim's default: no aperture
+    aperture = response["aperture"]
+    assert aperture["S_VOA"] == 1.0
+    # A disc of the convergence semi-angle, centred on the axis: pi r^2 / (2 R)^2 of the image.
+    ratio = aperture["convergence_mrad"] / aperture["max_angle_mrad"]
+    assert aperture["bright_fraction"] == pytest.approx(np.pi * ratio**2 / 4, rel=0.1)
+    assert aperture["disc_centre_px"] == pytest.approx([63.5, 63.5], abs=1.5)
+
+
+@pytest.mark.slow
 def test_blanking_the_beam_stops_scans_until_unblanked(session):
     blank = session["blank"]
     assert blank["C_Blank"] == 1.0
     assert blank["scan_error"] == "InstrumentError"
+    assert blank["ronchigram_error"] == (
+        "InstrumentError: the beam is blanked; Ronchigram needs the beam"
+    )
     assert blank["state_unchanged"]
     assert blank["C_Blank_after"] == 0.0
     assert blank["scan_after_unblank"] == "Frame"
@@ -171,6 +265,7 @@ def test_fuzzed_commands_raise_only_documented_errors(session):
     assert fuzz["failures"] == []
     assert fuzz["examples"] == 300
     assert fuzz["accepted"] > 0 and fuzz["refused"] > 0
+    assert fuzz["accepted_kinds"].get("Ronchigram", 0) > 0
     assert set(fuzz["errors"]) <= {
         "CommandLimitError",
         "CommandTypeError",
@@ -326,3 +421,54 @@ def test_config_limits_override_the_usim_defaults():
     assert list(limits.tune_delta_nm) == ["C10"]
     with pytest.raises(ValueError, match="unknown instrument limit"):
         _limits_from({"fov": [1, 2]}, USIM_LIMITS)
+
+
+def _camera_image(data: np.ndarray, scale: float, units: str) -> object:
+    """A Nion data item as a camera returns it: 2-D data with calibrated axes."""
+    calibrations = [
+        Calibration.Calibration(offset=-scale * n / 2, scale=scale, units=units) for n in data.shape
+    ]
+    return DataAndMetadata.new_data_and_metadata(data, dimensional_calibrations=calibrations)
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(256, 64), (256, 100), (256, 256), (64, 100)])
+def test_area_resampling_keeps_the_total_and_the_layout(n_in, n_out):
+    weights = _area_weights(n_in, n_out)
+    assert weights.shape == (n_out, n_in)
+    np.testing.assert_allclose(weights.sum(axis=0), 1.0)  # every input pixel given out once
+    image = np.random.default_rng(1).poisson(50.0, (n_in, n_in)).astype(np.float64)
+    resampled = weights @ image @ weights.T
+    assert resampled.sum() == pytest.approx(image.sum())
+    if n_in % n_out == 0:  # a whole ratio: plain block sums
+        k = n_in // n_out
+        np.testing.assert_allclose(resampled, image.reshape(n_out, k, n_out, k).sum(axis=(1, 3)))
+    # A bright pixel stays where it was, as a fraction of the image.
+    spot = np.zeros((n_in, n_in))
+    spot[n_in // 4, 3 * n_in // 4] = 1.0
+    row, col = np.unravel_index(np.argmax(weights @ spot @ weights.T), (n_out, n_out))
+    assert (row + 0.5) / n_out == pytest.approx((n_in // 4 + 0.5) / n_in, abs=1.0 / n_out)
+    assert (col + 0.5) / n_out == pytest.approx((3 * n_in // 4 + 0.5) / n_in, abs=1.0 / n_out)
+
+
+def test_ronchigram_from_a_camera_takes_the_central_square_and_its_angles():
+    data = np.zeros((120, 80))
+    data[20:100, :] = 1.0  # the central 80 x 80 square; the 20 rows above and below are cropped
+    data[60, 40] = 100.0
+    counts, max_angle_mrad = _ronchigram_from(_camera_image(data, 0.5, "mrad"), 40, None)
+    assert counts.shape == (40, 40)
+    assert counts.sum() == pytest.approx(80 * 80 + 99.0)
+    assert np.unravel_index(np.argmax(counts), counts.shape) == (20, 20)  # the axis in the middle
+    assert max_angle_mrad == pytest.approx(0.5 * 80 * 0.5)
+    # Calibrated in rad (as usim's camera): the same angles in mrad.
+    _, in_rad = _ronchigram_from(_camera_image(data, 0.5e-3, "rad"), 40, 7.0)
+    assert in_rad == pytest.approx(20.0)
+
+
+def test_ronchigram_from_an_uncalibrated_camera_needs_the_stated_angle():
+    data = np.ones((64, 64))
+    counts, max_angle_mrad = _ronchigram_from(_camera_image(data, 1.0, "px"), 32, 45.0)
+    assert max_angle_mrad == 45.0 and counts.shape == (32, 32)
+    with pytest.raises(InstrumentError, match="not calibrated in angles.*ronchigram_max_angle"):
+        _ronchigram_from(_camera_image(data, 1.0, ""), 32, None)
+    with pytest.raises(InstrumentError, match="shape"):
+        _ronchigram_from(DataAndMetadata.new_data_and_metadata(np.ones(16)), 8, 45.0)

@@ -38,6 +38,8 @@ from scopegym.instrument import (
     InstrumentState,
     Move,
     Range,
+    Ronchigram,
+    RonchigramImage,
     SampleSpec,
     Scan,
     Spectrum,
@@ -68,6 +70,7 @@ def recorded_session(path: Path, **metadata) -> tuple[RecordingInstrument, list]
         Zoom(8.0),
         Move(2.0, -1.0),
         Tune("defocus", 2.0),
+        Ronchigram(2.0, 48),
         Scan(64, 50.0),  # refused by the safety layer
         Zoom(0.5),  # refused by the instrument's limits
     ):
@@ -106,12 +109,12 @@ def test_round_trip_gives_back_every_step_as_typed_objects(tmp_path):
 
     steps = record.steps
     assert [s.index for s in steps] == list(range(len(steps)))
-    assert len(steps) == 1 + 7 + 1 + 1
+    assert len(steps) == 1 + 8 + 1 + 1
     load = steps[0]
     assert (load.kind, load.status) == ("load_sample", "loaded")
     assert load.sample == SampleSpec("hbn", 11, {"C10": 3.0})
     assert load.state == happened[0][1]
-    for step, (command, outcome, state) in zip(steps[1:8], happened[1:], strict=True):
+    for step, (command, outcome, state) in zip(steps[1:9], happened[1:], strict=True):
         assert step.kind == "command"
         assert step.command == command
         assert step.state == state
@@ -121,12 +124,15 @@ def test_round_trip_gives_back_every_step_as_typed_objects(tmp_path):
         else:
             assert step.status == "executed" and step.error is None
             assert step.result == outcome  # arrays included, bit for bit
-    frame, spectrum = steps[1].result, steps[2].result
+    frame, spectrum, ronchigram = steps[1].result, steps[2].result, steps[6].result
     assert isinstance(frame, Frame) and frame.counts.dtype == np.float32 and frame.counts.any()
     assert isinstance(spectrum, EELSSpectrum) and spectrum.energy_eV.shape == (2048,)
-    assert steps[6].error_type == "SafetyLimitError"
-    assert steps[8].command is None and "sent: 'Scan please'" in str(steps[8].error)
-    assert (steps[9].status, steps[9].error_type) == ("stopped", "EmergencyStopError")
+    assert isinstance(ronchigram, RonchigramImage) and ronchigram.counts.shape == (48, 48)
+    assert ronchigram.counts.dtype == np.float32 and ronchigram.counts.sum() > 0
+    assert ronchigram.max_angle_mrad == happened[6][1].max_angle_mrad > 0
+    assert steps[7].error_type == "SafetyLimitError"
+    assert steps[9].command is None and "sent: 'Scan please'" in str(steps[9].error)
+    assert (steps[10].status, steps[10].error_type) == ("stopped", "EmergencyStopError")
     assert all(s.time_unix_s >= steps[0].time_unix_s for s in steps)
     # Closed cleanly: any HDF5 tool opens it without the SWMR flag.
     with h5py.File(path, "r") as handle:
@@ -208,6 +214,13 @@ def test_replay_divergence_raises_a_clear_error(tmp_path):
         state_or_result = replay.execute(command)
         assert state_or_result is not None
     assert replay.state().aberrations_nm["C10"] == 2.0
+    # A Ronchigram with other settings than recorded diverges; the recorded one replays.
+    with pytest.raises(ReplayDivergenceError, match=r"the record has Ronchigram\(exposure_ms=2.0"):
+        replay.execute(Ronchigram(2.0, 64))
+    replayed = replay.execute(Ronchigram(2.0, 48))
+    assert isinstance(replayed, RonchigramImage)
+    assert replayed == read_record(path).steps[6].result
+    assert replay.state() == read_record(path).steps[6].state
     with pytest.raises(RecordedRefusalError, match="safety range") as refusal:
         replay.execute(Scan(64, 50.0))
     assert isinstance(refusal.value, CommandLimitError)

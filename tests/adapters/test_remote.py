@@ -48,6 +48,8 @@ from scopegym.instrument import (
     InstrumentError,
     InstrumentState,
     Move,
+    Ronchigram,
+    RonchigramImage,
     SampleSpec,
     Scan,
     Spectrum,
@@ -121,11 +123,15 @@ def remote(server: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[RemoteInstr
 
 def test_results_and_limits_survive_the_wire_records_bit_for_bit():
     twin = make_instrument("twin")
-    for command in (Zoom(8.0), Scan(32, 4.0), Spectrum(0.5, 0.5, 5.0)):
+    for command in (Zoom(8.0), Scan(32, 4.0), Spectrum(0.5, 0.5, 5.0), Ronchigram(2.0, 48)):
         result = twin.execute(command)
         record = encode_result(result)
         assert not any(isinstance(v, np.ndarray) for v in record.values())
         assert decode_result(record) == result
+    # A Ronchigram's counts travel as raw float32 bytes, not as a list of numbers.
+    packed = encode_result(result)["counts"]
+    assert packed["dtype"] == "<f4" and packed["shape"] == [48, 48]
+    assert isinstance(packed["data"], bytes) and len(packed["data"]) == 48 * 48 * 4
     assert decode_limits(twin.limits.to_dict()) == twin.limits
     frame = np.arange(12, dtype=">f8").reshape(3, 4)
     packed = encode_array(frame)
@@ -231,6 +237,9 @@ def test_refused_command_raises_the_in_process_error_and_changes_nothing(remote)
         Tune("C10", 1e6),
         Spectrum(1.5, 0.5, 10.0),
         Zoom(float("nan")),
+        Ronchigram(1.0, 8),
+        Ronchigram(20000.0),
+        Ronchigram(float("inf"), 64),
     ):
         before = remote.state()
         with pytest.raises(CommandLimitError) as served:
@@ -247,6 +256,30 @@ def test_refused_command_raises_the_in_process_error_and_changes_nothing(remote)
         assert remote.state() == before == twin.state()
     # A refused command over the wire is still a plain scopegym error: picklable, catchable.
     assert str(pickle.loads(pickle.dumps(served.value))) == str(local.value)
+
+
+def test_ronchigram_over_loopback_equals_the_twin_in_process_with_the_same_seed(remote):
+    remote.load_sample(SampleSpec("graphene", 8))
+    twin = make_instrument("twin")
+    twin.load_sample(SampleSpec("graphene", 8))
+    commands = (
+        Zoom(4.0),
+        Tune("C10", 40.0),
+        Ronchigram(2.0, 64),
+        Move(0.5, -0.25),
+        Ronchigram(1.0),
+    )
+    served_results = [remote.execute(command) for command in commands]
+    local_results = [twin.execute(command) for command in commands]
+    for command, served, local in zip(commands, served_results, local_results, strict=True):
+        assert type(served) is type(local) is expected_result_type(command)
+        assert served == local, command  # counts bit for bit, every number equal
+    served_image = served_results[2]
+    assert isinstance(served_image, RonchigramImage)
+    assert served_image.counts.shape == (64, 64) and served_image.counts.dtype == np.float32
+    assert served_image.counts.sum() > 0 and not served_image.counts.flags.writeable
+    assert served_results[4].counts.shape == (128, 128)  # type: ignore[union-attr]
+    assert remote.state() == twin.state()
 
 
 def test_a_non_command_is_refused_as_in_process(remote):
@@ -323,6 +356,7 @@ _FIELD_VALUES = {
     "Move": {"dx_nm": _NUMBERS, "dy_nm": _NUMBERS},
     "Spectrum": {"x": _NUMBERS, "y": _NUMBERS, "exposure_ms": _NUMBERS},
     "Tune": {"aberration": st.sampled_from(["C10", "Cs", "C50", "Cxx"]), "delta_nm": _NUMBERS},
+    "Ronchigram": {"exposure_ms": _NUMBERS, "size_px": st.integers(min_value=-8, max_value=80)},
 }
 
 
@@ -341,7 +375,8 @@ _RECORDS = st.one_of(
     st.sampled_from(sorted(_FIELD_VALUES)).flatmap(_shaped),
     st.builds(
         lambda name, fields: {"command": name, **fields},
-        st.sampled_from(["Scan", "Zoom", "Move", "Spectrum", "Tune", "Nope"]) | _VALUES,
+        st.sampled_from(["Scan", "Zoom", "Move", "Spectrum", "Tune", "Ronchigram", "Nope"])
+        | _VALUES,
         st.dictionaries(st.sampled_from(_FIELDS), _VALUES, max_size=4),
     ),
     st.dictionaries(st.sampled_from([*_FIELDS, "command"]), _VALUES, max_size=4),
@@ -361,7 +396,7 @@ def test_malformed_records_raise_only_scopegym_errors_and_the_server_survives(re
     except CommandError as error:
         command, local_error = None, error
     # A valid large scan would only cost time; the parser and validator are what is under test.
-    assume(not (isinstance(command, Scan) and command.size_px > 64))
+    assume(not (isinstance(command, Scan | Ronchigram) and command.size_px > 64))
     try:
         result = remote.execute_record(record)
     except (CommandError, InstrumentError) as error:

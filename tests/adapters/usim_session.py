@@ -32,6 +32,8 @@ from scopegym.instrument import (  # noqa: E402
     Instrument,
     InstrumentError,
     Move,
+    Ronchigram,
+    RonchigramImage,
     Scan,
     Spectrum,
     Tune,
@@ -58,6 +60,21 @@ def shift_px(before: np.ndarray, after: np.ndarray) -> tuple[int, int]:
     row, col = np.unravel_index(int(np.argmax(corr)), corr.shape)
     n = before.shape[0]
     return int((row + n // 2) % n - n // 2), int((col + n // 2) % n - n // 2)
+
+
+def correlation(first: np.ndarray, second: np.ndarray) -> float:
+    """Pearson correlation of two images' pixels: 1 for the same pattern, whatever its scale."""
+    a = np.asarray(first, dtype=np.float64).ravel()
+    b = np.asarray(second, dtype=np.float64).ravel()
+    a, b = a - a.mean(), b - b.mean()
+    return float(a @ b / math.sqrt(float(a @ a) * float(b @ b)))
+
+
+def relative_difference(first: np.ndarray, second: np.ndarray) -> float:
+    """RMS of the difference over the standard deviation of the first image."""
+    a = np.asarray(first, dtype=np.float64)
+    b = np.asarray(second, dtype=np.float64)
+    return float(np.sqrt(np.mean((a - b) ** 2)) / a.std())
 
 
 class Probe:
@@ -125,6 +142,11 @@ def fuzz(instrument: Instrument) -> dict[str, Any]:
         st.one_of(st.floats(0.0, 1.0), odd),
         st.one_of(st.floats(0.1, 5.0), odd),
     )
+    ronchigram = st.builds(
+        Ronchigram,
+        st.one_of(st.floats(0.1, 5.0), st.floats(1000.0, 1e6), odd),
+        st.one_of(st.integers(-100, 15), st.integers(16, 64), st.integers(1025, 10**9), odd),
+    )
     tune = st.builds(
         Tune,
         st.sampled_from([*ABERRATION_NAMES, *ABERRATION_ALIASES, "C99", "", "focus"]),
@@ -133,6 +155,7 @@ def fuzz(instrument: Instrument) -> dict[str, Any]:
     not_a_command = st.sampled_from([None, "Zoom", {"command": "Zoom", "fov_nm": 10.0}, 3])
     counts = {"examples": 0, "accepted": 0, "refused": 0, "unbuildable": 0}
     errors: dict[str, int] = {}
+    accepted_kinds: dict[str, int] = {}
     failures: list[str] = []
 
     @settings(
@@ -146,7 +169,9 @@ def fuzz(instrument: Instrument) -> dict[str, Any]:
     def run(data: st.DataObject) -> None:
         counts["examples"] += 1
         try:
-            command = data.draw(st.one_of(scan, zoom, move, spectrum, tune, not_a_command))
+            command = data.draw(
+                st.one_of(scan, zoom, move, spectrum, tune, ronchigram, not_a_command)
+            )
         except CommandError as error:  # refused at construction: also a documented error
             counts["unbuildable"] += 1
             errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
@@ -164,11 +189,17 @@ def fuzz(instrument: Instrument) -> dict[str, Any]:
             failures.append(f"{command!r}: {type(error).__name__}: {error}")
             return
         counts["accepted"] += 1
+        accepted_kinds[command.name] = accepted_kinds.get(command.name, 0) + 1
         if not isinstance(result, expected_result_type(command)):
             failures.append(f"{command!r}: returned {type(result).__name__}")
 
     run()
-    return {**counts, "errors": errors, "failures": failures[:20]}
+    return {
+        **counts,
+        "errors": errors,
+        "accepted_kinds": accepted_kinds,
+        "failures": failures[:20],
+    }
 
 
 def session() -> dict[str, Any]:
@@ -273,6 +304,10 @@ def session() -> dict[str, Any]:
                 Scan(64, 2.0, "bf"),
                 Spectrum(1.5, 0.5, 10.0),
                 Spectrum(0.5, 0.5, 5000.0),
+                Ronchigram(5000.0, 64),
+                Ronchigram(10.0, 8),
+                Ronchigram(10.0, 2048),
+                Ronchigram(math.nan, 64),
                 None,
             )
         ]
@@ -299,6 +334,52 @@ def session() -> dict[str, Any]:
             "probe_restored": probe.controller.probe_position == probe_before,
         }
 
+        # Ronchigram: the probe parked at the view centre, usim's Ronchigram camera resampled.
+        zero_focus = instrument.execute(Ronchigram(10.0, 64))
+        assert isinstance(zero_focus, RonchigramImage)
+        instrument.execute(Tune("C10", 200.0))
+        probe_before = probe.controller.probe_position
+        before = instrument.state()
+        image = instrument.execute(Ronchigram(10.0, 64))
+        after = instrument.state()
+        assert isinstance(image, RonchigramImage)
+        sizes = {}
+        for size in (16, 100, 300):
+            other = instrument.execute(Ronchigram(10.0, size))
+            assert isinstance(other, RonchigramImage)
+            sizes[str(size)] = {
+                "shape": list(other.counts.shape),
+                "max_angle_mrad": other.max_angle_mrad,
+                "total_counts": float(np.sum(other.counts, dtype=np.float64)),
+            }
+        instrument.execute(Tune("C10", -200.0))
+        out["ronchigram"] = {
+            "zero_aberrations_mean": float(np.mean(zero_focus.counts)),
+            "zero_aberrations_max": float(np.max(zero_focus.counts)),
+            "shape": list(image.counts.shape),
+            "dtype": str(image.counts.dtype),
+            "finite": bool(np.all(np.isfinite(image.counts))),
+            "mean": float(np.mean(image.counts)),
+            "std": float(np.std(image.counts)),
+            "total_counts": float(np.sum(image.counts, dtype=np.float64)),
+            "max_angle_mrad": image.max_angle_mrad,
+            "camera_x_scale_rad": probe.value("ronchigram_x_scale"),
+            "exposure_ms": image.exposure_ms,
+            "stage_nm": [image.stage_x_nm, image.stage_y_nm],
+            "state_stage_nm": [before.stage_x_nm, before.stage_y_nm],
+            "elapsed_delta_s": after.elapsed_s - before.elapsed_s,
+            "duration_s": image.duration_s,
+            "start_time_s": image.start_time_s,
+            "before_elapsed_s": before.elapsed_s,
+            "dose_e_per_A2": image.dose_e_per_A2,
+            "state_dose_delta": after.dose_e_per_A2 - before.dose_e_per_A2,
+            "electrons_delta": after.electrons - before.electrons,
+            "expected_electrons": electrons_per_pixel(BEAM_CURRENT_PA, 10.0e3),
+            "counters_delta": [after.n_scans - before.n_scans, after.n_spectra - before.n_spectra],
+            "probe_restored": probe.controller.probe_position == probe_before,
+            "sizes": sizes,
+        }
+
         # Beam blanking: Scan refused with InstrumentError while blanked, nothing charged.
         instrument.blank_beam()  # type: ignore[attr-defined]
         blanked_value = probe.value("C_Blank")
@@ -308,11 +389,17 @@ def session() -> dict[str, Any]:
             blanked_error = None
         except Exception as error:  # noqa: BLE001
             blanked_error = type(error).__name__
+        try:
+            instrument.execute(Ronchigram(10.0, 32))
+            blanked_ronchigram_error = None
+        except Exception as error:  # noqa: BLE001
+            blanked_ronchigram_error = f"{type(error).__name__}: {error}"
         unchanged = instrument.state() == state
         instrument.unblank_beam()  # type: ignore[attr-defined]
         out["blank"] = {
             "C_Blank": blanked_value,
             "scan_error": blanked_error,
+            "ronchigram_error": blanked_ronchigram_error,
             "state_unchanged": unchanged,
             "C_Blank_after": probe.value("C_Blank"),
             "scan_after_unblank": type(instrument.execute(Scan(32, 1.0))).__name__,
@@ -346,8 +433,69 @@ def session() -> dict[str, Any]:
         out["no_blur"] = {"in_focus": plain_focus, "defocused": plain_defocus}
     finally:
         plain.close()
+    out["ronchigram_response"] = ronchigram_response()
     out["total_s"] = time.monotonic() - T0
     return out
+
+
+def ronchigram_response() -> dict[str, Any]:
+    """usim's Ronchigram of its amorphous film against defocus and astigmatism, and its aperture.
+
+    Two more simulators on sample 1, whose texture fills every Ronchigram (the flakes of sample
+    0 leave much of it uniform). They start 200 nm underfocused: at exactly zero aberrations
+    usim's geometric mapping degenerates (see the adapter's docstring).
+    """
+    instrument = make_nion_usim(
+        sample_index=1, beam_current_pA=BEAM_CURRENT_PA, initial_aberrations_nm={"C10": 200.0}
+    )
+    try:
+
+        def take() -> np.ndarray:
+            image = instrument.execute(Ronchigram(10.0, 64))
+            assert isinstance(image, RonchigramImage)
+            return image.counts
+
+        first = take()
+        images = {"repeat": take()}
+        instrument.execute(Tune("C10", 50.0))
+        images["C10_plus_50"] = take()
+        instrument.execute(Tune("C10", -50.0))
+        images["C10_back"] = take()
+        instrument.execute(Tune("C12a", 20.0))
+        images["C12a_plus_20"] = take()
+        aperture_out = Probe().value("S_VOA")
+    finally:
+        instrument.close()
+    response: dict[str, Any] = {
+        name: {
+            "correlation": correlation(first, image),
+            "difference": relative_difference(first, image),
+        }
+        for name, image in images.items()
+    }
+    response["aperture_out"] = aperture_out
+    # With usim's aperture in, the bright-field disc of its 40 mrad convergence angle appears.
+    with_aperture = make_nion_usim(
+        sample_index=1,
+        beam_current_pA=BEAM_CURRENT_PA,
+        initial_aberrations_nm={"C10": 200.0},
+        ronchigram_aperture=True,
+    )
+    try:
+        disc = with_aperture.execute(Ronchigram(10.0, 128))
+        assert isinstance(disc, RonchigramImage)
+        bright = disc.counts > 0.5 * float(disc.counts.max())
+        rows, cols = np.nonzero(bright)
+        response["aperture"] = {
+            "S_VOA": Probe().value("S_VOA"),
+            "bright_fraction": float(bright.mean()),
+            "disc_centre_px": [float(rows.mean()), float(cols.mean())],
+            "convergence_mrad": with_aperture.state().convergence_mrad,
+            "max_angle_mrad": disc.max_angle_mrad,
+        }
+    finally:
+        with_aperture.close()
+    return response
 
 
 def main() -> None:

@@ -14,8 +14,9 @@ from scopegym.agents.baselines import (
     frame_anomalies,
     frame_sharpness,
     make_baseline,
+    ronchigram_flatness,
 )
-from scopegym.instrument import SampleSpec
+from scopegym.instrument import Ronchigram, SampleSpec, Tune
 
 SUPPORTED = [
     ("scopegym/DefectSearch-v0", "random"),
@@ -23,6 +24,9 @@ SUPPORTED = [
     ("scopegym/DefectSearch-v0", "greedy"),
     ("scopegym/Autotune-v0", "random"),
     ("scopegym/Autotune-v0", "autofocus"),
+    ("scopegym/AutotuneRonchigram-v0", "random"),
+    ("scopegym/AutotuneRonchigram-v0", "autofocus"),
+    ("scopegym/AutotuneRonchigram-v0", "ronchigram_autofocus"),
     ("scopegym/SpectrumDiscovery-v0", "random"),
     ("scopegym/SpectrumDiscovery-v0", "raster"),
     ("scopegym/Survey-v0", "random"),
@@ -56,8 +60,8 @@ def test_baseline_sends_only_accepted_commands_and_is_deterministic(env_id: str,
     assert first == second
 
 
-def test_registry_lists_the_four_baselines_and_rejects_unknown_names() -> None:
-    assert set(BASELINES) == {"random", "raster", "greedy", "autofocus"}
+def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
+    assert set(BASELINES) == {"random", "raster", "greedy", "autofocus", "ronchigram_autofocus"}
     env = gym.make("scopegym/DefectSearch-v0")
     with pytest.raises(KeyError, match="known"):
         make_baseline("oracle", env)
@@ -117,3 +121,31 @@ def test_anomalies_find_a_bright_spot_first() -> None:
     frame = np.full((64, 64), 100.0)
     frame[40, 20] = 255.0
     assert frame_anomalies(frame, 3)[0] == (40, 20)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_ronchigram_flatness_peaks_at_the_corrected_probe(seed: int) -> None:
+    # The twin's Ronchigram of a corrected probe has a featureless centre; 4 nm of defocus or
+    # of astigmatism magnify the specimen into it.
+    from scopegym.envs.core import ronchigram_observation
+
+    env = gym.make("scopegym/AutotuneRonchigram-v0", samples="validation").unwrapped
+    env.reset(seed=seed)
+    twin = env.instrument
+    for name, value in env.truth.aberrations_nm().items():
+        if value:
+            twin.execute(Tune(name, -value))
+
+    def flatness() -> float:
+        images = [twin.execute(Ronchigram(2.0, 64)).counts for _ in range(3)]
+        scores = [ronchigram_flatness(ronchigram_observation(image, 64)) for image in images]
+        return float(np.mean(scores))
+
+    corrected = flatness()
+    twin.execute(Tune("C10", 4.0))
+    defocused = flatness()
+    twin.execute(Tune("C10", -4.0))
+    twin.execute(Tune("C12a", 4.0))
+    astigmatic = flatness()
+    assert corrected > defocused + 0.5
+    assert corrected > astigmatic + 0.5

@@ -8,6 +8,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import scopegym  # noqa: F401  (registers the ids)
 from scopegym.envs import ENV_IDS, BoxActions
+from scopegym.instrument import COMMAND_TYPES
 
 IDS = sorted(ENV_IDS)
 
@@ -78,7 +79,8 @@ def test_every_action_decodes_to_one_command(env_id):
     for _ in range(200):
         action = env.action_space.sample()
         command = env.unwrapped.codec.decode(action, state)
-        assert type(command).__name__ in {"Scan", "Zoom", "Move", "Spectrum", "Tune"}
+        assert type(command).__name__ in COMMAND_TYPES
+        assert command.name.lower() == env.unwrapped.codec.verb(action)  # the verb's command
     del rng
     env.close()
 
@@ -100,7 +102,7 @@ def test_info_carries_command_time_and_dose(env_id):
 def test_observations_hold_no_ground_truth(env_id):
     env = gym.make(env_id)
     obs, _ = env.reset(seed=0)
-    assert set(obs) <= {"frame", "state", "spectrum"}
+    assert set(obs) <= {"frame", "state", "spectrum", "ronchigram"}
     assert obs["frame"].dtype == np.uint8
     env.close()
 

@@ -5,6 +5,7 @@ import hypothesis.strategies as st
 import numpy as np
 from hypothesis import given, settings
 from hypothesis.extra.numpy import arrays
+from scipy import ndimage
 
 import scopegym  # noqa: F401  (registers the ids)
 from scopegym.agents.baselines import make_baseline
@@ -54,3 +55,44 @@ def test_spectra_in_a_random_rollout_stay_inside_the_observation_space():
         if terminated or truncated:
             break
     assert spectra > 0
+
+
+def test_ronchigram_observation_follows_the_optics():
+    env = gym.make("scopegym/AutotuneRonchigram-v0")
+    obs, _ = env.reset(seed=2)
+    core = env.unwrapped
+    assert obs["ronchigram"].shape == (1, 64, 64)
+    assert obs["ronchigram"].std() > 0  # the opening took one
+    assert obs["state"][-1] == 1.0
+    verbs = core.task.action_config.verbs
+    ronchigram = np.zeros(len(core.codec.nvec), np.int64)
+    ronchigram[0] = verbs.index("ronchigram")
+    again, *_ = env.step(ronchigram)
+    tune = ronchigram.copy()
+    tune[0] = verbs.index("tune")
+    tune[-2] = 0  # C10
+    tune[-1] = 5  # +4 nm
+    after_tune, *_ = env.step(tune)
+    assert after_tune["state"][-1] == 0.0  # the Ronchigram shown predates the tune
+    np.testing.assert_array_equal(after_tune["ronchigram"], again["ronchigram"])
+    tuned, _, _, _, info = env.step(ronchigram)
+    assert info["result"]["result"] == "RonchigramImage"
+    assert tuned["state"][-1] == 1.0
+    # Counting noise and drift change a repeat little; 4 nm of defocus changes the shadow image
+    # more. Smoothing over ~2 px keeps the shadow image and averages the counting noise.
+    def smooth(observation):
+        return ndimage.gaussian_filter(observation["ronchigram"][0].astype(float), 2.0)
+
+    repeat_change = np.abs(smooth(again) - smooth(obs)).mean()
+    tune_change = np.abs(smooth(tuned) - smooth(again)).mean()
+    assert tune_change > 2 * repeat_change
+
+
+def test_autotune_variants_share_their_draws():
+    # Same seed, same sample and residual aberrations: baselines compare across the two ids.
+    plain = gym.make("scopegym/Autotune-v0").unwrapped
+    ronchigram = gym.make("scopegym/AutotuneRonchigram-v0").unwrapped
+    plain.reset(seed=7)
+    ronchigram.reset(seed=7)
+    assert plain.truth.aberrations_nm() == ronchigram.truth.aberrations_nm()
+    assert plain.truth.stage_commanded_nm() == ronchigram.truth.stage_commanded_nm()

@@ -26,6 +26,7 @@ from scopegym.instrument import (
     InstrumentState,
     Move,
     Range,
+    Ronchigram,
     Scan,
     Spectrum,
     Tune,
@@ -199,6 +200,56 @@ def test_spectrum(data: st.DataObject, state: InstrumentState, field: str) -> No
 
 
 @FAST
+@given(value=numbers_near(LIMITS.exposure_ms), state=states())
+def test_ronchigram_exposure(value: float, state: InstrumentState) -> None:
+    command = Ronchigram(value, 64)
+    check_contract(
+        command, "exposure_ms", "ms", state, inside(command.exposure_ms, LIMITS.exposure_ms)
+    )
+
+
+@FAST
+@given(
+    value=st.one_of(
+        numbers_near(LIMITS.size_px), st.integers(min_value=-(10**30), max_value=10**30)
+    ),
+    state=states(),
+)
+def test_ronchigram_size(value: float, state: InstrumentState) -> None:
+    # The camera shares the frame sizes of the limits.
+    try:
+        command = Ronchigram(10.0, value)  # type: ignore[arg-type]  # floats are part of the test
+    except CommandTypeError as error:
+        assert isinstance(value, float) and not value.is_integer()
+        assert "Ronchigram.size_px" in str(error)
+        return
+    assert type(command.size_px) is int
+    check_contract(command, "size_px", "px", state, command.size_px in LIMITS.size_px)
+
+
+@FAST
+@given(
+    exposure=numbers_near(LIMITS.exposure_ms),
+    size=numbers_near(LIMITS.size_px).filter(lambda v: math.isfinite(v) and float(v).is_integer()),
+    state=states(),
+)
+def test_ronchigram_with_both_fields_out_of_range_names_one_of_them(
+    exposure: float, size: float, state: InstrumentState
+) -> None:
+    command = Ronchigram(exposure, int(size))
+    size_ok = command.size_px in LIMITS.size_px
+    exposure_ok = inside(command.exposure_ms, LIMITS.exposure_ms)
+    try:
+        validate(command, state, LIMITS)
+    except CommandLimitError as error:
+        assert not (size_ok and exposure_ok)
+        # The size is checked first, as for a Scan.
+        assert error.field == ("exposure_ms" if size_ok else "size_px")
+    else:
+        assert size_ok and exposure_ok
+
+
+@FAST
 @given(data=st.data(), state=states(), aberration=st.sampled_from(TUNABLE_ABERRATIONS))
 def test_tune(data: st.DataObject, state: InstrumentState, aberration: str) -> None:
     current_nm = state.aberrations_nm[aberration]
@@ -248,6 +299,8 @@ COMMAND_BUILDERS: list[Callable[[float], Command]] = [
     lambda v: Move(v, -v),
     lambda v: Spectrum(v, v, v),
     lambda v: Tune("defocus", v),
+    Ronchigram,
+    lambda v: Ronchigram(v, 256),
 ]
 
 

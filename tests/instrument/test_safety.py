@@ -23,6 +23,8 @@ from scopegym.instrument import (
     InstrumentState,
     Move,
     Range,
+    Ronchigram,
+    RonchigramImage,
     SampleSpec,
     Scan,
     Spectrum,
@@ -32,6 +34,7 @@ from scopegym.instrument import (
     Zoom,
 )
 from scopegym.instrument.safety import (
+    DRY_RUN_RONCHIGRAM_ANGLE_FACTOR,
     ELEMENTARY_CHARGE_C,
     Approval,
     ApprovalDeniedError,
@@ -40,6 +43,7 @@ from scopegym.instrument.safety import (
     SafetyLimitError,
     SafetyLimits,
     frame_dose_e_per_A2,
+    predict,
     spectrum_dose_e_per_A2,
     stop_on_sigint,
 )
@@ -110,6 +114,12 @@ REFUSALS = [
         id="exposure",
     ),
     pytest.param(
+        SafetyLimits(exposure_ms=Range(0.1, 50.0, "ms")),
+        Ronchigram(100.0, 64),
+        "Ronchigram.exposure_ms = 100 ms is outside the safety range [0.1, 50] ms",
+        id="ronchigram-exposure",
+    ),
+    pytest.param(
         SafetyLimits(aberration_nm={"defocus": Range(-20.0, 20.0, "nm")}),
         Tune("C10", 25.0),
         "Tune.delta_nm = 25 nm would take C10 from 0 nm to 25 nm, outside the safety range "
@@ -129,6 +139,27 @@ REFUSALS = [
         "Spectrum.dose_e_per_A2 = 2119000 e/A^2 (predicted) exceeds the safety limit of "
         "100000 e/A^2 per spectrum",
         id="spectrum-dose",
+    ),
+    pytest.param(
+        SafetyLimits(max_ronchigram_dose_e_per_A2=1e5),
+        Ronchigram(20.0, 64),
+        "Ronchigram.dose_e_per_A2 = 2119000 e/A^2 (predicted) exceeds the safety limit of "
+        "100000 e/A^2 per Ronchigram",
+        id="ronchigram-dose",
+    ),
+    pytest.param(
+        SafetyLimits(max_total_dose_e_per_A2=1e6),
+        Ronchigram(20.0, 64),
+        "Ronchigram.dose_e_per_A2 = 2119000 e/A^2 (predicted) would take the total dose past "
+        "the safety limit of 1000000 e/A^2 on this sample",
+        id="ronchigram-total-dose",
+    ),
+    pytest.param(
+        SafetyLimits(max_total_time_s=0.01),
+        Ronchigram(20.0, 64),
+        "Ronchigram.duration_s = 0.02 s (beam-on time, at least) would exceed the safety limit "
+        "of 0.01 s",
+        id="ronchigram-time",
     ),
     pytest.param(
         SafetyLimits(max_total_dose_e_per_A2=200.0),
@@ -222,6 +253,17 @@ def test_predicted_frame_dose_is_the_dose_the_twin_delivers():
     )
 
 
+def test_per_kind_dose_limits_apply_to_their_kind_only():
+    # A Ronchigram is bounded by its own limit, not by the spectrum's, and the other way round.
+    twin = quiet_twin()
+    spectra_capped = SafeInstrument(twin, SafetyLimits(max_spectrum_dose_e_per_A2=1e5))
+    assert isinstance(spectra_capped.execute(Ronchigram(20.0, 32)), RonchigramImage)
+    ronchigrams_capped = SafeInstrument(twin, SafetyLimits(max_ronchigram_dose_e_per_A2=1e5))
+    assert isinstance(ronchigrams_capped.execute(Spectrum(0.5, 0.5, 20.0)), EELSSpectrum)
+    with pytest.raises(SafetyLimitError, match="per Ronchigram"):
+        ronchigrams_capped.execute(Ronchigram(20.0, 32))
+
+
 def test_predicted_spectrum_dose_errs_on_the_safe_side_of_the_twin():
     twin = quiet_twin()
     spectrum = twin.execute(Spectrum(0.5, 0.5, 20.0))
@@ -229,6 +271,29 @@ def test_predicted_spectrum_dose_errs_on_the_safe_side_of_the_twin():
     predicted = spectrum_dose_e_per_A2(30.0, 20.0, 0.15)
     assert predicted >= spectrum.dose_e_per_A2
     assert predicted < 2 * spectrum.dose_e_per_A2  # conservative, not absurd
+
+
+def test_ronchigram_is_predicted_as_a_parked_probe_and_charged_by_the_twin():
+    twin = quiet_twin()
+    state = twin.state()
+    prediction = predict(Ronchigram(20.0, 64), state, 0.15)
+    # As a Spectrum of the same exposure: I * t / e electrons on the probe disc.
+    assert prediction == predict(Spectrum(0.5, 0.5, 20.0), state, 0.15)
+    assert prediction.electrons == pytest.approx(30e-12 * 20e-3 / scipy.constants.e)
+    assert prediction.duration_s == pytest.approx(0.020)
+    assert prediction.dose_e_per_A2 == spectrum_dose_e_per_A2(30.0, 20.0, 0.15)
+    # The size of the camera image changes nothing: the electrons fall on the specimen alike.
+    assert predict(Ronchigram(20.0, 16), state, 0.15) == prediction
+    safe = SafeInstrument(twin)
+    image = safe.execute(Ronchigram(20.0, 64))
+    assert isinstance(image, RonchigramImage)
+    after = twin.state()
+    assert after.electrons == pytest.approx(prediction.electrons)
+    assert image.duration_s >= prediction.duration_s  # the lower bound holds (read-out added)
+    assert prediction.dose_e_per_A2 >= image.dose_e_per_A2  # errs on the safe side ...
+    assert prediction.dose_e_per_A2 < 2 * image.dose_e_per_A2  # ... but not absurdly
+    assert safe.dose_used_e_per_A2 == pytest.approx(prediction.dose_e_per_A2)
+    assert safe.time_used_s == pytest.approx(after.elapsed_s)
 
 
 # -- limits from config -------------------------------------------------------------------------
@@ -239,11 +304,38 @@ def test_default_config_allows_every_task_opening_and_off_config_sets_nothing():
     assert default.dwell_us == Range(0.5, 100.0, "us")
     assert default.aberration_nm["C10"] == Range(-500.0, 500.0, "nm")
     assert default.max_frame_dose_e_per_A2 == 2e5
+    assert default.max_ronchigram_dose_e_per_A2 == 1e7
+    # AutotuneRonchigram's 1 ms Ronchigrams pass with room to spare (about 94 ms would not).
+    assert spectrum_dose_e_per_A2(30.0, 1.0, 0.15) <= default.max_ronchigram_dose_e_per_A2 / 50
+    assert spectrum_dose_e_per_A2(30.0, 100.0, 0.15) > default.max_ronchigram_dose_e_per_A2
     off_config = OmegaConf.load(CONFIGS / "off.yaml")
     assert off_config.name == "off"  # quoted: YAML reads a bare off as false
     assert SafetyLimits.from_config(off_config).describe() == "no limits"
     # The largest frame the tasks take: 128 px at 4 nm and 64 us.
     assert frame_dose_e_per_A2(30.0, 64.0, 4.0, 128) <= default.max_frame_dose_e_per_A2
+
+
+def test_every_config_sets_every_safety_key():
+    # The shipped configs spell out each limit, so a facility copying one sees them all.
+    keys = {
+        "name",
+        "dwell_us",
+        "fov_nm",
+        "stage_x_nm",
+        "stage_y_nm",
+        "exposure_ms",
+        "aberration_nm",
+        "max_frame_dose_e_per_A2",
+        "max_spectrum_dose_e_per_A2",
+        "max_ronchigram_dose_e_per_A2",
+        "spectrum_probe_diameter_nm",
+        "max_total_dose_e_per_A2",
+        "max_total_time_s",
+    }
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        config = OmegaConf.load(path)
+        assert set(config) == keys, path.name
+        SafetyLimits.from_config(config)  # and every one is understood
 
 
 def test_config_errors_name_the_key():
@@ -295,6 +387,25 @@ def test_dry_run_checks_and_predicts_but_never_touches_the_twin():
     assert frame.duration_s == pytest.approx(64 * 64 * 10e-6)
     spectrum = safe.execute(Spectrum(0.25, 0.75, 20.0))
     assert isinstance(spectrum, EELSSpectrum) and not spectrum.counts.any()
+    before_ronchigram = safe.state()
+    ronchigram = safe.execute(Ronchigram(5.0, 48))
+    assert isinstance(ronchigram, RonchigramImage)
+    assert ronchigram.counts.shape == (48, 48) and not ronchigram.counts.any()
+    assert ronchigram.max_angle_mrad == DRY_RUN_RONCHIGRAM_ANGLE_FACTOR * start.convergence_mrad
+    assert ronchigram.exposure_ms == 5.0
+    assert ronchigram.dose_e_per_A2 == pytest.approx(spectrum_dose_e_per_A2(30.0, 5.0, 0.15))
+    assert ronchigram.start_time_s == before_ronchigram.elapsed_s
+    assert ronchigram.duration_s == pytest.approx(5e-3)
+    assert (ronchigram.stage_x_nm, ronchigram.stage_y_nm) == (
+        before_ronchigram.stage_x_nm,
+        before_ronchigram.stage_y_nm,
+    )
+    after_ronchigram = safe.state()
+    assert after_ronchigram.elapsed_s == pytest.approx(before_ronchigram.elapsed_s + 5e-3)
+    assert after_ronchigram.dose_e_per_A2 == pytest.approx(
+        before_ronchigram.dose_e_per_A2 + ronchigram.dose_e_per_A2
+    )
+    assert (after_ronchigram.n_scans, after_ronchigram.n_spectra) == (1, 1)
     state = safe.execute(Move(30.0, 0.0))
     assert isinstance(state, InstrumentState)
     assert state.stage_x_nm == start.stage_x_nm + 30.0
@@ -438,10 +549,24 @@ def test_twin_blanking_refuses_dose_but_not_optics():
         twin.execute(Scan(64, 4.0))
     with pytest.raises(InstrumentError, match="beam is blanked"):
         twin.execute(Spectrum(0.5, 0.5, 10.0))
+    with pytest.raises(InstrumentError, match="beam is blanked; Ronchigram needs the beam"):
+        twin.execute(Ronchigram(10.0, 64))
     assert snapshot(twin) == before
     twin.execute(Zoom(8.0))
     twin.unblank_beam()
     assert isinstance(twin.execute(Scan(64, 4.0)), Frame)
+    assert isinstance(twin.execute(Ronchigram(10.0, 64)), RonchigramImage)
+
+
+def test_after_an_emergency_stop_a_ronchigram_is_not_sent():
+    twin = quiet_twin()
+    safe = SafeInstrument(twin)
+    safe.request_stop("test")
+    before = snapshot(twin)
+    with pytest.raises(EmergencyStopError, match="beam blanked"):
+        safe.execute(Ronchigram(1.0, 32))
+    assert twin.beam_blanked
+    assert snapshot(twin) == before
 
 
 def test_errors_survive_pickling_for_the_remote_server():
@@ -455,14 +580,18 @@ def test_errors_survive_pickling_for_the_remote_server():
         assert type(copy) is type(error) and str(copy) == str(error)
 
 
-def test_prompt_shows_no_cost_for_commands_without_beam():
-    answers = Answers("y")
+def test_prompt_shows_the_cost_of_beam_commands_only():
+    answers = Answers("y", "y")
     approval = Approval("command", input_fn=answers)
-    from scopegym.instrument.safety import predict
-
     state = quiet_twin().state()
     assert approval.ask(Move(1.0, 0.0), predict(Move(1.0, 0.0), state, 0.15)) == "yes"
     assert "predicted" not in answers.prompts[0]
+    ronchigram = Ronchigram(1.0, 64)
+    assert approval.ask(ronchigram, predict(ronchigram, state, 0.15)) == "yes"
+    assert answers.prompts[1] == (
+        "approve Ronchigram(exposure_ms=1.0, size_px=64)? [predicted 106000 e/A^2, beam on "
+        "0.001 s] [y]es/[n]o/[s]top: "
+    )
     assert np.isfinite(predict(Scan(64, 4.0), state, 0.15).dose_e_per_A2)
 
 

@@ -3,8 +3,9 @@
 :class:`RecordingInstrument` wraps any instrument and appends one *step* per command to an
 HDF5 file: the command, its outcome (executed, dry run, refused with the message, failed,
 emergency stop), the result with its arrays (a frame's counts, a spectrum's energy axis and
-counts), the reported state afterwards and a timestamp. Sample loads and the emergency stop are
-steps too. The file's attributes hold the run's metadata (:class:`RecordMetadata`).
+counts, a Ronchigram's counts), the reported state afterwards and a timestamp. Sample loads and
+the emergency stop are steps too. The file's attributes hold the run's metadata
+(:class:`RecordMetadata`).
 :func:`read_record` gives the steps back as typed objects and :class:`ReplayInstrument` plays a
 record back through the :class:`~scopegym.instrument.protocol.Instrument` protocol.
 

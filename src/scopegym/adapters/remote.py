@@ -20,7 +20,8 @@ What travels, and how:
   validated on the server, by the served instrument itself.
 * Results come back as their ``to_dict`` records with every array replaced by raw bytes plus
   dtype and shape (:func:`encode_array`), over Pyro5's ``msgpack`` serializer, which carries bytes
-  as they are: a 256 x 256 frame is 256 KiB on the wire, not a list of 65 536 Python floats.
+  as they are: a 256 x 256 frame (or Ronchigram) is 256 KiB on the wire, not a list of 65 536
+  Python floats.
 * Errors raised by the served instrument (:class:`~scopegym.instrument.CommandLimitError`,
   :class:`~scopegym.instrument.CommandTypeError`, :class:`~scopegym.instrument.InstrumentError`
   and their relatives) are re-raised on the client as the same class with the same message, so a
@@ -114,6 +115,12 @@ _AUTH_TAG: Final = "scopegym-serve refused the connection:"
 _NONCE_MEMORY: Final = 100_000  # handshake nonces a server remembers, to refuse replays
 # dtype kinds an array record may hold: floats, signed and unsigned integers.
 _ARRAY_KINDS: Final = frozenset("fiu")
+# The array fields of each result kind, which travel as encode_array records.
+_ARRAY_FIELDS: Final[Mapping[str, tuple[str, ...]]] = {
+    "Frame": ("counts",),
+    "EELSSpectrum": ("energy_eV", "counts"),
+    "RonchigramImage": ("counts",),
+}
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -202,7 +209,7 @@ def encode_result(result: Result) -> dict[str, Any]:
     """A result's ``to_dict`` record with its arrays packed by :func:`encode_array`.
 
     Args:
-        result: A Frame, EELSSpectrum or InstrumentState.
+        result: A Frame, EELSSpectrum, RonchigramImage or InstrumentState.
 
     Returns:
         The record; only plain numbers, strings, dicts, lists and bytes.
@@ -222,7 +229,7 @@ def decode_result(record: Any) -> Result:
         record: The record.
 
     Returns:
-        The Frame, EELSSpectrum or InstrumentState.
+        The Frame, EELSSpectrum, RonchigramImage or InstrumentState.
 
     Raises:
         RemoteProtocolError: If the record cannot be turned into a result.
@@ -231,10 +238,11 @@ def decode_result(record: Any) -> Result:
     if not isinstance(record, Mapping):
         raise RemoteProtocolError(f"malformed result record: {_short(record)}")
     fields = dict(record)
-    if fields.get("result") in ("Frame", "EELSSpectrum"):
-        for key in ("counts", "energy_eV"):
-            if key in fields:
-                fields[key] = decode_array(fields[key])
+    kind = fields.get("result")
+    array_fields = _ARRAY_FIELDS.get(kind, ()) if isinstance(kind, str) else ()
+    for key in array_fields:
+        if key in fields:
+            fields[key] = decode_array(fields[key])
     try:
         return result_from_dict(fields)
     except (TypeError, ValueError) as error:
@@ -797,8 +805,8 @@ class RemoteInstrument:
             command: The command.
 
         Returns:
-            A Frame for a Scan, an EELSSpectrum for a Spectrum, the new InstrumentState
-            otherwise.
+            A Frame for a Scan, an EELSSpectrum for a Spectrum, a RonchigramImage for a
+            Ronchigram, the new InstrumentState otherwise.
 
         Raises:
             CommandLimitError: If the command is outside the limits; the state is unchanged.
@@ -810,7 +818,10 @@ class RemoteInstrument:
         if not isinstance(command, Command):
             # The same error validate() raises in process.
             raise CommandTypeError(
-                type(command).__name__, "command", command, "a Scan, Zoom, Move, Spectrum or Tune"
+                type(command).__name__,
+                "command",
+                command,
+                "a Scan, Zoom, Move, Spectrum, Tune or Ronchigram",
             )
         result = decode_result(self._call("execute", command.to_dict()))
         expected = expected_result_type(command)

@@ -17,6 +17,8 @@ greedy     visit the overview's anomalies (smoothed extremes furthest from the m
            another, zooming to the finest field and scanning at the longest dwell at each
 autofocus  coordinate search of image sharpness over the tunable aberrations: probe, fit a
            parabola, move to its vertex, refine the step
+ronchigram_autofocus
+           the same search, scored on the Ronchigram's flatness instead of frame sharpness
 =========  ====================================================================================
 """
 
@@ -458,9 +460,16 @@ class AutofocusPolicy(_SerpentineMixin):
     """
 
     name = "autofocus"
+    #: The verb whose result :meth:`_sharpness` scores.
+    acquire_verb: ClassVar[str] = "scan"
 
     def _sharpness(self) -> float:
+        """How well corrected the probe looks in the latest observation (larger is better)."""
         return frame_sharpness(np.asarray(self.observation["frame"]))
+
+    def _acquire(self) -> np.ndarray:
+        """The action that takes the image :meth:`_sharpness` scores."""
+        return self.longest_scan()
 
     def _tune_to(self, name: str, target_nm: float) -> Iterator[np.ndarray]:
         """Tune one aberration towards a value [nm], in the largest bins that do not overshoot."""
@@ -487,14 +496,14 @@ class AutofocusPolicy(_SerpentineMixin):
 
     def _script(self) -> Iterator[np.ndarray]:
         cfg = self.config
-        if "tune" not in cfg.verbs or "scan" not in cfg.verbs:
+        if "tune" not in cfg.verbs or self.acquire_verb not in cfg.verbs:
             if "zoom" in cfg.verbs and self.instrument_state.fov_nm > self.finest_fov_nm:
                 yield self.zoom_to(self.finest_fov_nm)
             yield from self._serpentine()
             return
         if "zoom" in cfg.verbs and self.instrument_state.fov_nm > self.finest_fov_nm:
             yield self.zoom_to(self.finest_fov_nm)
-            yield self.longest_scan()
+            yield self._acquire()
         sharp_now = self._sharpness()
         magnitudes = sorted({abs(d) for d in cfg.delta_steps if d != 0}, reverse=True)
         for magnitude in magnitudes:
@@ -502,11 +511,11 @@ class AutofocusPolicy(_SerpentineMixin):
                 step = magnitude * cfg.tune_scale_nm.get(name, 1.0)
                 base = self.instrument_state.aberrations_nm.get(name, 0.0)
                 yield from self._tune_to(name, base + step)
-                yield self.longest_scan()
+                yield self._acquire()
                 sharp_up = self._sharpness()
                 third = 2.0 * step if sharp_up > sharp_now else -step
                 yield from self._tune_to(name, base + third)
-                yield self.longest_scan()
+                yield self._acquire()
                 sharp_third = self._sharpness()
                 offsets = np.array([0.0, step, third])
                 values = np.array([sharp_now, sharp_up, sharp_third])
@@ -518,17 +527,74 @@ class AutofocusPolicy(_SerpentineMixin):
                     sharp_now = sharp_third
                     continue
                 yield from self._tune_to(name, base + best)
-                yield self.longest_scan()
+                yield self._acquire()
                 sharp_now = self._sharpness()
                 if sharp_now < values.max():
                     # The fit was misled by noise: return to the sharpest probe.
                     yield from self._tune_to(name, base + offsets[int(np.argmax(values))])
-                    yield self.longest_scan()
+                    yield self._acquire()
                     sharp_now = self._sharpness()
         if "zoom" in cfg.verbs and "move" in cfg.verbs:
             yield from self._serpentine()
         while True:
             yield self.longest_scan()
+
+
+def ronchigram_flatness(ronchigram: np.ndarray, disc_fraction: float = 0.5) -> float:
+    """Flatness of a Ronchigram's centre: larger for a better-corrected probe.
+
+    Inside the bright-field disc a Ronchigram is a shadow image of the specimen whose local
+    magnification is inversely proportional to the curvature of the aberration function. Where
+    the probe is well corrected the magnification diverges and the specimen's features blur into
+    a featureless "sweet spot"; defocus, astigmatism and coma fill the centre with magnified
+    lattice fringes and specimen detail instead. Counting noise is white while that detail is
+    coarse, so the score is minus the log ratio of low-frequency power (up to 0.15 cycles/px) to
+    high-frequency power (from 0.3 cycles/px) in a square at the disc's centre. A ratio is
+    insensitive to the observation's contrast stretch.
+
+    Args:
+        ronchigram: Image with two trailing image axes [counts or uint8 levels].
+        disc_fraction: Radius of the bright-field disc [fraction of the image half-width]; 0.5
+            for the twin's ±60 mrad camera at 30 mrad convergence. The scored square's half-side
+            is 60 % of it.
+
+    Returns:
+        Flatness [dimensionless], larger for a better-corrected probe.
+    """
+    image = np.asarray(ronchigram, dtype=np.float64)
+    image = image.reshape(image.shape[-2], image.shape[-1])
+    half = max(4, int(0.6 * disc_fraction * min(image.shape) / 2.0))
+    row, col = image.shape[0] // 2, image.shape[1] // 2
+    crop = image[row - half : row + half, col - half : col + half]
+    window = np.hanning(2 * half)[:, None] * np.hanning(2 * half)[None, :]
+    power = np.abs(np.fft.fft2((crop - crop.mean()) * window)) ** 2
+    frequency = np.fft.fftfreq(2 * half)
+    radius = np.hypot(frequency[:, None], frequency[None, :])
+    low = float(power[(radius > 0) & (radius <= 0.15)].mean())
+    high = float(power[radius >= 0.3].mean())
+    if low <= 0.0 or high <= 0.0:
+        return 0.0 if low <= 0.0 else -math.inf
+    return -math.log(low / high)
+
+
+class RonchigramAutofocusPolicy(AutofocusPolicy):
+    """The autofocus coordinate search, scored on the Ronchigram's flatness.
+
+    Each probe of an aberration takes a Ronchigram instead of a frame and is scored by
+    :func:`ronchigram_flatness`: the way an operator centres the Ronchigram's sweet spot.
+
+    Args:
+        env: The environment (needs the ronchigram and tune verbs).
+    """
+
+    name = "ronchigram_autofocus"
+    acquire_verb = "ronchigram"
+
+    def _sharpness(self) -> float:
+        return ronchigram_flatness(np.asarray(self.observation["ronchigram"]))
+
+    def _acquire(self) -> np.ndarray:
+        return self.action("ronchigram")
 
 
 def _parabola_vertex(offsets: np.ndarray, values: np.ndarray, step: float) -> float:
@@ -549,6 +615,7 @@ BASELINES: dict[str, type[ScriptedPolicy]] = {
     "raster": RasterPolicy,
     "greedy": GreedyPolicy,
     "autofocus": AutofocusPolicy,
+    "ronchigram_autofocus": RonchigramAutofocusPolicy,
 }
 
 
@@ -574,8 +641,10 @@ __all__ = [
     "GreedyPolicy",
     "RandomPolicy",
     "RasterPolicy",
+    "RonchigramAutofocusPolicy",
     "ScriptedPolicy",
     "frame_anomalies",
     "frame_sharpness",
     "make_baseline",
+    "ronchigram_flatness",
 ]

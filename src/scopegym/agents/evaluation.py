@@ -54,6 +54,7 @@ class EpisodeResult:
         dose_e_per_A2: Dose used [e/Å²].
         n_scans: Frames acquired.
         n_spectra: Spectra acquired.
+        n_ronchigrams: Ronchigrams acquired.
         reward_parts: Each reward part, unweighted, summed over the episode [dimensionless].
         terminated: Whether the task ended itself (e.g. Autotune reached tolerance).
         truncated: Whether a budget or step limit ended the episode.
@@ -71,6 +72,7 @@ class EpisodeResult:
     dose_e_per_A2: float = 0.0
     n_scans: int = 0
     n_spectra: int = 0
+    n_ronchigrams: int = 0
     reward_parts: dict[str, float] = field(default_factory=dict)
     terminated: bool = False
     truncated: bool = False
@@ -86,6 +88,7 @@ class EpisodeResult:
             "dose_e_per_A2": self.dose_e_per_A2,
             "n_scans": float(self.n_scans),
             "n_spectra": float(self.n_spectra),
+            "n_ronchigrams": float(self.n_ronchigrams),
             "terminated": float(self.terminated),
         }
         values.update({f"part_{name}": value for name, value in self.reward_parts.items()})
@@ -102,9 +105,10 @@ def task_metrics(env: gym.Env[Any, Any], result: EpisodeResult) -> dict[str, flo
     """Task metrics of a finished episode, from its summed reward parts and costs.
 
     Defects (DefectSearch, Survey): ``defects_found`` (discovery part / its ``per_feature``),
-    ``defects_per_hour`` [1/h] and ``dose_per_defect`` [e/Å²] (NaN without a defect). Autotune:
-    ``success``, ``scans_to_tolerance`` and ``dose_to_tolerance`` [e/Å²] (NaN when the tolerance
-    was not reached); :func:`run_episode` adds ``phase_error_final_rad`` on the twin. Spectra
+    ``defects_per_hour`` [1/h] and ``dose_per_defect`` [e/Å²] (NaN without a defect). Autotune
+    and AutotuneRonchigram: ``success``, ``scans_to_tolerance``, ``acquisitions_to_tolerance``
+    (frames plus Ronchigrams) and ``dose_to_tolerance`` [e/Å²] (NaN when the tolerance was not
+    reached); :func:`run_episode` adds ``phase_error_final_rad`` on the twin. Spectra
     (SpectrumDiscovery, Survey): ``signatures_found`` and ``signatures_per_spectrum``.
 
     Args:
@@ -120,9 +124,12 @@ def task_metrics(env: gym.Env[Any, Any], result: EpisodeResult) -> dict[str, flo
         hours = result.time_s / SECONDS_PER_HOUR
         metrics["defects_per_hour"] = found / hours if hours > 0 else math.nan
         metrics["dose_per_defect"] = result.dose_e_per_A2 / found if found > 0 else math.nan
-    if getattr(core.task, "name", "") == "Autotune":
-        metrics["success"] = float(result.terminated)
-        metrics["scans_to_tolerance"] = float(result.n_scans) if result.terminated else math.nan
+    if str(getattr(core.task, "name", "")).startswith("Autotune"):
+        reached = result.terminated
+        acquisitions = result.n_scans + result.n_ronchigrams
+        metrics["success"] = float(reached)
+        metrics["scans_to_tolerance"] = float(result.n_scans) if reached else math.nan
+        metrics["acquisitions_to_tolerance"] = float(acquisitions) if reached else math.nan
         metrics["dose_to_tolerance"] = result.dose_e_per_A2 if result.terminated else math.nan
     if "signatures" in parts:
         found = parts["signatures"] / _per_feature(env, "signatures", "per_signature")
@@ -186,6 +193,7 @@ def run_episode(
         if info.get("refused") is None:
             result.n_scans += command["command"] == "Scan"
             result.n_spectra += command["command"] == "Spectrum"
+            result.n_ronchigrams += command["command"] == "Ronchigram"
         for name, value in info.get("reward_parts", {}).items():
             result.reward_parts[name] = result.reward_parts.get(name, 0.0) + float(value)
         result.time_s = float(info.get("elapsed_s", result.time_s))

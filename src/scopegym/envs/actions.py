@@ -5,15 +5,16 @@ the first entry picks the verb and each verb reads only its own argument entries
 MaskablePPO can be set per argument (a zoom level beyond the limits, a move off the stage) without
 affecting the other verbs. Entries a task does not use have a single bin.
 
-========  ===================  ===========================================================
-verb      arguments read       command
-========  ===================  ===========================================================
-scan      dwell                ``Scan(frame_px, dwell_us[dwell])``
-zoom      fov                  ``Zoom(fov_levels_nm[fov])``
-move      dx, dy               ``Move(move_steps[dx] * fov, move_steps[dy] * fov)``
-spectrum  x, y                 ``Spectrum((x + 0.5) / grid, (y + 0.5) / grid, exposure_ms)``
-tune      aberration, delta    ``Tune(aberrations[aberration], delta_steps[delta] * scale)``
-========  ===================  ===========================================================
+==========  =================  ===========================================================
+verb        arguments read     command
+==========  =================  ===========================================================
+scan        dwell              ``Scan(frame_px, dwell_us[dwell])``
+zoom        fov                ``Zoom(fov_levels_nm[fov])``
+move        dx, dy             ``Move(move_steps[dx] * fov, move_steps[dy] * fov)``
+spectrum    x, y               ``Spectrum((x + 0.5) / grid, (y + 0.5) / grid, exposure_ms)``
+tune        aberration, delta  ``Tune(aberrations[aberration], delta_steps[delta] * scale)``
+ronchigram  (none)             ``Ronchigram(ronchigram_exposure_ms, frame_px)``
+==========  =================  ===========================================================
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ from scopegym.instrument import (
     InstrumentLimits,
     InstrumentState,
     Move,
+    Ronchigram,
     Scan,
     Spectrum,
     Tune,
     Zoom,
 )
 
-VERBS = ("scan", "zoom", "move", "spectrum", "tune")
+VERBS = ("scan", "zoom", "move", "spectrum", "tune", "ronchigram")
 ARGUMENTS = ("dwell", "fov", "dx", "dy", "x", "y", "aberration", "delta")
 #: Argument entries each verb reads; the codec ignores the others.
 VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
@@ -43,6 +45,7 @@ VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "move": ("dx", "dy"),
     "spectrum": ("x", "y"),
     "tune": ("aberration", "delta"),
+    "ronchigram": (),
 }
 
 #: Default scale of one tune step per aberration [nm]: coma and trefoil need larger steps.
@@ -73,6 +76,8 @@ class ActionConfig:
         aberrations: Tunable coefficients, by Krivanek name.
         delta_steps: Tune-step bins [multiples of the aberration's scale].
         tune_scale_nm: Scale of one tune step per aberration [nm].
+        ronchigram_exposure_ms: Exposure of every Ronchigram [ms]; its camera image has
+            ``frame_px`` pixels per side.
     """
 
     verbs: tuple[str, ...] = VERBS
@@ -85,6 +90,7 @@ class ActionConfig:
     aberrations: tuple[str, ...] = ("C10", "C12a", "C12b")
     delta_steps: tuple[float, ...] = (-4.0, -1.0, -0.25, 0.25, 1.0, 4.0)
     tune_scale_nm: Mapping[str, float] = field(default_factory=lambda: dict(TUNE_SCALE_NM))
+    ronchigram_exposure_ms: float = 1.0
 
     def __post_init__(self) -> None:
         unknown = set(self.verbs) - set(VERBS)
@@ -150,6 +156,8 @@ class ActionCodec:
                 cfg.move_steps[self._argument(action, "dx")] * fov,
                 cfg.move_steps[self._argument(action, "dy")] * fov,
             )
+        if verb == "ronchigram":
+            return Ronchigram(cfg.ronchigram_exposure_ms, cfg.frame_px)
         if verb == "spectrum":
             grid = cfg.spectrum_grid
             return Spectrum(

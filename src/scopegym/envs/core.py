@@ -31,6 +31,7 @@ from scopegym.instrument import (
     Instrument,
     InstrumentState,
     Result,
+    RonchigramImage,
     SampleSpec,
     SupportsSampleLoading,
     make_instrument,
@@ -75,6 +76,7 @@ class Task(ABC):
 
     name: ClassVar[str]
     uses_spectrum: ClassVar[bool] = False
+    uses_ronchigram: ClassVar[bool] = False
     twin_info_max_fov_nm: ClassVar[float] = 16.0
 
     def __init__(
@@ -166,6 +168,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         }
         if task.uses_spectrum:
             obs["spectrum"] = spaces.Box(0.0, 1.0, (SPECTRUM_BINS,), np.float32)
+        if task.uses_ronchigram:
+            obs["ronchigram"] = spaces.Box(0, 255, (1, n, n), np.uint8)
         self.observation_space = spaces.Dict(obs)  # type: ignore[assignment]
         self.action_space = spaces.MultiDiscrete(self.codec.nvec)
         self._fov_range = (
@@ -185,16 +189,18 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         n = self.task.action_config.frame_px
         self._frame = np.zeros((1, n, n), np.uint8)
         self._spectrum = np.zeros(SPECTRUM_BINS, np.float32)
+        self._ronchigram = np.zeros((1, n, n), np.uint8)
         self._have_frame = False
-        # Whether the frame shown was taken at the present view: no Zoom, Move or Tune since.
-        # Without it the observation after "scan" and after "move" is the same, and a policy
-        # cannot tell whether the next frame would show anything new.
+        # Whether the latest image (frame or Ronchigram) was taken at the present view and
+        # optics: no Zoom, Move or Tune since. Without it the observation after "scan" and after
+        # "move" is the same, and a policy cannot tell whether the next image shows anything new.
         self._frame_is_current = False
-        self.history: list[Frame | EELSSpectrum] = []
+        self.history: list[Frame | EELSSpectrum | RonchigramImage] = []
         self.trajectory: list[tuple[Command, InstrumentState]] = []
         self._start_state: InstrumentState | None = None
         self._last_frame: Frame | None = None
         self._last_spectrum: EELSSpectrum | None = None
+        self._last_ronchigram: RonchigramImage | None = None
         self._overview: Frame | None = None
         self._overview_view: tuple[float, float, float, float] | None = None
         # True fields of view of atomic-resolution frames (twin only), for rendering.
@@ -207,14 +213,9 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def _observe_result(
         self, result: Result, view: tuple[float, float, float, float] | None
     ) -> None:
+        n = self.task.action_config.frame_px
         if isinstance(result, Frame):
-            frame = contrast_stretch(result.counts)
-            n = self.task.action_config.frame_px
-            if frame.shape != (n, n):  # an instrument may return another size
-                rows = np.linspace(0, frame.shape[0] - 1, n).astype(int)
-                cols = np.linspace(0, frame.shape[1] - 1, n).astype(int)
-                frame = frame[np.ix_(rows, cols)]
-            self._frame = frame[None]
+            self._frame = resample_square(contrast_stretch(result.counts), n)[None]
             self._have_frame = True
             self._frame_is_current = True
             self._last_frame = result
@@ -226,6 +227,11 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         elif isinstance(result, EELSSpectrum):
             self._spectrum = spectrum_observation(result.counts)
             self._last_spectrum = result
+            self.history.append(result)
+        elif isinstance(result, RonchigramImage):
+            self._ronchigram = ronchigram_observation(result.counts, n)[None]
+            self._frame_is_current = True
+            self._last_ronchigram = result
             self.history.append(result)
         else:  # the new state of a Zoom, Move or Tune: the frame shows what was
             self._frame_is_current = False
@@ -261,6 +267,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         }
         if self.task.uses_spectrum:
             obs["spectrum"] = self._spectrum.copy()
+        if self.task.uses_ronchigram:
+            obs["ronchigram"] = self._ronchigram.copy()
         return obs
 
     def _view_bounds(self) -> tuple[float, float, float, float] | None:
@@ -388,6 +396,49 @@ def spectrum_observation(counts: np.ndarray) -> np.ndarray:
     return np.clip(scaled.astype(np.float32), 0.0, 1.0)
 
 
+def resample_square(image: np.ndarray, size_px: int) -> np.ndarray:
+    """A square image resampled to ``size_px`` per side by nearest pixels (unchanged if equal).
+
+    An instrument may return another image size than the observation's.
+    """
+    if image.shape == (size_px, size_px):
+        return image
+    rows = np.linspace(0, image.shape[0] - 1, size_px).astype(int)
+    cols = np.linspace(0, image.shape[1] - 1, size_px).astype(int)
+    return image[np.ix_(rows, cols)]
+
+
+def ronchigram_observation(counts: np.ndarray, size_px: int) -> np.ndarray:
+    """A Ronchigram as uint8, its bright-field disc contrast-stretched (the observation).
+
+    The shadow image inside the bright-field disc modulates the intensity by a few per cent,
+    while the disc's edge spans the camera's whole range: a plain stretch would leave the
+    information in the top few grey levels. The levels are therefore set by the 1st and 99th
+    percentiles of the pixels brighter than half the image's 99th percentile (the disc), and
+    pixels outside the disc are 0.
+
+    Args:
+        counts: Camera image, square [counts].
+        size_px: Side of the observation [px]; the image is block-averaged when its side is a
+            multiple of it and resampled to the nearest pixels otherwise.
+
+    Returns:
+        uint8 array of shape ``(size_px, size_px)``.
+    """
+    image = np.asarray(counts, dtype=np.float64)
+    side = image.shape[0]
+    if side != size_px and side % size_px == 0:
+        k = side // size_px
+        image = image.reshape(size_px, k, size_px, k).mean(axis=(1, 3))
+    image = resample_square(image, size_px)
+    disc = image >= 0.5 * float(np.percentile(image, 99.0))
+    if disc.sum() < 16:  # no bright-field disc to speak of (beam off the camera, or blanked)
+        return contrast_stretch(image)
+    lo, hi = np.percentile(image[disc], (1.0, 99.0))
+    scaled = (image - lo) * (255.0 / max(float(hi - lo), 1e-6))
+    return np.where(disc, np.clip(scaled, 0, 255), 0).astype(np.uint8)
+
+
 def contrast_stretch(counts: np.ndarray) -> np.ndarray:
     """Counts scaled to uint8 between their 0.5th and 99.5th percentiles (the frame observation)."""
     lo, hi = np.percentile(counts, (0.5, 99.5))
@@ -406,6 +457,15 @@ def describe_result(result: Result) -> dict[str, Any]:
             "dose_e_per_A2": result.dose_e_per_A2,
             "mean_counts": float(np.mean(result.counts)),
             "stage_nm": (result.stage_x_nm, result.stage_y_nm),
+        }
+    if isinstance(result, RonchigramImage):
+        return {
+            "result": "RonchigramImage",
+            "size_px": result.size_px,
+            "max_angle_mrad": result.max_angle_mrad,
+            "exposure_ms": result.exposure_ms,
+            "dose_e_per_A2": result.dose_e_per_A2,
+            "total_counts": float(np.sum(result.counts)),
         }
     if isinstance(result, EELSSpectrum):
         return {

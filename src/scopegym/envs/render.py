@@ -1,4 +1,4 @@
-"""Pictures for people watching training videos: overview map, current frame, latest spectrum."""
+"""Pictures for people watching training videos: overview, current frame, spectrum or Ronchigram."""
 
 from __future__ import annotations
 
@@ -102,11 +102,25 @@ def _spectrum_panel(env: MicroscopeEnv) -> Image.Image:
     return image
 
 
+def _ronchigram_panel(env: MicroscopeEnv) -> Image.Image:
+    ronchigram = env._last_ronchigram
+    if ronchigram is None:
+        image = Image.new("RGB", (PANEL, PANEL), _BACKGROUND)
+        ImageDraw.Draw(image).text((8, 8), "no Ronchigram yet", fill=(160, 160, 160))
+        return image
+    image = _gray_panel(ronchigram.counts)
+    ImageDraw.Draw(image).text(
+        (8, 8), f"Ronchigram ±{ronchigram.max_angle_mrad:.0f} mrad", fill=(200, 200, 200)
+    )
+    return image
+
+
 def render_panels(env: MicroscopeEnv) -> np.ndarray:
     """Three panels side by side as a (256, 768, 3) uint8 array.
 
     The overview with visited fields (blue), the present field (yellow) and found defects (red);
-    the current frame; and the latest spectrum.
+    the current frame; and the latest spectrum, or the latest Ronchigram for tasks that observe
+    Ronchigrams.
     """
     frame = env._last_frame
     current = (
@@ -117,7 +131,8 @@ def render_panels(env: MicroscopeEnv) -> np.ndarray:
     canvas = Image.new("RGB", (3 * PANEL, PANEL), _BACKGROUND)
     canvas.paste(_overview_panel(env), (0, 0))
     canvas.paste(current, (PANEL, 0))
-    canvas.paste(_spectrum_panel(env), (2 * PANEL, 0))
+    third = _ronchigram_panel(env) if env.task.uses_ronchigram else _spectrum_panel(env)
+    canvas.paste(third, (2 * PANEL, 0))
     draw = ImageDraw.Draw(canvas)
     state = env.instrument.state()
     draw.text(

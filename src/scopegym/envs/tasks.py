@@ -1,4 +1,4 @@
-"""The four scopegym environments: DefectSearch, Autotune, SpectrumDiscovery and Survey."""
+"""The scopegym environments: DefectSearch, Autotune(Ronchigram), SpectrumDiscovery, Survey."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 from scopegym.envs.actions import ActionConfig
 from scopegym.envs.core import EpisodeStart, MicroscopeEnv, Task, TaskEnv
 from scopegym.envs.samples import SampleSet
-from scopegym.instrument import Move, SampleSpec, Scan, Zoom
+from scopegym.instrument import Move, Ronchigram, SampleSpec, Scan, Zoom
 from scopegym.rewards import Budget, StepContext
 from scopegym.rewards.spectra_probe import MARECHAL_PHASE_RMS_RAD
 
@@ -24,6 +24,12 @@ SURVEY_BUDGET = Budget(time_s=900.0, dose_e_per_A2=5.0e7)
 OVERVIEW_DWELL_US = 16.0
 #: Dwell of Autotune's frames [µs]: ~2 electrons per pixel at a carbon column at 30 pA.
 AUTOTUNE_DWELL_US = 32.0
+
+#: Exposure of Autotune's Ronchigrams [ms]: ~4e5 electrons at 30 pA, ~470 per 64² camera pixel
+#: in the bright-field disc, so counting noise (~5 %) is comparable to the few-per-cent
+#: shadow-image contrast of a monolayer, while the parked probe's peak dose (~5e4 e/Å²) stays
+#: within a few frames' worth; live Ronchigram video on correctors runs at similar exposures.
+RONCHIGRAM_EXPOSURE_MS = 2.0
 
 #: Largest random offset of the episode's starting position from the specimen centre [nm].
 START_OFFSET_NM = 500.0
@@ -221,6 +227,84 @@ class AutotuneEnv(TaskEnv):
     """
 
     task_class = AutotuneTask
+
+
+class AutotuneRonchigramTask(AutotuneTask):
+    """Autotune with a Ronchigram camera: the probe's far-field image shows its aberrations."""
+
+    name = "AutotuneRonchigram"
+    uses_ronchigram = True
+
+    def __init__(
+        self,
+        frame_px: int = 64,
+        budget: Budget = AUTOTUNE_BUDGET,
+        reward_weights: Mapping[str, float] | None = None,
+        reward_params: Mapping[str, Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(frame_px, budget, reward_weights, reward_params)
+        self.action_config = ActionConfig(
+            verbs=("ronchigram", "tune", "scan"),
+            frame_px=frame_px,
+            dwell_us=(AUTOTUNE_DWELL_US,),
+            fov_levels_nm=(4.0,),
+            aberrations=("C10", "C12a", "C12b", "C21a", "C21b"),
+            delta_steps=(-4.0, -1.0, -0.25, 0.25, 1.0, 4.0),
+            ronchigram_exposure_ms=RONCHIGRAM_EXPOSURE_MS,
+        )
+
+    def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
+        """As Autotune (same draws from ``rng``), then one Ronchigram after the first frame."""
+        start = super().start(samples, rng)
+        opening = (*start.commands, Ronchigram(RONCHIGRAM_EXPOSURE_MS, self.action_config.frame_px))
+        return EpisodeStart(start.sample, opening)
+
+
+class AutotuneRonchigramEnv(TaskEnv):
+    """Correct a mis-tuned probe from its Ronchigram, with as few acquisitions as possible.
+
+    ## Description
+    Autotune's task (random hidden residuals of C10 within ±12 nm, C12 within ±5 nm and C21
+    within ±300 nm, corrected until the Maréchal criterion holds) with the instrument the way
+    aberration correctors are tuned on real columns: a Ronchigram camera. A Ronchigram is the
+    far-field image of the parked probe after a thin specimen; inside the bright-field disc it
+    shows a shadow image of the specimen whose local magnification follows the aberration
+    function, so coma, which HAADF frames barely show, becomes visible. Frames remain available,
+    so image-based baselines (``autofocus``) run in the same environment on the same samples.
+
+    ## Action Space
+    ``MultiDiscrete([3, 1, 1, 1, 1, 1, 1, 5, 6])``: verb 0 = ``Ronchigram(2 ms, N)``; verb 1 =
+    ``Tune(a, d·scale)`` with a ∈ {C10, C12a, C12b, C21a, C21b}[aberration],
+    d ∈ {−4, −1, −0.25, 0.25, 1, 4}[delta] and scale 1 nm (C10, C12) or 20 nm (C21); verb 2 =
+    ``Scan(N, 32 µs)``. ``action_masks()`` excludes steps past the corrector's range.
+
+    ## Observation Space
+    ``Dict(frame=Box(0, 255, (1, N, N), uint8), ronchigram=Box(0, 255, (1, N, N), uint8),
+    state=Box(-1, 1, (14,), float32))``: the latest frame (contrast-stretched), the latest
+    Ronchigram (±60 mrad on the twin; its bright-field disc contrast-stretched, outside it 0)
+    and the state as in Autotune, whose last entry is +1 when the latest image (frame or
+    Ronchigram) was taken after the last Tune.
+
+    ## Rewards
+    As Autotune: ``probe_correction`` (needs the twin) minus ``time_penalty`` and
+    ``dose_penalty``. A 2 ms Ronchigram costs 12 ms of instrument time and a parked-probe dose
+    of ~5e4 e/Å² at the probe peak; a 64² frame ~0.46 s and ~1.5e4 e/Å².
+
+    ## Starting State
+    Random residual aberrations, a random position, a 4 nm field, one 64² frame and one
+    Ronchigram (the same draws as Autotune for the same seed and sample).
+
+    ## Episode End
+    Terminated when the RMS phase error is at most 2π/14 rad (Strehl ≥ 0.8, twin only);
+    truncated when the time (120 s) or dose budget is spent or after 60 steps.
+
+    ## Arguments
+    ``samples``, ``frame_px`` (default 64; also the Ronchigram's size), ``budget``,
+    ``reward_weights``, ``reward_params``, ``instrument``, ``instrument_name``/
+    ``instrument_kwargs``, ``render_mode``.
+    """
+
+    task_class = AutotuneRonchigramTask
 
 
 # ---------------------------------------------------------------------------------------------

@@ -27,6 +27,9 @@ state before anything happens; ``e`` is the elementary charge, ``I`` the reporte
   ``I * exposure / (e * pi * (d / 2)**2)`` [e/Å²]. The twin charges the dose at the probe peak,
   about 0.74 times this estimate for its 60 kV, 30 mrad probe, so the estimate errs on the safe
   side there; a facility should state the diameter of its own probe.
+* Ronchigram: the probe is parked as for a Spectrum, so the same ``I * exposure / e`` electrons
+  on the same disc. A Ronchigram is usually taken with a defocused probe, which spreads those
+  electrons over a larger disc: the focused-probe estimate is then an upper bound.
 * Zoom, Move, Tune: no dose.
 
 Running totals (for :attr:`SafetyLimits.max_total_dose_e_per_A2` and
@@ -36,12 +39,16 @@ its predicted dose and the dose the instrument reports having delivered (the gro
 ``state().dose_e_per_A2``), and the instrument time it reports having taken (the growth of
 ``state().elapsed_s``). The dose total restarts when a new sample is loaded (a new specimen); the
 time total never does. The predicted time of a command used for the check is a lower bound: the
-beam-on time, ``size_px**2 * dwell`` for a Scan and ``exposure`` for a Spectrum, zero otherwise.
+beam-on time, ``size_px**2 * dwell`` for a Scan and ``exposure`` for a Spectrum or a Ronchigram,
+zero otherwise.
 
 Dry run (``dry_run=True``): every check runs and the command is recorded, but nothing is sent to
 the instrument. The result is a placeholder that says what would have been acquired without
-pretending to know the signal: a Frame or spectrum of zero counts with the commanded geometry,
-the predicted dose and the predicted (lower-bound) times; Zoom, Move and Tune return the
+pretending to know the signal: a Frame, spectrum or Ronchigram of zero counts with the
+commanded geometry, the predicted dose and the predicted (lower-bound) times (a dry-run
+Ronchigram spans :data:`DRY_RUN_RONCHIGRAM_ANGLE_FACTOR` times the reported convergence
+semi-angle, the camera's real angular range being unknown to this layer); Zoom, Move and Tune
+return the
 nominally updated state. :meth:`SafeInstrument.state` then reports that nominal state, so later
 checks (stage range, aberration bounds, total dose) see the effect of earlier dry-run commands.
 A policy that reads frames sees blank frames in a dry run, so a dry run tests the safety of the
@@ -71,7 +78,7 @@ from typing import Any, Final, Literal, TextIO
 import numpy as np
 
 from scopegym.instrument.aberrations import canonical_aberration
-from scopegym.instrument.commands import Command, Move, Scan, Spectrum, Tune, Zoom
+from scopegym.instrument.commands import Command, Move, Ronchigram, Scan, Spectrum, Tune, Zoom
 from scopegym.instrument.errors import CommandLimitError, InstrumentError, format_number
 from scopegym.instrument.limits import InstrumentLimits, Range, validate
 from scopegym.instrument.protocol import (
@@ -79,9 +86,16 @@ from scopegym.instrument.protocol import (
     SupportsBeamBlanking,
     SupportsSampleLoading,
 )
-from scopegym.instrument.results import EELSSpectrum, Frame, InstrumentState, Result
+from scopegym.instrument.results import (
+    EELSSpectrum,
+    Frame,
+    InstrumentState,
+    Result,
+    RonchigramImage,
+)
 
 __all__ = [
+    "DRY_RUN_RONCHIGRAM_ANGLE_FACTOR",
     "ELEMENTARY_CHARGE_C",
     "Approval",
     "ApprovalDeniedError",
@@ -102,6 +116,10 @@ ELEMENTARY_CHARGE_C: Final = 1.602176634e-19
 _A2_PER_NM2: Final = 100.0
 #: Energy axis of a dry-run placeholder spectrum: 2048 channels of 1 eV [eV].
 _DRY_RUN_ENERGY_EV: Final = np.arange(2048, dtype=np.float32)
+#: Half-width of a dry-run placeholder Ronchigram's angular field, in units of the reported
+#: convergence semi-angle: the bright-field disc then fills the middle half of the image, as on
+#: a camera set up for tuning.
+DRY_RUN_RONCHIGRAM_ANGLE_FACTOR: Final = 2.0
 #: Unit of areal dose in messages (plain ASCII: messages go to any terminal).
 _DOSE_UNIT: Final = "e/A^2"
 
@@ -193,7 +211,9 @@ def frame_dose_e_per_A2(
 def spectrum_dose_e_per_A2(
     beam_current_pA: float, exposure_ms: float, probe_diameter_nm: float
 ) -> float:
-    """Areal dose of one point spectrum: ``I * exposure / (e * pi * (d / 2)**2)`` [e/Å²].
+    """Areal dose of a parked probe: ``I * exposure / (e * pi * (d / 2)**2)`` [e/Å²].
+
+    The dose of one point spectrum, and the safety layer's estimate for one Ronchigram.
 
     Args:
         beam_current_pA: Probe current [pA].
@@ -231,7 +251,7 @@ def predict(command: Command, state: InstrumentState, probe_diameter_nm: float) 
     Args:
         command: A command that passed :func:`~scopegym.instrument.limits.validate`.
         state: The reported state before the command.
-        probe_diameter_nm: Probe diameter for spectra [nm].
+        probe_diameter_nm: Diameter of a parked probe, for spectra and Ronchigrams [nm].
 
     Returns:
         The prediction; zero for Zoom, Move and Tune.
@@ -246,7 +266,7 @@ def predict(command: Command, state: InstrumentState, probe_diameter_nm: float) 
             _beam_electrons(current, beam_on_s),
             beam_on_s,
         )
-    if isinstance(command, Spectrum):
+    if isinstance(command, Spectrum | Ronchigram):
         return Prediction(
             spectrum_dose_e_per_A2(current, command.exposure_ms, probe_diameter_nm),
             _beam_electrons(current, command.exposure_ms * 1e-3),
@@ -269,6 +289,7 @@ _RANGE_UNITS: Final[Mapping[str, str]] = MappingProxyType(
 _SCALAR_KEYS: Final = (
     "max_frame_dose_e_per_A2",
     "max_spectrum_dose_e_per_A2",
+    "max_ronchigram_dose_e_per_A2",
     "max_total_dose_e_per_A2",
     "max_total_time_s",
 )
@@ -302,14 +323,16 @@ class SafetyLimits:
         fov_nm: Allowed field of view after a Zoom [nm].
         stage_x_nm: Allowed reported stage x after a Move [nm].
         stage_y_nm: Allowed reported stage y after a Move [nm].
-        exposure_ms: Allowed exposure of a Spectrum [ms].
+        exposure_ms: Allowed exposure of a Spectrum or a Ronchigram [ms].
         aberration_nm: Allowed reported setting of each coefficient after a Tune [nm], by
             Krivanek name; coefficients not listed are bounded by the instrument only.
         max_frame_dose_e_per_A2: Largest predicted dose of one Scan [e/Å²].
         max_spectrum_dose_e_per_A2: Largest predicted dose of one Spectrum [e/Å²].
+        max_ronchigram_dose_e_per_A2: Largest predicted dose of one Ronchigram [e/Å²].
         max_total_dose_e_per_A2: Largest total dose on one sample [e/Å²].
         max_total_time_s: Largest total instrument time of the session [s].
-        spectrum_probe_diameter_nm: Diameter of the disc a spectrum's dose is spread over [nm].
+        spectrum_probe_diameter_nm: Diameter of the disc the dose of a parked probe (a Spectrum
+            or a Ronchigram) is spread over [nm].
 
     """
 
@@ -321,6 +344,7 @@ class SafetyLimits:
     aberration_nm: Mapping[str, Range] = field(default_factory=dict)
     max_frame_dose_e_per_A2: float | None = None
     max_spectrum_dose_e_per_A2: float | None = None
+    max_ronchigram_dose_e_per_A2: float | None = None
     max_total_dose_e_per_A2: float | None = None
     max_total_time_s: float | None = None
     spectrum_probe_diameter_nm: float = 0.15
@@ -786,6 +810,9 @@ class SafeInstrument:
         elif isinstance(command, Spectrum):
             _in_range(command, "exposure_ms", command.exposure_ms, safety.exposure_ms)
             self._check_dose(command, prediction, safety.max_spectrum_dose_e_per_A2, "spectrum")
+        elif isinstance(command, Ronchigram):
+            _in_range(command, "exposure_ms", command.exposure_ms, safety.exposure_ms)
+            self._check_dose(command, prediction, safety.max_ronchigram_dose_e_per_A2, "Ronchigram")
         elif isinstance(command, Tune):
             bounds = safety.aberration_nm.get(command.aberration)
             current = state.aberrations_nm.get(command.aberration, 0.0)
@@ -909,7 +936,24 @@ class SafeInstrument:
                 start_time_s=state.elapsed_s,
                 end_time_s=end_s,
             )
+        if isinstance(command, Ronchigram):
+            return RonchigramImage(
+                counts=np.zeros((command.size_px, command.size_px), np.float32),
+                max_angle_mrad=_dry_run_ronchigram_angle_mrad(state),
+                exposure_ms=command.exposure_ms,
+                stage_x_nm=state.stage_x_nm,
+                stage_y_nm=state.stage_y_nm,
+                dose_e_per_A2=prediction.dose_e_per_A2,
+                start_time_s=state.elapsed_s,
+                end_time_s=end_s,
+            )
         return after
+
+
+def _dry_run_ronchigram_angle_mrad(state: InstrumentState) -> float:
+    """Angular half-width of a dry-run Ronchigram [mrad]; 1 mrad if the state reports none."""
+    angle = DRY_RUN_RONCHIGRAM_ANGLE_FACTOR * state.convergence_mrad
+    return angle if math.isfinite(angle) and angle > 0 else 1.0
 
 
 def _rounded(value: float) -> float:

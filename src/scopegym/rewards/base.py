@@ -19,7 +19,14 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from scopegym.instrument import Command, EELSSpectrum, Frame, InstrumentState, Result
+from scopegym.instrument import (
+    Command,
+    EELSSpectrum,
+    Frame,
+    InstrumentState,
+    Result,
+    RonchigramImage,
+)
 
 if TYPE_CHECKING:
     from scopegym.sim.twin import GroundTruth
@@ -59,11 +66,12 @@ class StepContext:
 
     Attributes:
         command: The executed hyper-language command.
-        result: What the instrument returned: a Frame, an EELSSpectrum or an InstrumentState.
+        result: What the instrument returned: a Frame, an EELSSpectrum, a RonchigramImage or an
+            InstrumentState.
         state_before: Instrument state before the command.
         state_after: Instrument state after the command.
         budget: The episode's budget.
-        history: Earlier frames and spectra of this episode, oldest first.
+        history: Earlier frames, spectra and Ronchigrams of this episode, oldest first.
         truth: The twin's ground truth; None on a real instrument.
         view_bounds_nm: True world box (x0, y0, x1, y1) of the field of view during this
             command [nm]; twin only, None otherwise.
@@ -75,7 +83,7 @@ class StepContext:
     state_before: InstrumentState
     state_after: InstrumentState
     budget: Budget
-    history: Sequence[Frame | EELSSpectrum]
+    history: Sequence[Frame | EELSSpectrum | RonchigramImage]
     truth: GroundTruth | None
     view_bounds_nm: tuple[float, float, float, float] | None
 

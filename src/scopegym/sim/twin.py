@@ -2,12 +2,13 @@
 
 :class:`TwinMicroscope` implements the :class:`~scopegym.instrument.Instrument` protocol. Every
 command is validated against the limits before anything changes; a refused command leaves the
-twin exactly as it was. Every accepted command costs instrument time, and scans and spectra also
-deposit dose on the specimen, which may knock atoms out (later frames show the change).
+twin exactly as it was. Every accepted command costs instrument time, and scans, spectra and
+Ronchigrams also deposit dose on the specimen, which may knock atoms out (later frames show the
+change).
 
 All randomness flows from one ``numpy.random.Generator`` made from the seed given to the
 constructor or to :meth:`TwinMicroscope.reset`: the same seed and the same commands give identical
-frames and spectra.
+frames, spectra and Ronchigrams.
 
 Ground truth (the atoms, the defects, the true stage position) is reachable only through
 :attr:`TwinMicroscope.truth`, for rewards and evaluation; no result carries it.
@@ -16,7 +17,7 @@ Ground truth (the atoms, the defects, the true stage position) is reachable only
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -31,6 +32,8 @@ from scopegym.instrument import (
     Move,
     Range,
     Result,
+    Ronchigram,
+    RonchigramImage,
     SampleSpec,
     Scan,
     Spectrum,
@@ -48,7 +51,9 @@ from scopegym.sim.imaging import (
     acquire_haadf,
     electrons_per_pixel,
 )
+from scopegym.sim.noise import poisson
 from scopegym.sim.optics import Optics, probe_intensity
+from scopegym.sim.ronchigram import ronchigram_grid, ronchigram_intensity
 from scopegym.sim.scattering import SYMBOLS
 from scopegym.sim.specimen import (
     EDGE,
@@ -94,6 +99,12 @@ class TwinConfig:
         zoom_time_s: Time to change magnification [s].
         tune_time_s: Time to change one aberration coefficient and let the lenses settle [s].
         spectrum_readout_s: Camera read-out time per spectrum [s].
+        ronchigram_max_angle_mrad: Half-width of the Ronchigram camera's angular field [mrad].
+            60 mrad, twice the convergence semi-angle, puts the bright-field disc in the middle
+            half of the image, as on the Ronchigram cameras used to tune correctors.
+        ronchigram_readout_s: Read-out time per Ronchigram [s]. 10 ms: a CCD/CMOS camera
+            reading a binned region of a few hundred pixels at ~100 frames/s, the rate at which
+            correctors are tuned live from Ronchigrams.
         limits: Command limits; the stage range defaults to the specimen world.
 
     """
@@ -113,6 +124,8 @@ class TwinConfig:
     zoom_time_s: float = 0.2
     tune_time_s: float = 0.5
     spectrum_readout_s: float = 0.002
+    ronchigram_max_angle_mrad: float = 60.0
+    ronchigram_readout_s: float = 0.01
     limits: InstrumentLimits | None = None
 
     def resolved_limits(self) -> InstrumentLimits:
@@ -321,8 +334,9 @@ class TwinMicroscope:
     def blank_beam(self) -> None:
         """Blank the beam (the safety layer's emergency stop); safe to call more than once.
 
-        While blanked the twin delivers no dose: a Scan or Spectrum that passes validation raises
-        :class:`InstrumentError` and changes nothing (no time, no dose, no randomness used).
+        While blanked the twin delivers no dose: a Scan, Spectrum or Ronchigram that passes
+        validation raises :class:`InstrumentError` and changes nothing (no time, no dose, no
+        randomness used).
         Zoom, Move and Tune still work, as the lenses and the stage do not need the beam.
         :meth:`unblank_beam`, :meth:`reset` and :meth:`load_sample` unblank it.
         """
@@ -390,7 +404,8 @@ class TwinMicroscope:
 
         Returns:
             A :class:`Frame` for :class:`Scan`, an :class:`EELSSpectrum` for :class:`Spectrum`,
-            and the new :class:`InstrumentState` otherwise.
+            a :class:`RonchigramImage` for :class:`Ronchigram`, and the new
+            :class:`InstrumentState` otherwise.
 
         Raises:
             CommandLimitError: The command is outside the limits; nothing changed.
@@ -401,15 +416,17 @@ class TwinMicroscope:
         if self._closed:
             raise InstrumentError("the twin microscope is closed; reset() or load_sample() it")
         validate(command, self.state(), self._limits)
-        if self._beam_blanked and isinstance(command, Scan | Spectrum):
+        if self._beam_blanked and isinstance(command, Scan | Spectrum | Ronchigram):
             raise InstrumentError(
                 f"the beam is blanked; {command.name} needs the beam (unblank_beam() or reset())"
             )
-        result: Frame | EELSSpectrum | None = None
+        result: Frame | EELSSpectrum | RonchigramImage | None = None
         if isinstance(command, Scan):
             result = self._scan(command)
         elif isinstance(command, Spectrum):
             result = self._spectrum(command)
+        elif isinstance(command, Ronchigram):
+            result = self._ronchigram(command)
         elif isinstance(command, Zoom):
             self._fov_nm = float(command.fov_nm)
             self._advance(self.config.zoom_time_s)
@@ -533,6 +550,50 @@ class TwinMicroscope:
         self._probe_cache = (self._optics, intensity, p)
         return intensity, p
 
+    def _parked_probe_weight(
+        self, x: float, y: float
+    ) -> tuple[np.ndarray, float, Callable[[np.ndarray], np.ndarray]]:
+        """Probe weights of a probe parked at world (x, y) [nm]: grid, pixel [nm], lookup."""
+        probe, p = self._probe_weights()
+        n = probe.shape[0]
+
+        def weight_at(xy: np.ndarray) -> np.ndarray:
+            col = np.clip(np.round((xy[:, 0] - x) / p + n / 2).astype(int), 0, n - 1)
+            row = np.clip(np.round((xy[:, 1] - y) / p + n / 2).astype(int), 0, n - 1)
+            return probe[row, col]
+
+        return probe, p, weight_at
+
+    def _irradiate_parked(self, x: float, y: float, electrons: float, any_atoms: bool) -> float:
+        """Knock-on damage by a probe parked at world (x, y) [nm]; returns its peak dose.
+
+        Args:
+            x: World x of the probe [nm].
+            y: World y of the probe [nm].
+            electrons: Electrons delivered while parked.
+            any_atoms: Whether any atom lies within the probe-weight grid around (x, y); if
+                not, nothing can be displaced and no randomness is used.
+
+        Returns:
+            Areal dose at the probe peak [e/Å²]: the quantity that drives knock-on damage.
+        """
+        probe, p, weight_at = self._parked_probe_weight(x, y)
+        half = 0.5 * probe.shape[0] * p
+        peak = float(probe.max())
+        dose_peak = electrons * peak / _A2_PER_NM2
+        if self.config.damage is not None and any_atoms:
+            self._damage_events += self.specimen.irradiate(
+                x - half,
+                y - half,
+                x + half,
+                y + half,
+                dose_peak,
+                self._event_probability,
+                self.rng,
+                weight=lambda xy: weight_at(xy) / peak,
+            )
+        return dose_peak
+
     def _spectrum(self, command: Spectrum) -> EELSSpectrum:
         cfg = self.config
         start = self._elapsed_s
@@ -540,16 +601,9 @@ class TwinMicroscope:
         cx, cy = self._view_center_nm()
         x = cx + (float(command.x) - 0.5) * self._fov_nm
         y = cy + (float(command.y) - 0.5) * self._fov_nm
-        probe, p = self._probe_weights()
-        n = probe.shape[0]
-        half = 0.5 * n * p
+        probe, p, weight_at = self._parked_probe_weight(x, y)
+        half = 0.5 * probe.shape[0] * p
         atoms = self.specimen.atoms_in(x - half, y - half, x + half, y + half)
-
-        def weight_at(xy: np.ndarray) -> np.ndarray:
-            col = np.clip(np.round((xy[:, 0] - x) / p + n / 2).astype(int), 0, n - 1)
-            row = np.clip(np.round((xy[:, 1] - y) / p + n / 2).astype(int), 0, n - 1)
-            return probe[row, col]
-
         composition: dict[str, float] = {}
         environment: dict[str, float] = {}
         if len(atoms):
@@ -568,21 +622,7 @@ class TwinMicroscope:
             composition, exposure_ms, cfg.eels, self.rng, cfg.energy_axis, environment=environment
         )
         electrons = electrons_per_pixel(cfg.beam_current_pA, exposure_ms * 1e3)
-        # Areal dose at the probe peak: the quantity that drives knock-on damage.
-        peak_density_per_nm2 = float(probe.max())
-        dose_peak = electrons * peak_density_per_nm2 / _A2_PER_NM2
-        if cfg.damage is not None and len(atoms):
-            peak = probe.max()
-            self._damage_events += self.specimen.irradiate(
-                x - half,
-                y - half,
-                x + half,
-                y + half,
-                dose_peak,
-                self._event_probability,
-                self.rng,
-                weight=lambda xy: weight_at(xy) / peak,
-            )
+        dose_peak = self._irradiate_parked(x, y, electrons, len(atoms) > 0)
         self._advance(exposure_ms * 1e-3 + cfg.spectrum_readout_s)
         self._dose_e_per_A2 += dose_peak
         self._electrons += electrons
@@ -592,6 +632,44 @@ class TwinMicroscope:
             counts=counts,
             x=float(command.x),
             y=float(command.y),
+            exposure_ms=exposure_ms,
+            stage_x_nm=reported[0],
+            stage_y_nm=reported[1],
+            dose_e_per_A2=dose_peak,
+            start_time_s=start,
+            end_time_s=self._elapsed_s,
+        )
+
+    def _ronchigram(self, command: Ronchigram) -> RonchigramImage:
+        """Park the probe at the view centre and record its Ronchigram (see ``sim.ronchigram``).
+
+        The image is formed from the specimen as it is when the exposure starts; knock-on damage
+        by the parked probe follows, exactly as for a spectrum at the same place.
+        """
+        cfg = self.config
+        start = self._elapsed_s
+        reported = self._reported_nm
+        x, y = self._view_center_nm()
+        exposure_ms = float(command.exposure_ms)
+        grid = ronchigram_grid(self._optics, int(command.size_px), cfg.ronchigram_max_angle_mrad)
+        half = 0.5 * grid.window_nm
+        window = self.specimen.atoms_in(x - half, y - half, x + half, y + half)
+        fraction = ronchigram_intensity(
+            self._optics, grid, window.xy, window.numbers, window.counts, (x, y)
+        )
+        electrons = electrons_per_pixel(cfg.beam_current_pA, exposure_ms * 1e3)
+        counts = poisson(electrons * fraction, self.rng)
+        probe, p, _ = self._parked_probe_weight(x, y)
+        reach = 0.5 * probe.shape[0] * p
+        offset = window.xy - np.array([x, y])
+        any_near = bool(np.any(np.all((offset >= -reach) & (offset < reach), axis=1)))
+        dose_peak = self._irradiate_parked(x, y, electrons, any_near)
+        self._advance(exposure_ms * 1e-3 + cfg.ronchigram_readout_s)
+        self._dose_e_per_A2 += dose_peak
+        self._electrons += electrons
+        return RonchigramImage(
+            counts=counts,
+            max_angle_mrad=cfg.ronchigram_max_angle_mrad,
             exposure_ms=exposure_ms,
             stage_x_nm=reported[0],
             stage_y_nm=reported[1],
