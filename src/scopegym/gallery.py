@@ -2,7 +2,8 @@
 
 No files are downloaded. The gallery shows what the twin produces: a low-magnification overview,
 an atomic-resolution frame at focus, the same area defocused and with two-fold astigmatism, the
-same area before and after beam damage at 200 kV, and EELS spectra on and off a Si dopant.
+same area before and after beam damage at 100 kV, EELS spectra on and off a Si dopant, and
+Ronchigrams of the corrected and of mis-tuned probes.
 
 Usage:
     scopegym-gallery [--out gallery] [--seed 0]
@@ -22,7 +23,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from scopegym.instrument import EELSSpectrum, Frame, Move, Scan, Spectrum, Tune, Zoom  # noqa: E402
+from scopegym.instrument import (  # noqa: E402
+    EELSSpectrum,
+    Frame,
+    Move,
+    Ronchigram,
+    RonchigramImage,
+    Scan,
+    Spectrum,
+    Tune,
+    Zoom,
+)
 from scopegym.sim.specimen import Defect  # noqa: E402
 from scopegym.sim.stage import StageParams  # noqa: E402
 from scopegym.sim.twin import TwinConfig, TwinMicroscope  # noqa: E402
@@ -147,6 +158,38 @@ def make_gallery(out: Path, seed: int = 0) -> list[Path]:
     axes[1].set_title("C K edge (284 eV)", fontsize=9)
     axes[0].legend(fontsize=7)
     fig.suptitle("EELS point spectra, 200 ms at 30 pA", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(paths[-1])
+    plt.close(fig)
+
+    paths.append(out / "8_ronchigrams.png")
+    settings = (
+        ({}, "corrected"),
+        ({"C10": 30.0}, "C10 = 30 nm"),
+        ({"C12a": 10.0}, "C12a = 10 nm"),
+        ({"C21a": 300.0}, "C21a = 300 nm"),
+    )
+    fig, axes = plt.subplots(1, len(settings), figsize=(11.0, 3.2), dpi=110)
+    for ax, (deltas, title) in zip(axes, settings, strict=True):
+        for name, delta in deltas.items():
+            twin.execute(Tune(name, delta))
+        image = twin.execute(Ronchigram(50.0, 256))
+        assert isinstance(image, RonchigramImage)
+        for name, delta in deltas.items():
+            twin.execute(Tune(name, -delta))
+        edge = image.max_angle_mrad
+        disc = image.counts[image.counts > 0.5 * np.percentile(image.counts, 99.0)]
+        lo, hi = np.percentile(disc, [1.0, 99.0])
+        ax.imshow(
+            image.counts, cmap="gray", extent=(-edge, edge, edge, -edge), vmin=lo, vmax=hi
+        )
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("θx [mrad]")
+    axes[0].set_ylabel("θy [mrad]")
+    fig.suptitle(
+        "Ronchigrams of graphene, 50 ms, 30 mrad aperture: the shadow image shows the aberrations",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(paths[-1])
     plt.close(fig)

@@ -261,7 +261,7 @@ def run(
         if safe.dry_run:
             print(
                 "DRY RUN: every command is checked and recorded, none is sent to the instrument; "
-                "results are placeholders (blank frames and spectra, nominal states)",
+                "results are placeholders (blank frames, spectra and Ronchigrams, nominal states)",
                 file=out,
             )
         if safe.approval is not None:
