@@ -163,7 +163,7 @@ def make_gallery(out: Path, seed: int = 0) -> list[Path]:
     plt.close(fig)
 
     paths.append(out / "8_ronchigrams.png")
-    settings = (
+    settings: tuple[tuple[dict[str, float], str], ...] = (
         ({}, "corrected"),
         ({"C10": 30.0}, "C10 = 30 nm"),
         ({"C12a": 10.0}, "C12a = 10 nm"),
