@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -165,7 +166,10 @@ def test_policies_are_shipped_small_with_their_configs() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", SHIPPED, ids=[path.stem for path in SHIPPED])
 def test_shipped_policy_is_scored_on_a_heldout_sample(tmp_path: Path, policy: Path) -> None:
-    env = "defect_search" if policy.stem.startswith("defect_search") else "autotune"
+    # The env config whose id the policy's sidecar names.
+    env_id = yaml.safe_load(policy.with_suffix(".yaml").read_text())["env"]["id"]
+    configs = (ROOT / "src" / "scopegym" / "configs" / "env").glob("*.yaml")
+    env = next(c.stem for c in configs if yaml.safe_load(c.read_text())["id"] == env_id)
     proc = subprocess.run(
         [sys.executable, "-m", "scopegym.agents.eval_cli", f"hydra.run.dir={tmp_path}",
          f"env={env}", "episodes=1", "max_steps=20", "policies=[]", f"checkpoint={policy}"],

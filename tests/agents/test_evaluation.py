@@ -87,3 +87,44 @@ def test_a_maskable_ppo_model_goes_through_the_same_harness() -> None:
     assert result.policy == "MaskablePPO"
     assert result.steps == 10
     assert all(c["command"] in {"Scan", "Tune"} for c in result.trajectory)
+
+
+class _OracleTuner:
+    """Test-only policy that reads the twin's true aberrations: a Ronchigram, a scan, then the
+    tune bins that bring each coefficient nearest zero."""
+
+    name = "oracle"
+
+    def __init__(self, env: gym.Env) -> None:
+        self.core = env.unwrapped
+        self.steps = 0
+
+    def predict(self, observation, state=None, episode_start=None, deterministic=True, **_):
+        cfg = self.core.task.action_config
+        action = np.zeros(len(self.core.codec.nvec), dtype=np.int64)
+        self.steps += 1
+        if self.steps <= 2:
+            action[0] = cfg.verbs.index("ronchigram" if self.steps == 1 else "scan")
+            return action, state
+        truth = self.core.truth.aberrations_nm()
+        best = None
+        for a, name in enumerate(cfg.aberrations):
+            for d, step in enumerate(cfg.delta_steps):
+                delta = step * cfg.tune_scale_nm[name]
+                gain = abs(truth[name]) - abs(truth[name] + delta)
+                if best is None or gain > best[0]:
+                    best = (gain, a, d)
+        action[0] = cfg.verbs.index("tune")
+        action[-2], action[-1] = best[1], best[2]
+        return action, state
+
+
+def test_autotune_ronchigram_counts_acquisitions_to_tolerance() -> None:
+    env = gym.make("scopegym/AutotuneRonchigram-v0")
+    result = run_episode(env, _OracleTuner(env), seed=3)
+    assert result.terminated
+    assert (result.n_ronchigrams, result.n_scans) == (1, 1)
+    assert result.metrics["success"] == 1.0
+    assert result.metrics["acquisitions_to_tolerance"] == 2.0
+    assert result.metrics["scans_to_tolerance"] == 1.0
+    assert result.metrics["phase_error_final_rad"] <= 2 * np.pi / 14

@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from scopegym.agents.train import EnvFactory, env_factory, validate, vecnormalize_path
 from scopegym.envs import ENV_IDS, MicroscopeEnv
 
-ENVS = ["defect_search", "autotune", "spectrum_discovery", "survey"]
+ENVS = ["defect_search", "autotune", "autotune_ronchigram", "spectrum_discovery", "survey"]
 AGENTS = ["ppo", "maskable_ppo", "sac"]
 TINY = [
     "env.kwargs.frame_px=64",
