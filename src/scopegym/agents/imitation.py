@@ -4,7 +4,8 @@ PPO from random weights spends its first few hundred thousand steps finding out 
 resolution needs the smallest field of view and the longest dwell. Cloning the scripted protocols
 (:mod:`scopegym.agents.baselines`) first gives it the operator's habits; PPO then improves on
 them with the task's reward. ``scopegym-train pretrain.policies=[raster,greedy]`` does this before
-``learn``.
+``learn``. Privileged teachers (:mod:`scopegym.agents.teachers`), which read the twin's ground
+truth, can be cloned the same way; the student still sees only the observation.
 
 The policy is trained to maximise the log-likelihood of the demonstrated commands, counting only
 the action entries the demonstrated verb reads (a Scan's ``dx`` is arbitrary, and may even be
@@ -22,7 +23,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from scopegym.agents.baselines import make_baseline
+from scopegym.agents.baselines import BASELINES, ScriptedPolicy, make_baseline
+from scopegym.agents.teachers import TEACHERS
 from scopegym.envs.actions import ARGUMENTS, VERB_ARGUMENTS
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,22 @@ def _relevant_entries(verbs: Sequence[str], action: np.ndarray) -> np.ndarray:
     return relevant
 
 
+def make_demonstrator(name: str, env: gym.Env[Any, Any]) -> ScriptedPolicy:
+    """A scripted baseline or a privileged teacher (:data:`~scopegym.agents.teachers.TEACHERS`).
+
+    Raises:
+        KeyError: Unknown name; the message lists baselines and teachers.
+    """
+    if name in TEACHERS:
+        return TEACHERS[name](env)
+    if name not in BASELINES:
+        raise KeyError(
+            f"unknown demonstrator {name!r}; baselines: {sorted(BASELINES)}, "
+            f"teachers: {sorted(TEACHERS)}"
+        )
+    return make_baseline(name, env)
+
+
 def collect_demonstrations(
     make_env: Callable[[], gym.Env[Any, Any]],
     policies: Sequence[str],
@@ -72,7 +90,7 @@ def collect_demonstrations(
 
     Args:
         make_env: Builds the environment (training samples, as the agent will see them).
-        policies: Baseline names; each runs ``episodes`` episodes.
+        policies: Baseline or teacher names; each runs ``episodes`` episodes.
         episodes: Episodes per baseline.
         gamma: Discount of the returns the value head is fitted to.
         seed: Reset seed of the first episode; the others follow.
@@ -84,7 +102,7 @@ def collect_demonstrations(
     actions, masks, relevant, returns, totals = [], [], [], [], []
     try:
         for p_index, name in enumerate(policies):
-            policy = make_baseline(name, env)
+            policy = make_demonstrator(name, env)
             for episode in range(episodes):
                 obs, _ = env.reset(seed=seed + p_index * episodes + episode)
                 policy.reset()

@@ -85,6 +85,7 @@ def validate(cfg: DictConfig) -> None:
         TrainConfigError: Which key is wrong and why.
     """
     from scopegym.agents.baselines import BASELINES
+    from scopegym.agents.teachers import TEACHERS
     from scopegym.envs import ENV_IDS, SAMPLE_SETS
     from scopegym.instrument import available_instruments
     from scopegym.rewards import REWARDS
@@ -128,11 +129,12 @@ def validate(cfg: DictConfig) -> None:
         raise TrainConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
     pretrain = cfg.get("pretrain")
     if pretrain is not None and pretrain.policies:
-        unknown_baselines = [str(n) for n in pretrain.policies if str(n) not in BASELINES]
+        known = {**BASELINES, **TEACHERS}
+        unknown_baselines = [str(n) for n in pretrain.policies if str(n) not in known]
         if unknown_baselines:
             raise TrainConfigError(
                 f"pretrain.policies: unknown baselines {unknown_baselines}; "
-                f"known: {sorted(BASELINES)}"
+                f"known: {sorted(BASELINES)}, teachers (twin only): {sorted(TEACHERS)}"
             )
         if cfg.agent.box_actions:
             raise TrainConfigError(
