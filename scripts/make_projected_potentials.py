@@ -31,27 +31,13 @@ from pathlib import Path
 import numpy as np
 import scipy.special
 
+from scopegym.sim.scattering import ATOMIC_NUMBERS
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT = REPO_ROOT / "src" / "scopegym" / "sim" / "data" / "projected_potentials.json"
 
-# Every element of scopegym.sim.scattering.SYMBOLS.
-ELEMENTS: dict[str, int] = {
-    "H": 1,
-    "B": 5,
-    "C": 6,
-    "N": 7,
-    "O": 8,
-    "Si": 14,
-    "P": 15,
-    "S": 16,
-    "Ti": 22,
-    "Fe": 26,
-    "Sr": 38,
-    "Mo": 42,
-    "La": 57,
-    "W": 74,
-    "Au": 79,
-}
+# Every element the twin's specimens use.
+ELEMENTS: dict[str, int] = dict(ATOMIC_NUMBERS)
 K_MAX_PER_NM = 200.0
 SAMPLES = 301
 INTERPOLATION_RTOL = 1e-3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -243,13 +244,10 @@ class AutotuneRonchigramTask(AutotuneTask):
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
         super().__init__(frame_px, budget, reward_weights, reward_params)
-        self.action_config = ActionConfig(
+        # Autotune's bins, with the Ronchigram as the first verb.
+        self.action_config = dataclasses.replace(
+            self.action_config,
             verbs=("ronchigram", "tune", "scan"),
-            frame_px=frame_px,
-            dwell_us=(AUTOTUNE_DWELL_US,),
-            fov_levels_nm=(4.0,),
-            aberrations=("C10", "C12a", "C12b", "C21a", "C21b"),
-            delta_steps=(-4.0, -1.0, -0.25, 0.25, 1.0, 4.0),
             ronchigram_exposure_ms=RONCHIGRAM_EXPOSURE_MS,
         )
 
