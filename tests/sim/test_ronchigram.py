@@ -167,6 +167,49 @@ def test_grid_covers_the_camera_the_probe_and_the_scattering(
     assert (grid.side_px - grid.camera_samples) % 2 == 0
 
 
+def _bin_factor_by_stepping_down(optics: Optics, size_px: int, max_angle_mrad: float) -> int:
+    """The grid's bin factor as first defined: from three probe diameters down, one by one."""
+    wavelength = optics.wavelength_nm
+    window_per_bin_nm = size_px * wavelength / (2.0 * max_angle_mrad * 1e-3)
+    wanted = 3.0 * probe_diameter_nm(optics) / window_per_bin_nm
+    bins = max(math.ceil(128 / size_px), math.ceil(wanted))
+    edge_mrad = optics.convergence_mrad + 0.5 * optics.aperture_rolloff_mrad
+    reach = (max_angle_mrad + edge_mrad) / max_angle_mrad
+
+    def side_for(k: int) -> int:
+        samples = k * size_px
+        side = int(scipy.fft.next_fast_len(math.ceil(samples * reach) + 2))
+        return side + (side - samples) % 2
+
+    while bins > 1 and side_for(bins) > 1024:
+        bins -= 1
+    return bins
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    size_px=st.sampled_from([1, 7, 16, 33, 64, 96, 128, 300, 511, 700, 1024, 2048]),
+    max_angle_mrad=st.floats(5.0, 150.0),
+    c10_nm=st.floats(-5000.0, 5000.0),
+    c21a_nm=st.floats(-2000.0, 2000.0),
+)
+def test_grid_size_is_the_largest_bin_factor_that_fits(size_px, max_angle_mrad, c10_nm, c21a_nm):
+    # The direct computation picks the factor that stepping down one by one would pick.
+    optics = Optics(60.0, 30.0, {"C10": c10_nm, "C21a": c21a_nm})
+    grid = ronchigram_grid(optics, size_px, max_angle_mrad)
+    assert grid.bin_factor == _bin_factor_by_stepping_down(optics, size_px, max_angle_mrad)
+
+
+def test_grid_size_of_an_absurd_defocus_is_found_at_once():
+    # Stepping down from three probe diameters took ~1e11 steps here (a 64 px camera, 1 mm of
+    # defocus); the direct computation returns the capped grid after a few.
+    optics = Optics(60.0, 30.0, {"C10": 1e12})
+    assert 3.0 * probe_diameter_nm(optics) / (64 * optics.wavelength_nm / 0.12) > 1e10
+    grid = ronchigram_grid(optics, 64, 60.0)
+    assert grid.side_px <= 1024 and grid.bin_factor >= 2
+    assert grid.side_px * (grid.bin_factor + 1) / grid.bin_factor > 1000  # no larger one fits
+
+
 def test_probe_diameter_is_the_airy_disc_plus_the_geometric_blur():
     wavelength = electron_wavelength_nm(60.0)
     airy = 2.44 * wavelength / 0.03

@@ -57,6 +57,13 @@ CASES: dict[str, tuple[dict[str, float], str, float]] = {
     "graphene-C10": ({"C10": 20.0}, "C", 0.3),
     "graphene-C10-C12b-C21a": ({"C10": 12.0, "C12b": 3.0, "C21a": 300.0}, "C", 0.3),
     "graphene-C10-C21b-C23a": ({"C10": -10.0, "C21b": -150.0, "C23a": 150.0}, "C", 0.3),
+    # The odd-order terms alone, along both azimuths and with both signs: only they distinguish
+    # a Ronchigram from its point reflection, so these pin the twin's sign convention to abTEM's.
+    "graphene-C21a": ({"C21a": 300.0}, "C", 0.3),
+    "graphene-C21b-negative": ({"C21b": -300.0}, "C", 0.3),
+    "graphene-C23a-negative": ({"C23a": -250.0}, "C", 0.3),
+    "graphene-C23b": ({"C23b": 250.0}, "C", 0.3),
+    "graphene-C10-C12a-C23b": ({"C10": 8.0, "C12a": -2.0, "C23b": 200.0}, "C", 0.3),
     # A strong phase object: several radians per column.
     "molybdenum-C10-C21a": ({"C10": 15.0, "C21a": 150.0}, "Mo", 0.9),
 }

@@ -16,10 +16,12 @@ from scopegym.instrument import (
     InstrumentState,
     Move,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     Zoom,
 )
+from scopegym.sim.beam_shift import BeamShiftParams
 from scopegym.sim.imaging import RasterTiming
 from scopegym.sim.stage import StageParams
 from scopegym.sim.twin import TwinConfig, TwinMicroscope
@@ -192,12 +194,18 @@ def test_drift_distorts_slow_scans_only():
             st.sampled_from(["C10", "C12a", "C21b", "C30", "defocus"]),
             st.floats(allow_nan=True, allow_infinity=True),
         ),
+        st.builds(
+            Shift,
+            st.floats(-400.0, 400.0) | st.floats(allow_nan=True, allow_infinity=True),
+            st.floats(-400.0, 400.0) | st.floats(allow_nan=True, allow_infinity=True),
+        ),
     )
 )
 def test_refused_commands_leave_the_twin_unchanged(twin, command):
     before = twin.state()
     optics_before = twin.optics
     actual_before = twin.truth.stage_actual_nm()
+    view_before = twin.truth.view_center_nm()
     try:
         twin.execute(command)
     except CommandLimitError as error:
@@ -206,6 +214,7 @@ def test_refused_commands_leave_the_twin_unchanged(twin, command):
         assert twin.state() == before
         assert twin.optics == optics_before
         assert twin.truth.stage_actual_nm() == actual_before
+        assert twin.truth.view_center_nm() == view_before
         return
     # Accepted: it really was within the limits.
     limits = twin.limits
@@ -214,6 +223,9 @@ def test_refused_commands_leave_the_twin_unchanged(twin, command):
             assert getattr(command, name) in getattr(limits, name)
     if isinstance(command, Scan):
         assert command.size_px in limits.size_px
+    if isinstance(command, Shift):
+        assert before.shift_x_nm + command.dx_nm in limits.shift_nm
+        assert before.shift_y_nm + command.dy_nm in limits.shift_nm
     twin.reset(seed=0)
 
 
@@ -374,3 +386,143 @@ def test_closed_twin_refuses_commands_until_reset():
         twin.execute(Scan(32, 1.0))
     twin.reset()
     assert isinstance(twin.execute(Scan(32, 1.0)), Frame)
+
+
+# -- beam/image shift -------------------------------------------------------------------------
+
+
+def test_shift_moves_the_view_but_not_the_stage_and_costs_milliseconds():
+    twin = TwinMicroscope("graphene", seed=3)
+    twin.execute(Zoom(4.0))
+    before = twin.state()
+    stage_before, view_before = twin.truth.stage_actual_nm(), twin.truth.view_center_nm()
+    after = twin.execute(Shift(100.0, -60.0))
+    assert isinstance(after, InstrumentState)
+    assert (after.shift_x_nm, after.shift_y_nm) == (100.0, -60.0)
+    # The encoders are read again (1 nm noise), but the stage was not driven.
+    reported_move = math.dist(
+        (after.stage_x_nm, after.stage_y_nm), (before.stage_x_nm, before.stage_y_nm)
+    )
+    assert reported_move < 8.0
+    assert after.elapsed_s - before.elapsed_s == pytest.approx(0.005)
+    stage_after, view_after = twin.truth.stage_actual_nm(), twin.truth.view_center_nm()
+    # The stage only drifted (0.02 nm/s for 5 ms); the view moved by the shift, give or take the
+    # deflectors' calibration (3 % scale, 1 degree rotation: a few nm of 117 nm).
+    assert math.dist(stage_after, stage_before) < 0.01
+    moved = np.subtract(view_after, view_before)
+    assert np.linalg.norm(moved - [100.0, -60.0]) < 0.1 * math.hypot(100.0, -60.0)
+    frame = twin.execute(Scan(32, 4.0))
+    assert (frame.shift_x_nm, frame.shift_y_nm) == (100.0, -60.0)  # type: ignore[union-attr]
+
+
+def test_shift_has_no_backlash_where_the_stage_loses_its_first_15_nm():
+    def view_after_reversals(command: type) -> float:
+        twin = TwinMicroscope("graphene", seed=5)
+        twin.execute(Zoom(4.0))
+        twin.execute(command(8.0, 0.0))
+        start = twin.truth.view_center_nm()[0]
+        twin.execute(command(-8.0, 0.0))  # reverse by two 4 nm fields
+        return twin.truth.view_center_nm()[0] - start
+
+    # The stage's play swallows the reversal; the deflectors follow it (to their ~3 % scale).
+    assert abs(view_after_reversals(Move)) < 1.0
+    assert view_after_reversals(Shift) == pytest.approx(-8.0, rel=0.1)
+
+
+def test_the_shift_range_is_the_accumulated_shift_and_refusals_change_nothing():
+    twin = TwinMicroscope("graphene", seed=1)
+    for _ in range(5):
+        twin.execute(Shift(50.0, 0.0))
+    before, view = twin.state(), twin.truth.view_center_nm()
+    rng_state = twin.rng.bit_generator.state
+    with pytest.raises(CommandLimitError) as refused:
+        twin.execute(Shift(0.5, 0.0))
+    assert str(refused.value) == (
+        "Shift.dx_nm = 0.5 nm would take the shift x from 250 nm to 250.5 nm, outside the "
+        "allowed range [-250, 250] nm"
+    )
+    assert twin.state() == before and twin.truth.view_center_nm() == view
+    assert twin.rng.bit_generator.state == rng_state
+    twin.execute(Shift(-500.0, 0.0))
+    assert twin.state().shift_x_nm == -250.0
+
+
+def test_the_calibration_error_is_a_few_percent_and_differs_between_sessions():
+    moved = []
+    for seed in range(8):
+        twin = TwinMicroscope("graphene", seed=seed)
+        start = np.array(twin.truth.view_center_nm())
+        twin.execute(Shift(200.0, 0.0))
+        twin.execute(Zoom(4.0))  # 0.2 s: the deflectors' 1 % lag (1 s) has mostly settled
+        moved.append(np.array(twin.truth.view_center_nm()) - start)
+    errors = [np.linalg.norm(m - [200.0, 0.0]) for m in moved]
+    assert all(0.05 < e < 0.12 * 200.0 for e in errors)  # never exact, never more than ~4 sigma
+    assert len({round(float(m[0]), 6) for m in moved}) == len(moved)
+    # The same seed gives the same calibration.
+    again = TwinMicroscope("graphene", seed=0)
+    start = np.array(again.truth.view_center_nm())
+    again.execute(Shift(200.0, 0.0))
+    again.execute(Zoom(4.0))
+    np.testing.assert_allclose(np.array(again.truth.view_center_nm()) - start, moved[0])
+
+
+def test_a_held_shift_drifts_slowly_in_proportion_to_itself():
+    config = TwinConfig(stage=QUIET_STAGE, damage=None)
+    twin = TwinMicroscope("graphene", seed=2, config=config)
+    twin.execute(Shift(250.0, 0.0))
+    for _ in range(50):  # 10 s: the deflectors' lag (1 % of the step, 1 s) has settled
+        twin.execute(Zoom(4.0))
+    start = np.array(twin.truth.view_center_nm())
+    elapsed = twin.state().elapsed_s
+    for _ in range(300):  # 60 s of zooms
+        twin.execute(Zoom(4.0))
+    drift = np.array(twin.truth.view_center_nm()) - start
+    seconds = twin.state().elapsed_s - elapsed
+    # 2e-5 of 250 nm per second: 0.3 nm in a minute, along the shift.
+    assert np.linalg.norm(drift) == pytest.approx(2e-5 * 250.0 * seconds, rel=0.1)
+    assert drift[0] > 0.0
+    perfect = dataclasses.replace(config, beam_shift=BeamShiftParams.ideal())
+    ideal = TwinMicroscope("graphene", seed=2, config=perfect)
+    start = np.array(ideal.truth.view_center_nm())
+    ideal.execute(Shift(250.0, 0.0))
+    for _ in range(50):
+        ideal.execute(Zoom(4.0))
+    np.testing.assert_allclose(np.array(ideal.truth.view_center_nm()) - start, [250.0, 0.0])
+
+
+def test_the_shift_model_uses_none_of_the_sessions_randomness():
+    # A session that never shifts is the same with perfect deflectors or with the default ones,
+    # frame for frame: the calibration is drawn from its own generator.
+    frames = []
+    for params in (BeamShiftParams(), BeamShiftParams.ideal()):
+        twin = TwinMicroscope("graphene", seed=9, config=TwinConfig(beam_shift=params))
+        frames.append(
+            [twin.execute(c) for c in (Zoom(8.0), Scan(32, 4.0), Move(5.0, 0.0), Scan(32, 4.0))]
+        )
+    assert frames[0] == frames[1]
+    # With shifts, only where the view lands differs, not the noise drawn.
+    twins = [
+        TwinMicroscope("graphene", seed=9, config=TwinConfig(beam_shift=params))
+        for params in (BeamShiftParams(), BeamShiftParams.ideal())
+    ]
+    for twin in twins:
+        twin.execute(Shift(30.0, 0.0))
+    assert twins[0].rng.bit_generator.state == twins[1].rng.bit_generator.state
+
+
+def test_spectra_use_the_beams_own_current_and_voltage():
+    """EELSConditions' defaults (60 kV, 30 pA) must not override the twin's beam."""
+    from scopegym.instrument import Spectrum
+
+    def counts(**config):
+        twin = TwinMicroscope("graphene", seed=5, config=TwinConfig(initial_fov_nm=4.0, **config))
+        spectrum = twin.execute(Spectrum(0.5, 0.5, 50.0))
+        core_loss = spectrum.energy_eV > 250.0
+        return float(np.sum(spectrum.counts)), float(np.sum(spectrum.counts[core_loss]))
+
+    total, core = counts()
+    total_60pA, _ = counts(beam_current_pA=60.0)
+    assert total_60pA == pytest.approx(2.0 * total, rel=0.05)
+    # Faster electrons lose energy to core shells less often: fewer counts past the C K edge.
+    _, core_200kV = counts(voltage_kV=200.0)
+    assert core_200kV < 0.8 * core

@@ -322,14 +322,15 @@ class AtomFindingReward(RewardModule):
     For every frame fine enough to resolve the lattice (pixel <= ``max_pixel_nm``) the LoG
     finder is tuned on the frame (:func:`~scopegym.rewards.atoms.optimise_atom_finder`, ~0.2 s
     for 256²) or run with fixed ``params``, and the reward is w_qc (1 − QC) + w_er (1 − ER) +
-    w_lat · regularity (:func:`~scopegym.rewards.atoms.score_atoms`), in [0, 1] with the
-    default weights. It is high for sharp, well-exposed atomic-resolution frames of the expected
-    lattice and falls with noise, blur, contamination and holes. QC and ER can be met by
-    thresholding noise, so only the lattice term separates a lattice from noise: on the twin
-    (4.5 nm, 256², in focus) graphene scores 1.00 at 32 µs, 0.998 at 8 µs, 0.82 at 2 µs and
-    0.73 at 0.2 µs; at 32 µs, 1.00 / 0.81 / 0.73 with 3 / 6 / 12 nm defocus; a frame of vacuum
-    0.73 (regularity ~0.2). Raise ``w_lat`` to widen that gap. Coarser frames and non-frame
-    results score 0.
+    w_lat · regularity · completeness^(1 + coordination)
+    (:func:`~scopegym.rewards.atoms.score_atoms`), in [0, 1] with the default weights. It is
+    high for sharp, well-exposed atomic-resolution frames of the expected lattice and falls with
+    noise, blur, contamination and holes, and with atoms the tuned finder misses. QC and ER can
+    be met by thresholding noise, so only the lattice term separates a lattice from noise: on
+    the twin (4.5 nm, 256², in focus) graphene scores 1.00 at 32 µs, 0.97 at 8 µs, 0.74 at 2 µs
+    and 0.69 at 0.2 µs; at 32 µs, 1.00 / 0.75 / 0.70 with 3 / 6 / 12 nm defocus; a frame of
+    vacuum 0.70 (regularity ~0.2). Raise ``w_lat`` to widen that gap. Coarser frames and
+    non-frame results score 0.
 
     Args:
         atoms_per_nm2: Areal density of atom columns [1/nm²]; graphene 38.2.

@@ -2,9 +2,12 @@
 
 The expected detector signal is the incoherent image of point scatterers (AtomVision, seed 002):
 each atom column contributes its HAADF cross-section σ_Z [nm²] (times the atoms in the column)
-times the probe intensity P(r − r_i) [1/nm²], which the FFT convolution evaluates for all pixels
-at once. The raster is not ideal: the specimen drifts during the scan (each line starts later
-than the previous by the line time plus flyback) and each line is displaced by a random jitter.
+times the intensity P(r_i − r) [1/nm²] that the probe centred on the pixel position r puts on the
+atom at r_i, which the FFT convolution with the point-reflected probe evaluates for all pixels at
+once (:func:`~scopegym.sim.optics.scan_transfer`; the reflection matters for the odd-order
+aberrations, coma and three-fold astigmatism). The raster is not ideal: the specimen drifts
+during the scan (each line starts later than the previous by the line time plus flyback) and each
+line is displaced by a random jitter.
 Drift is applied exactly to the atom positions; jitter is applied per line after the convolution.
 
 When pixels are too large to resolve atoms the image is the atom-averaged scattering of the
@@ -14,14 +17,17 @@ mean as the atomic image.
 
 from __future__ import annotations
 
+import functools
+import math
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import scipy.constants
 import scipy.fft
 
-from scopegym.sim import noise
-from scopegym.sim.optics import Optics, probe_radius_nm, psf_transfer
+from scopegym.sim import channelling, noise
+from scopegym.sim.optics import Optics, probe_radius_nm, scan_transfer
 from scopegym.sim.scattering import cross_sections_for
 from scopegym.sim.specimen import Specimen
 
@@ -147,8 +153,68 @@ class RasterGeometry:
         return x0 - reach, y0 - reach, x0 + span + reach, y0 + span + reach
 
 
+MAX_PADDED_SIDE_PX = 2048
+"""Largest convolution grid a frame may grow to through its probe margin and oversampling [px].
+
+Only frames far finer than the probe's blur reach it (a 64 px frame of 0.06 nm pixels under a
+micrometre of defocus, whose probe is 60 nm wide); their probe tails beyond the margin then wrap
+around the grid, over an image that such a probe has blurred nearly flat. It bounds the work
+and memory of one frame whatever the optics (about 1 s and 0.5 GB at the bound).
+"""
+
+
 def _padded_size(size_px: int, pad: int) -> int:
     return int(scipy.fft.next_fast_len(size_px + 2 * pad, real=True))
+
+
+RENDER_BAND_FRACTION = 0.4
+"""Largest probe band limit, in cycles per pixel of the grid an image is computed on.
+
+The probe intensity carries spatial frequencies up to ``2 alpha / lambda`` (twice the aperture).
+Atoms are deposited on the grid bilinearly, which blurs them by up to a pixel; while the band
+limit stays below 0.4 cycles per pixel that blur costs a column peak under about 1 % (SrTiO3 at
+200 kV: rendering twice as fine changes peaks by < 0.5 %). Coarser frames are computed on a
+grid finer by an integer factor and sampled at their pixel centres.
+"""
+
+
+def render_oversampling(
+    optics: Optics, pixel_nm: float, padded_px: int, exact_deposit: bool = False
+) -> int:
+    """Integer factor by which a frame's grid is refined to image its atoms without blur.
+
+    Args:
+        optics: Probe optics (the band limit is ``2 alpha_edge / lambda``).
+        pixel_nm: Frame pixel [nm].
+        padded_px: Side of the frame's padded grid [px]; the fine grid stays within
+            :data:`MAX_PADDED_SIDE_PX`, so very coarse frames keep some blur.
+        exact_deposit: Atoms are deposited as sampled Gaussians (thick crystals), not bilinearly:
+            then the grid only has to sample the probe's band (0.5 cycles per pixel).
+
+    Returns:
+        ``q >= 1``.
+    """
+    band_per_nm = 2.0 * optics.aperture_edge_per_nm
+    limit = 0.5 if exact_deposit else RENDER_BAND_FRACTION
+    needed = math.ceil(band_per_nm * pixel_nm / limit - 1e-9)
+    return max(1, min(needed, MAX_PADDED_SIDE_PX // max(padded_px, 1)))
+
+
+_MIN_DEPOSIT_SIGMA_PX = 0.5
+"""Narrowest Gaussian deposit [px]: a narrower one is no longer sampled by the grid."""
+
+
+def _probe_pad_px(optics: Optics, pixel_nm: float, size_px: int, extra_nm: float = 0.0) -> int:
+    """Margin around a frame that holds the tails of atoms just outside it [px].
+
+    The probe's 99 % radius, plus ``extra_nm`` (a thick crystal's cross-talk), plus two pixels,
+    rounded up to 8 px so that small changes of the probe keep the padded grid, and with it the
+    cached transfer function's shape. It is not capped at the frame size: a frame smaller than
+    the probe would otherwise wrap the probe's tails back into itself.
+    """
+    radius = probe_radius_nm(optics) + extra_nm
+    pad = int(8 * math.ceil((radius / pixel_nm + 2) / 8))
+    return min(pad, max(size_px, (MAX_PADDED_SIDE_PX - size_px) // 2))
 
 
 def _atom_pixel_coordinates(
@@ -194,6 +260,56 @@ def _splat(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, size: int) -
     return np.bincount(index, weights=values, minlength=size * size).reshape(size, size)
 
 
+@numba.njit(cache=True, nogil=True)
+def _gaussian_splat_kernel(
+    rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, sigmas: np.ndarray, out: np.ndarray
+) -> None:
+    size = out.shape[0]
+    for i in range(rows.shape[0]):
+        sigma = sigmas[i]
+        reach = int(math.ceil(3.0 * sigma))
+        r0 = int(math.floor(rows[i])) - reach
+        c0 = int(math.floor(cols[i])) - reach
+        span = 2 * reach + 2
+        wy = np.empty(span)
+        wx = np.empty(span)
+        for j in range(span):
+            dy = (r0 + j - rows[i]) / sigma
+            dx = (c0 + j - cols[i]) / sigma
+            wy[j] = math.exp(-0.5 * dy * dy)
+            wx[j] = math.exp(-0.5 * dx * dx)
+        # Normalised samples: each atom deposits exactly its weight.
+        scale = weights[i] / (wy.sum() * wx.sum())
+        for j in range(span):
+            r = r0 + j
+            if r < 0 or r >= size:
+                continue
+            row_weight = scale * wy[j]
+            for k in range(span):
+                c = c0 + k
+                if 0 <= c < size:
+                    out[r, c] += row_weight * wx[k]
+
+
+def _gaussian_splat(
+    rows: np.ndarray, cols: np.ndarray, weights: np.ndarray, sigmas_px: np.ndarray, size: int
+) -> np.ndarray:
+    """Deposit each point as a sampled Gaussian of its own standard deviation [px].
+
+    Unlike the bilinear deposit, the samples are exact at any sub-pixel position, so a column
+    narrower than a pixel is not blurred by where it falls between pixels.
+    """
+    out = np.zeros((size, size))
+    _gaussian_splat_kernel(
+        np.ascontiguousarray(rows, np.float64),
+        np.ascontiguousarray(cols, np.float64),
+        np.ascontiguousarray(weights, np.float64),
+        np.ascontiguousarray(sigmas_px, np.float64),
+        out,
+    )
+    return out
+
+
 def _shift_rows(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
     """Resample each row at x + shift (linear interpolation, edges clamped)."""
     n_rows, n_cols = image.shape
@@ -203,6 +319,26 @@ def _shift_rows(image: np.ndarray, shift_px: np.ndarray) -> np.ndarray:
     frac = np.clip(source - np.floor(source), 0.0, 1.0)
     rows = np.arange(n_rows)[:, None]
     return image[rows, left] * (1.0 - frac) + image[rows, right] * frac
+
+
+@functools.lru_cache(maxsize=32)
+def _thick_crystal_transfer(
+    optics: Optics,
+    padded_shape: tuple[int, int],
+    pixel_nm: float,
+    broad_fraction: float,
+    broad_sigma_nm: float,
+) -> np.ndarray:
+    """The scanned image's transfer times ``(1 - f) + f G_b``, for Gaussian-deposited columns."""
+    ky = scipy.fft.fftfreq(padded_shape[0], pixel_nm)
+    kx = scipy.fft.rfftfreq(padded_shape[1], pixel_nm)
+    k2 = ky[:, None] ** 2 + kx[None, :] ** 2
+    spread = (1.0 - broad_fraction) + broad_fraction * np.exp(
+        -2.0 * math.pi**2 * broad_sigma_nm**2 * k2
+    )
+    transfer = (scan_transfer(optics, padded_shape, pixel_nm) * spread).astype(np.complex64)
+    transfer.setflags(write=False)
+    return transfer
 
 
 @dataclass(frozen=True)
@@ -237,18 +373,55 @@ def _expected_image(
             values = specimen.areal_scattering(xy, optics.voltage_kV).reshape(n, n)
         return _ExpectedImage(values, (0, 0), 1.0, np.zeros(n))
 
-    radius = probe_radius_nm(optics)
-    # Rounded up to 8 px so that small changes of the probe keep the padded grid, and with it
-    # the cached transfer function's shape.
-    pad = int(min(8 * np.ceil((radius / p + 2) / 8), n))
-    size = _padded_size(n, pad)
+    kernels: tuple[channelling.ColumnKernel, ...] = ()
+    if specimen.family.repeat_nm > 0 and channelling.has_table():
+        center = np.asarray([geometry.center_nm], float)
+        kernels = channelling.column_kernels(
+            optics.voltage_kV, float(specimen.column_repeats(center)[0])
+        )
+    extra_nm = max((3.0 * k.broad_sigma_nm for k in kernels), default=0.0)
+    pad = _probe_pad_px(optics, p, n, extra_nm)
     atoms = specimen.atoms_in(*geometry.bounds_nm(pad * p))
-    weights = cross_sections_for(atoms.numbers, optics.voltage_kV) * atoms.counts
     rows, cols = _atom_pixel_coordinates(atoms.xy, geometry)
-    grid = _splat(rows + pad, cols + pad, weights, size).astype(np.float32)
-    transfer = psf_transfer(optics, (size, size), p)
-    image = scipy.fft.irfft2(scipy.fft.rfft2(grid) * transfer, s=(size, size))
-    return _ExpectedImage(image, (pad, pad), 1.0 / (p * p), geometry.line_jitter_nm / p)
+    # Pixels coarser than the probe: render on a finer grid and keep every q-th sample, so that
+    # the image is the probe's signal at the pixel centres, not blurred by the deposit.
+    q = render_oversampling(optics, p, n + 2 * pad, exact_deposit=bool(kernels))
+    fine_p = p / q
+    size = _padded_size((n + 2 * pad) * q, 0)
+    fine_rows, fine_cols = (rows + pad) * q, (cols + pad) * q
+    if not kernels:
+        weights = cross_sections_for(atoms.numbers, optics.voltage_kV) * atoms.counts
+        grid = _splat(fine_rows, fine_cols, weights, size).astype(np.float32)
+        spectrum = scipy.fft.rfft2(grid) * scan_transfer(optics, (size, size), fine_p)
+    else:
+        # A thick column images as (1 - f) P(-r) * G_s + f G_b with s per column type. Each column
+        # is deposited as its own Gaussian G_s (sampled exactly at its sub-pixel position), and
+        # the broad part G_b = G_s * G_b' with one b' = sqrt(b^2 - mean s^2) for all types: one
+        # FFT pair whatever the number of types.
+        weights, kinds = channelling.thick_columns(
+            atoms.xy,
+            atoms.numbers,
+            atoms.counts,
+            specimen.column_repeats(atoms.xy),
+            optics.voltage_kV,
+        )
+        broadening = np.array([k.broadening_nm for k in kernels])
+        sigmas_px = np.maximum(broadening[kinds] / fine_p, _MIN_DEPOSIT_SIGMA_PX)
+        grid = _gaussian_splat(fine_rows, fine_cols, weights, sigmas_px, size).astype(np.float32)
+        kernel = kernels[0]
+        broad_sigma = math.sqrt(max(kernel.broad_sigma_nm**2 - float(np.mean(broadening**2)), 0.0))
+        transfer = _thick_crystal_transfer(
+            optics,
+            (size, size),
+            fine_p,
+            round(kernel.broad_fraction, 4),
+            round(broad_sigma, 5),
+        )
+        spectrum = scipy.fft.rfft2(grid) * transfer
+    image = scipy.fft.irfft2(spectrum, s=(size, size))
+    if q > 1:
+        image = image[::q, ::q]
+    return _ExpectedImage(image, (pad, pad), 1.0 / (fine_p * fine_p), geometry.line_jitter_nm / p)
 
 
 def scattered_fraction(

@@ -45,6 +45,7 @@ __all__ = [
     "probe_intensity",
     "probe_radius_nm",
     "psf_transfer",
+    "scan_transfer",
 ]
 
 FloatArray = npt.NDArray[np.float64]
@@ -62,6 +63,18 @@ An aberration-free probe holds ``1 - J0(v)^2 - J1(v)^2 ~ 1 - 2 / (pi v)`` of its
 inside ``v = 2 pi alpha r / lambda`` (Born and Wolf, Principles of Optics, 7th ed., sec. 8.5.2),
 so about 0.25 % falls outside 40 lambda / alpha.
 """
+
+_CACHED_GRID_POINTS = 1024 * 1024
+"""Probe grids larger than this are computed without caching their aperture arrays."""
+
+_GEOMETRIC_REGIME_DIFFRACTION_LIMITS = 16.0
+"""Ray-optics blur, in units of lambda / alpha, beyond which probe radii come from ray optics."""
+
+_GEOMETRIC_RIM_DIFFRACTION_LIMITS = 8.0
+"""Diffraction rim added to the ray-optics blur radius, in units of lambda / alpha.
+
+Larger than the 6.3 lambda / alpha that holds 99 % of an aberration-free probe, so the margin it
+sizes is never too small."""
 
 _KRIVANEK_NAME = re.compile(r"^C(?P<order>\d)(?P<fold>\d)(?P<part>[ab]?)$")
 
@@ -417,8 +430,31 @@ class _PupilSupport:
     ky_per_nm: FloatArray
 
 
-@functools.lru_cache(maxsize=16)
 def _pupil_support(
+    shape: tuple[int, int],
+    pixel_nm: float,
+    voltage_kV: float,
+    convergence_mrad: float,
+    rolloff_mrad: float,
+) -> _PupilSupport:
+    """The aperture's grid points, cached for grids up to :data:`_CACHED_GRID_POINTS`."""
+    if shape[0] * shape[1] > _CACHED_GRID_POINTS:
+        return _pupil_support_of(shape, pixel_nm, voltage_kV, convergence_mrad, rolloff_mrad)
+    return _cached_pupil_support(shape, pixel_nm, voltage_kV, convergence_mrad, rolloff_mrad)
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_pupil_support(
+    shape: tuple[int, int],
+    pixel_nm: float,
+    voltage_kV: float,
+    convergence_mrad: float,
+    rolloff_mrad: float,
+) -> _PupilSupport:
+    return _pupil_support_of(shape, pixel_nm, voltage_kV, convergence_mrad, rolloff_mrad)
+
+
+def _pupil_support_of(
     shape: tuple[int, int],
     pixel_nm: float,
     voltage_kV: float,
@@ -587,7 +623,9 @@ def _probe_at_origin(
         optics.aperture_rolloff_mrad,
     )
     support = _pupil_support(*grid_key)
-    if single:
+    # Huge grids (a probe blurred over tens of nm on fine pixels) skip the cached basis, which
+    # would hold 64 bytes per aperture point for every such grid.
+    if single and fine_shape[0] * fine_shape[1] <= _CACHED_GRID_POINTS:
         basis, amplitude = _phase_basis(*grid_key, factor)
         # A loop of multiply-adds over the non-zero terms, not a BLAS product: threaded
         # BLAS stalls for milliseconds when other processes keep the cores busy.
@@ -703,6 +741,46 @@ def psf_transfer(
     return _psf_transfer_cached(optics, shape, pixel)
 
 
+@functools.lru_cache(maxsize=32)
+def _scan_transfer_cached(
+    optics: Optics, padded_shape: tuple[int, int], pixel_nm: float
+) -> npt.NDArray[np.complex64]:
+    intensity = _probe_at_origin(optics, padded_shape, pixel_nm, single=True)
+    intensity *= np.float32(1.0 / float(intensity.sum(dtype=np.float64)))
+    # P is real, so the transform of P(-r) is the complex conjugate of the transform of P(r).
+    transfer = np.conj(scipy.fft.rfft2(intensity, overwrite_x=True)).astype(np.complex64)
+    transfer.setflags(write=False)
+    return transfer
+
+
+def scan_transfer(
+    optics: Optics, padded_shape: tuple[int, int], pixel_nm: float
+) -> npt.NDArray[np.complex64]:
+    """Transfer function of a scanned incoherent (HAADF) image: the probe point-reflected.
+
+    A probe centred on ``R`` meets an atom at ``r_i`` with intensity ``P(r_i - R)``, so the
+    scanned image of point scatterers ``O`` is ``O`` convolved with ``P(-r)``, not with ``P(r)``.
+    The two differ only through the odd-order aberrations (C21, C23, C41, C43, C45), whose
+    ``chi`` changes sign under ``k -> -k``: an image made with :func:`psf_transfer` would show
+    coma and three-fold astigmatism point-reflected.
+
+    ``irfft2(rfft2(image) * scan_transfer(...), s=padded_shape)`` is the scanned image of
+    ``image`` without a shift. Results are cached (32 most recent) and returned read-only.
+
+    Args:
+        optics: Probe optics.
+        padded_shape: Shape ``(ny, nx)`` of the (padded) grid the convolution runs on.
+        pixel_nm: Pixel size [nm].
+
+    Returns:
+        complex64 array of shape ``(ny, nx // 2 + 1)``, the complex conjugate of
+        :func:`psf_transfer`; its ``[0, 0]`` entry is 1.
+
+    """
+    shape, pixel = _validated_grid(padded_shape, pixel_nm)
+    return _scan_transfer_cached(optics, shape, pixel)
+
+
 @functools.lru_cache(maxsize=256)
 def probe_radius_nm(optics: Optics, fraction: float = 0.99) -> float:
     """Radius of the disc around the probe position holding a fraction of its intensity.
@@ -716,7 +794,9 @@ def probe_radius_nm(optics: Optics, fraction: float = 0.99) -> float:
     where a perfectly sharp aperture (Airy, ``1 - J0(v)^2 - J1(v)^2``) would hold 98.4 %.
     Wider grids give somewhat larger radii (6.8 lambda / alpha on a grid 56 lambda / alpha
     wide), so optics on either side of a grid step can differ by that much. About 2 ms for new
-    optics once the grid is cached; results are cached (256 most recent).
+    optics once the grid is cached; results are cached (256 most recent). Probes whose ray-optics
+    blur exceeds 16 lambda / alpha (60 kV, 30 mrad: C10 beyond about 90 nm) get the ray-optics
+    radius plus 8 lambda / alpha instead, an upper bound found without a grid.
 
     Args:
         optics: Probe optics.
@@ -731,15 +811,20 @@ def probe_radius_nm(optics: Optics, fraction: float = 0.99) -> float:
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+    diffraction_nm = optics.wavelength_nm / (optics.convergence_mrad * 1e-3)
+    geometric_nm = _geometric_blur_radius_nm(optics)
+    if geometric_nm > _GEOMETRIC_REGIME_DIFFRACTION_LIMITS * diffraction_nm:
+        # Ray optics: every ray lands within the geometric blur; diffraction adds a rim of a few
+        # lambda / alpha. The exact evaluation would need a grid hundreds of radii wide.
+        return geometric_nm + _GEOMETRIC_RIM_DIFFRACTION_LIMITS * diffraction_nm
     # The intensity spectrum reaches twice the aperture edge; sampling it without aliasing makes
     # the DFT of the samples equal the Fourier coefficients of the (periodic) intensity, and
     # the encircled intensity follows exactly from them (see _encircled_fraction).
     pixel_nm = 1.0 / (4.0 * NYQUIST_MARGIN * optics.aperture_edge_per_nm)
-    diffraction_nm = optics.wavelength_nm / (optics.convergence_mrad * 1e-3)
     # Extents come in steps of sqrt(2) so that successive optics share grids and caches.
     extent_nm = 48.0 * diffraction_nm
     # Small aberrations stay on the base grid; the check below widens it if the radius needs.
-    while extent_nm < 8.0 * _geometric_blur_radius_nm(optics):
+    while extent_nm < 8.0 * geometric_nm:
         extent_nm *= math.sqrt(2.0)
     max_side = 4096
     while True:

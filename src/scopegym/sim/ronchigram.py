@@ -318,7 +318,6 @@ def ronchigram_grid(optics: Optics, size_px: int, max_angle_mrad: float) -> Ronc
     # L = k * size * lambda / (2 theta): the camera field holds k * size samples lambda / L apart.
     window_per_bin_nm = size * wavelength / (2.0 * theta)
     needed_window_nm = _PROBE_DIAMETERS_PER_WINDOW * probe_diameter_nm(optics)
-    k = max(math.ceil(_MIN_CAMERA_SAMPLES / size), math.ceil(needed_window_nm / window_per_bin_nm))
     edge_mrad = optics.convergence_mrad + 0.5 * optics.aperture_rolloff_mrad
     reach = (max_angle_mrad + edge_mrad) / max_angle_mrad  # Nyquist / camera half-width
 
@@ -328,6 +327,15 @@ def ronchigram_grid(optics: Optics, size_px: int, max_angle_mrad: float) -> Ronc
         side = int(scipy.fft.next_fast_len(math.ceil(samples * reach) + 2))
         return side + (side - samples) % 2  # camera block centred in the grid
 
+    # The largest bin factor whose grid fits, found directly rather than by stepping down from
+    # the factor three probe diameters ask for (about 1e11 steps for a 1 mm defocus). A grid
+    # side is at least bins * size * reach + 2, so no factor above `fits` can fit (one more
+    # than the bound, against rounding). Below it only next_fast_len's rounding and the parity
+    # step can push a side past the bound, and fast lengths are dense below it (1000, 1008,
+    # 1024), so the loop steps at most twice (checked for every camera size up to 2048).
+    fits = math.floor((_MAX_GRID_SIDE_PX - 2) / (size * reach)) + 1
+    wanted = needed_window_nm / window_per_bin_nm
+    k = max(math.ceil(_MIN_CAMERA_SAMPLES / size), math.ceil(min(wanted, fits)))
     while k > 1 and side_for(k) > _MAX_GRID_SIDE_PX:
         k -= 1
     side = side_for(k)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.spatial import cKDTree
 
+from scopegym.sim import channelling
 from scopegym.sim.scattering import SYMBOLS, haadf_cross_section_nm2
 
 TILE_NM = 8.0
@@ -542,7 +543,14 @@ class Specimen:
             factor[inside] = self.family.hotspot_multiplier
         return factor
 
-    def _column_repeats(self, xy: np.ndarray) -> np.ndarray:
+    def column_repeats(self, xy: np.ndarray) -> np.ndarray:
+        """Unit cells along the beam at each point [1]: the wedge's thickness / repeat distance.
+
+        1 everywhere for 2D materials (``repeat_nm == 0``).
+
+        Args:
+            xy: Points [nm], shape (n, 2).
+        """
         fam = self.family
         if fam.repeat_nm <= 0:
             return np.ones(len(xy))
@@ -688,7 +696,7 @@ class Specimen:
 
         numbers = numbers_of_basis[b_idx].copy()
         numbers[dopant] = dopant_of_basis[b_idx][dopant]
-        counts = counts_of_basis[b_idx] * self._column_repeats(xy).astype(np.float32)
+        counts = counts_of_basis[b_idx] * self.column_repeats(xy).astype(np.float32)
         # A vacancy in a multi-atom column (S2, or a thick crystal column) removes one atom.
         partial = vacancy & (counts > 1.0)
         counts[partial] -= 1.0
@@ -959,11 +967,14 @@ class Specimen:
 
         """
         fam = self.family
-        sigma_cell = sum(
-            b.count * haadf_cross_section_nm2(b.atomic_number, voltage_kV) for b in fam.basis
-        )
-        per_area = sigma_cell / fam.cell_area_nm2
-        film = np.where(self.in_hole(xy), 0.0, per_area * self._column_repeats(xy))
+        if fam.repeat_nm > 0 and channelling.has_table():
+            film = self._thick_film_scattering(xy, voltage_kV)
+        else:
+            sigma_cell = sum(
+                b.count * haadf_cross_section_nm2(b.atomic_number, voltage_kV) for b in fam.basis
+            )
+            per_area = sigma_cell / fam.cell_area_nm2
+            film = np.where(self.in_hole(xy), 0.0, per_area * self.column_repeats(xy))
         if fam.repeat_nm <= 0:
             film = film * (1.0 + self._island_mask(xy))
         sigma_amorphous = (
@@ -975,6 +986,22 @@ class Specimen:
             _AMORPHOUS_DENSITY_PER_NM3 * sigma_amorphous * self.contamination_thickness(xy)
         )
         return np.asarray(film + contamination)
+
+    def _thick_film_scattering(self, xy: np.ndarray, voltage_kV: float) -> np.ndarray:
+        """Mean scattering per area of a thick crystal, channelling included (frozen phonons)."""
+        fam = self.family
+        columns: dict[tuple[float, float], list[BasisSite]] = {}
+        for site in fam.basis:
+            columns.setdefault(site.frac, []).append(site)
+        numbers = [np.array([s.atomic_number for s in sites]) for sites in columns.values()]
+        per_cell = [np.array([s.count for s in sites], float) for sites in columns.values()]
+        cells = self.column_repeats(xy)
+        unique_cells, inverse = np.unique(cells, return_inverse=True)
+        per_area = (
+            channelling.areal_efficiency(numbers, per_cell, unique_cells, voltage_kV)
+            / fam.cell_area_nm2
+        )
+        return np.where(self.in_hole(xy), 0.0, per_area[inverse.ravel()])
 
     def areal_scattering_coarse(self, xy: np.ndarray, voltage_kV: float) -> np.ndarray:
         """:meth:`areal_scattering` interpolated from a cached 2 nm map, for large pixels.

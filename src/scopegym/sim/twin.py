@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import fft as sp_fft
 
 from scopegym.instrument import (
     Command,
@@ -36,14 +37,24 @@ from scopegym.instrument import (
     RonchigramImage,
     SampleSpec,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     Zoom,
     validate,
 )
 from scopegym.instrument.aberrations import TUNABLE_ABERRATIONS
+from scopegym.instrument.errors import CommandLimitError
+from scopegym.instrument.limits import validate_sample
+from scopegym.sim.beam_shift import BeamShift, BeamShiftParams
 from scopegym.sim.damage import DamageModel, displacement_probability
-from scopegym.sim.eels import EELSConditions, EnergyAxis, acquire_spectrum
+from scopegym.sim.eels import (
+    DELOCALISATION_NODES_EV,
+    EELSConditions,
+    EnergyAxis,
+    acquire_spectrum,
+    object_function_kernels,
+)
 from scopegym.sim.imaging import (
     HAADFDetector,
     RasterGeometry,
@@ -57,6 +68,7 @@ from scopegym.sim.ronchigram import ronchigram_grid, ronchigram_intensity
 from scopegym.sim.scattering import SYMBOLS
 from scopegym.sim.specimen import (
     EDGE,
+    FAMILIES,
     SITE_NAMES,
     VACANCY_NEIGHBOR,
     Defect,
@@ -72,9 +84,21 @@ _DAMAGE_SITE: tuple[str | None, ...] = tuple(
     {"dopant": "lattice", "amorphous": None}.get(name, name) for name in SITE_NAMES
 )
 _UNDERCOORDINATED = np.array([EDGE, VACANCY_NEIGHBOR], dtype=np.int8)
-_EELS_PROBE_GRID = 64  # pixels per side of the cached probe used to weight spectra
+_EELS_PROBE_GRID = 64  # pixels per side of the cached probe used for dose and damage
 _EELS_PROBE_PIXEL_NM = 0.01
-_EELS_DELOCALIZATION_NM = 0.05  # inelastic delocalisation for core losses of a few hundred eV
+# Blur of that probe [nm]. It was the spectra's delocalisation for every loss; spectra now use
+# the loss-dependent object function (_eels_kernels), and dose and damage keep the blur so that
+# their figures do not move.
+_EELS_DELOCALIZATION_NM = 0.05
+# Window of the spectrum weights: 128 pixels of 0.01 nm, 1.28 nm across. A probe parked in it
+# weighs atoms by the probe convolved with each node's object function; the object function's
+# part beyond the window (most of it below ~50 eV, where b = v / omega exceeds 1 nm at 60 kV)
+# weighs the window's mean composition.
+_EELS_WEIGHT_GRID = 128
+_EELS_WEIGHT_PIXEL_NM = 0.01
+# Tag of the beam-shift calibration's own generator: drawing it from the session's generator
+# would change every later frame of every seed, shift or no shift.
+_BEAM_SHIFT_STREAM = 0x5B1F7
 
 
 @dataclass(frozen=True)
@@ -93,8 +117,11 @@ class TwinConfig:
         detector: HAADF detector chain.
         timing: Scan generator timing.
         stage: Stage error model.
+        beam_shift: Beam/image-shift deflectors: calibration error, lag, drift and settling
+            time of a Shift.
         damage: Knock-on damage model; None disables beam damage.
-        eels: EELS spectrometer and camera.
+        eels: EELS spectrometer and camera; spectra use the beam's own voltage (the optics') and
+            current (``beam_current_pA``), not the ones this was built with.
         energy_axis: Spectrometer energy axis.
         zoom_time_s: Time to change magnification [s].
         tune_time_s: Time to change one aberration coefficient and let the lenses settle [s].
@@ -118,6 +145,7 @@ class TwinConfig:
     detector: HAADFDetector = field(default_factory=HAADFDetector)
     timing: RasterTiming = field(default_factory=RasterTiming)
     stage: StageParams = field(default_factory=StageParams)
+    beam_shift: BeamShiftParams = field(default_factory=BeamShiftParams)
     damage: DamageModel | None = field(default_factory=DamageModel)
     eels: EELSConditions = field(default_factory=EELSConditions)
     energy_axis: EnergyAxis = field(default_factory=EnergyAxis)
@@ -235,6 +263,14 @@ class GroundTruth:
         """Sum of all commanded moves [nm]."""
         return self._twin._stage.commanded_nm
 
+    def beam_shift_actual_nm(self) -> tuple[float, float]:
+        """True displacement of the view by the beam-shift deflectors now [nm].
+
+        The reported shift (the sum of Shift commands) differs by the deflectors' calibration
+        error, lag and drift.
+        """
+        return self._twin._beam_shift.displacement_nm(self._twin._elapsed_s)
+
     @property
     def damage_events(self) -> list[str]:
         """Knock-on events so far, oldest first."""
@@ -304,6 +340,9 @@ class TwinMicroscope:
         self.specimen = Specimen(self.family, seed=self.seed, size_nm=cfg.specimen_size_nm)
         self._world_origin_nm = (0.5 * cfg.specimen_size_nm, 0.5 * cfg.specimen_size_nm)
         self._stage = Stage(cfg.stage, self.rng)
+        self._beam_shift = BeamShift(
+            cfg.beam_shift, np.random.default_rng([self.seed, _BEAM_SHIFT_STREAM])
+        )
         self._residual_nm = {name: 0.0 for name in TUNABLE_ABERRATIONS}
         self._residual_nm.update(dict(cfg.initial_aberrations_nm))
         self._residual_nm.update(residual_nm or {})
@@ -321,15 +360,40 @@ class TwinMicroscope:
         self._n_spectra = 0
         self._damage_events: list[str] = []
         self._probe_cache: tuple[Optics, np.ndarray, float] | None = None
+        self._eels_cache: tuple[Optics, np.ndarray, np.ndarray] | None = None
         self._read_encoders()
 
     def load_sample(self, sample: SampleSpec) -> None:
         """Load a sample: a new specimen, fresh clock and dose, and its residual aberrations.
 
+        The sample is checked first (:func:`~scopegym.instrument.limits.validate_sample`: the
+        residual aberrations lie inside the limits' ``aberration_nm`` bounds, the seed is a
+        whole number) and the family must be one the twin knows; a refused sample changes
+        nothing.
+
         Args:
             sample: Family, seed and residual aberrations to start from.
+
+        Raises:
+            CommandLimitError: A residual aberration is outside its bound (or has none), the
+                seed is out of range, or the family is unknown.
+            CommandTypeError: The seed or an aberration has the wrong type.
+            UnknownAberrationError: An aberration name is unknown.
         """
-        self.reset(seed=sample.seed, family=sample.family, residual_nm=sample.aberrations_nm)
+        family = sample.family
+        if not isinstance(family, SpecimenFamily) and not (
+            isinstance(family, str) and family in FAMILIES
+        ):
+            raise CommandLimitError(
+                "load_sample",
+                "family",
+                family,
+                "",
+                ", ".join(sorted(FAMILIES)),
+                reason="is not a specimen family of the twin; known:",
+            )
+        checked = validate_sample(sample, self._limits)
+        self.reset(seed=checked.seed, family=family, residual_nm=checked.aberrations_nm)
 
     def blank_beam(self) -> None:
         """Blank the beam (the safety layer's emergency stop); safe to call more than once.
@@ -337,7 +401,8 @@ class TwinMicroscope:
         While blanked the twin delivers no dose: a Scan, Spectrum or Ronchigram that passes
         validation raises :class:`InstrumentError` and changes nothing (no time, no dose, no
         randomness used).
-        Zoom, Move and Tune still work, as the lenses and the stage do not need the beam.
+        Zoom, Move, Tune and Shift still work: the lenses, stage and deflectors do not need
+        the beam.
         :meth:`unblank_beam`, :meth:`reset` and :meth:`load_sample` unblank it.
         """
         self._beam_blanked = True
@@ -376,8 +441,11 @@ class TwinMicroscope:
 
     def _build_state(self) -> InstrumentState:
         x, y = self._reported_nm
+        shift_x, shift_y = self._beam_shift.commanded_nm
         aberrations = dict(self._corrector_nm)
         return InstrumentState(
+            shift_x_nm=shift_x,
+            shift_y_nm=shift_y,
             stage_x_nm=x,
             stage_y_nm=y,
             fov_nm=self._fov_nm,
@@ -405,7 +473,7 @@ class TwinMicroscope:
         Returns:
             A :class:`Frame` for :class:`Scan`, an :class:`EELSSpectrum` for :class:`Spectrum`,
             a :class:`RonchigramImage` for :class:`Ronchigram`, and the new
-            :class:`InstrumentState` otherwise.
+            :class:`InstrumentState` otherwise (Zoom, Move, Tune, Shift).
 
         Raises:
             CommandLimitError: The command is outside the limits; nothing changed.
@@ -433,6 +501,9 @@ class TwinMicroscope:
         elif isinstance(command, Move):
             duration = self._stage.move(command.dx_nm, command.dy_nm, self._elapsed_s)
             self._advance(duration)
+        elif isinstance(command, Shift):
+            duration = self._beam_shift.shift(command.dx_nm, command.dy_nm, self._elapsed_s)
+            self._advance(duration)
         elif isinstance(command, Tune):
             name = command.aberration
             self._corrector_nm[name] += float(command.delta_nm)
@@ -449,11 +520,15 @@ class TwinMicroscope:
 
     def _view_center_nm(self) -> tuple[float, float]:
         ax, ay = self._stage.actual_nm
-        return self._world_origin_nm[0] + ax, self._world_origin_nm[1] + ay
+        # The deflection at the start of the command: its lag and drift move the view by far
+        # less than a pixel within one frame.
+        sx, sy = self._beam_shift.displacement_nm(self._elapsed_s)
+        return self._world_origin_nm[0] + ax + sx, self._world_origin_nm[1] + ay + sy
 
     def _advance(self, duration_s: float) -> None:
         self._state = None
         self._stage.advance(self._elapsed_s, self._elapsed_s + duration_s)
+        self._beam_shift.advance(self._elapsed_s, self._elapsed_s + duration_s)
         self._elapsed_s += duration_s
 
     def _raster(self, size_px: int, dwell_us: float) -> RasterGeometry:
@@ -499,6 +574,7 @@ class TwinMicroscope:
         size, dwell = int(command.size_px), float(command.dwell_us)
         start = self._elapsed_s
         reported = self._reported_nm
+        shift = self._beam_shift.commanded_nm
         geometry = self._raster(size, dwell)
         counts = acquire_haadf(
             self.specimen,
@@ -532,6 +608,8 @@ class TwinMicroscope:
             start_time_s=start,
             end_time_s=self._elapsed_s,
             detector=command.detector,
+            shift_x_nm=shift[0],
+            shift_y_nm=shift[1],
         )
 
     def _probe_weights(self) -> tuple[np.ndarray, float]:
@@ -550,10 +628,101 @@ class TwinMicroscope:
         self._probe_cache = (self._optics, intensity, p)
         return intensity, p
 
+    def _eels_conditions(self) -> EELSConditions:
+        """The spectrometer settings with the beam's own voltage and current.
+
+        The beam has one voltage and one current: those of the optics and of the config, not
+        the defaults an ``EELSConditions`` was built with.
+        """
+        return dataclasses.replace(
+            self.config.eels,
+            voltage_kV=self._optics.voltage_kV,
+            beam_current_pA=self.config.beam_current_pA,
+        )
+
+    def _eels_kernels(self) -> tuple[np.ndarray, np.ndarray]:
+        """Probe intensity convolved with each node's object function, and its mass inside.
+
+        Returns:
+            Kernels on the weight window, the probe at pixel (n // 2, n // 2), as an array of
+            shape (n * n, nodes) with pixel (row, column) at row * n + column [1/nm²]; and the
+            fraction of each node's kernel inside the window.
+        """
+        cached = self._eels_cache
+        if cached is not None and cached[0] == self._optics:
+            return cached[1], cached[2]
+        n, p = _EELS_WEIGHT_GRID, _EELS_WEIGHT_PIXEL_NM
+        objects = object_function_kernels(self._eels_conditions(), n, p, DELOCALISATION_NODES_EV)
+        probe = probe_intensity(self._optics, (n, n), p, centered=True)  # sums to 1
+        # Zero-padded to 2n: a linear convolution, so nothing wraps round the window.
+        spectrum = sp_fft.rfft2(probe, s=(2 * n, 2 * n)) * sp_fft.rfft2(objects, s=(2 * n, 2 * n))
+        full = sp_fft.irfft2(spectrum, s=(2 * n, 2 * n))
+        kernels = np.maximum(full[:, n // 2 : n // 2 + n, n // 2 : n // 2 + n], 0.0)
+        inside = np.minimum(kernels.sum(axis=(1, 2)) * p * p, 1.0)
+        # One row per pixel (row-major), one column per node: an atom's weights are one row.
+        by_pixel = np.ascontiguousarray(kernels.reshape(len(inside), n * n).T)
+        self._eels_cache = (self._optics, by_pixel, inside)
+        return by_pixel, inside
+
+    def _eels_weights(
+        self, x: float, y: float
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], bool]:
+        """Probe-weighted densities for a probe parked at world (x, y) [nm], per loss node.
+
+        An atom at r_i weighs K_j(r_i - R) times its column count, with K_j the probe convolved
+        with the object function of node j (bilinear in the window); the part of K_j beyond the
+        window weighs the window's mean density.
+
+        Returns:
+            Element -> density per node of :data:`DELOCALISATION_NODES_EV` [atoms/nm²], the
+            same for under-coordinated atoms (the ELNES environment), and whether any atom lies
+            within reach of the parked probe's damage (the box of :meth:`_parked_probe_weight`).
+        """
+        kernels, inside = self._eels_kernels()
+        n, p = _EELS_WEIGHT_GRID, _EELS_WEIGHT_PIXEL_NM
+        half = 0.5 * n * p
+        atoms = self.specimen.atoms_in(x - half, y - half, x + half, y + half)
+        composition: dict[str, np.ndarray] = {}
+        environment: dict[str, np.ndarray] = {}
+        if not len(atoms):
+            return composition, environment, False
+        # Pixel coordinates of r_i - R: the probe parked at R weighs an atom at r_i by P(r_i - R).
+        col = np.clip((atoms.xy[:, 0] - x) / p + n // 2, 0.0, n - 1.0)
+        row = np.clip((atoms.xy[:, 1] - y) / p + n // 2, 0.0, n - 1.0)
+        c0 = np.minimum(col.astype(int), n - 2)
+        r0 = np.minimum(row.astype(int), n - 2)
+        fc, fr = col - c0, row - r0
+        counts = atoms.counts.astype(np.float64)
+        corner = r0 * n + c0
+        index = np.concatenate((corner, corner + 1, corner + n, corner + n + 1))
+        share = np.concatenate(((1 - fr) * (1 - fc), (1 - fr) * fc, fr * (1 - fc), fr * fc))
+        gathered = kernels[index] * (share * np.tile(counts, 4))[:, None]
+        weights = gathered.reshape(4, len(atoms), len(inside)).sum(axis=0)  # (atoms, nodes)
+        outside = (1.0 - inside) / (2.0 * half) ** 2
+        under = (atoms.sites == _UNDERCOORDINATED[0]) | (atoms.sites == _UNDERCOORDINATED[1])
+        for z in np.unique(atoms.numbers):
+            symbol = SYMBOLS.get(int(z))
+            if symbol is None:
+                continue
+            of_z = atoms.numbers == z
+            composition[symbol] = weights[of_z].sum(axis=0) + outside * counts[of_z].sum()
+            flagged = of_z & under
+            if flagged.any():
+                environment[symbol] = weights[flagged].sum(axis=0) + outside * counts[flagged].sum()
+        # Whether the damage model has atoms to act on: any in the box of the dose probe.
+        reach = 0.5 * _EELS_PROBE_GRID * _EELS_PROBE_PIXEL_NM
+        ax, ay = atoms.xy[:, 0], atoms.xy[:, 1]
+        in_reach = (ax >= x - reach) & (ax < x + reach) & (ay >= y - reach) & (ay < y + reach)
+        return composition, environment, bool(in_reach.any())
+
     def _parked_probe_weight(
         self, x: float, y: float
     ) -> tuple[np.ndarray, float, Callable[[np.ndarray], np.ndarray]]:
-        """Probe weights of a probe parked at world (x, y) [nm]: grid, pixel [nm], lookup."""
+        """Probe weights of a probe parked at world (x, y) [nm]: grid, pixel [nm], lookup.
+
+        Used for the dose and the knock-on damage of parked probes; spectra weigh atoms with
+        :meth:`_eels_weights`.
+        """
         probe, p = self._probe_weights()
         n = probe.shape[0]
 
@@ -598,31 +767,23 @@ class TwinMicroscope:
         cfg = self.config
         start = self._elapsed_s
         reported = self._reported_nm
+        shift = self._beam_shift.commanded_nm
         cx, cy = self._view_center_nm()
         x = cx + (float(command.x) - 0.5) * self._fov_nm
         y = cy + (float(command.y) - 0.5) * self._fov_nm
-        probe, p, weight_at = self._parked_probe_weight(x, y)
-        half = 0.5 * probe.shape[0] * p
-        atoms = self.specimen.atoms_in(x - half, y - half, x + half, y + half)
-        composition: dict[str, float] = {}
-        environment: dict[str, float] = {}
-        if len(atoms):
-            w = weight_at(atoms.xy) * atoms.counts
-            for z in np.unique(atoms.numbers):
-                symbol = SYMBOLS.get(int(z))
-                if symbol is None:
-                    continue
-                of_z = atoms.numbers == z
-                composition[symbol] = float(w[of_z].sum())
-                under = of_z & np.isin(atoms.sites, _UNDERCOORDINATED)
-                if under.any():
-                    environment[symbol] = float(w[under].sum())
+        composition, environment, any_atoms = self._eels_weights(x, y)
         exposure_ms = float(command.exposure_ms)
         counts = acquire_spectrum(
-            composition, exposure_ms, cfg.eels, self.rng, cfg.energy_axis, environment=environment
+            composition,
+            exposure_ms,
+            self._eels_conditions(),
+            self.rng,
+            cfg.energy_axis,
+            environment=environment,
+            nodes_eV=DELOCALISATION_NODES_EV,
         )
         electrons = electrons_per_pixel(cfg.beam_current_pA, exposure_ms * 1e3)
-        dose_peak = self._irradiate_parked(x, y, electrons, len(atoms) > 0)
+        dose_peak = self._irradiate_parked(x, y, electrons, any_atoms)
         self._advance(exposure_ms * 1e-3 + cfg.spectrum_readout_s)
         self._dose_e_per_A2 += dose_peak
         self._electrons += electrons
@@ -638,6 +799,8 @@ class TwinMicroscope:
             dose_e_per_A2=dose_peak,
             start_time_s=start,
             end_time_s=self._elapsed_s,
+            shift_x_nm=shift[0],
+            shift_y_nm=shift[1],
         )
 
     def _ronchigram(self, command: Ronchigram) -> RonchigramImage:
@@ -649,6 +812,7 @@ class TwinMicroscope:
         cfg = self.config
         start = self._elapsed_s
         reported = self._reported_nm
+        shift = self._beam_shift.commanded_nm
         x, y = self._view_center_nm()
         exposure_ms = float(command.exposure_ms)
         grid = ronchigram_grid(self._optics, int(command.size_px), cfg.ronchigram_max_angle_mrad)
@@ -676,6 +840,8 @@ class TwinMicroscope:
             dose_e_per_A2=dose_peak,
             start_time_s=start,
             end_time_s=self._elapsed_s,
+            shift_x_nm=shift[0],
+            shift_y_nm=shift[1],
         )
 
     # -- convenience ----------------------------------------------------------------------
