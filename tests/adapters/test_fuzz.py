@@ -37,6 +37,7 @@ from scopegym.instrument import (
     Ronchigram,
     RonchigramImage,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     Zoom,
@@ -135,6 +136,8 @@ def test_safe_twin_survives_malformed_commands(safe_twin, record):
     # Whatever happened, the twin stays inside the safety ranges.
     state = twin.state()
     assert state.stage_x_nm in DEFAULT_SAFETY.stage_x_nm  # type: ignore[operator]
+    assert state.shift_x_nm in DEFAULT_SAFETY.shift_nm  # type: ignore[operator]
+    assert state.shift_y_nm in DEFAULT_SAFETY.shift_nm  # type: ignore[operator]
     assert state.fov_nm in DEFAULT_SAFETY.fov_nm or state.fov_nm == 16.0  # type: ignore[operator]
 
 
@@ -154,6 +157,7 @@ RECORDED = (
     Spectrum(0.5, 0.5, 5.0),
     Tune("C10", 1.0),
     Ronchigram(1.0, 32),
+    Shift(20.0, -10.0),
 )
 
 
@@ -237,8 +241,9 @@ def test_env_decodes_or_refuses_malformed_actions_before_the_instrument(env, act
     _step(env, np.zeros(len(env.action_space.nvec), dtype=np.int64))  # still usable
 
 
-def test_the_fuzzer_reaches_every_command_kind_including_ronchigram():
-    # The strategies draw each command kind, and a Ronchigram drawn from them gets executed.
+def test_the_fuzzer_reaches_every_command_kind_including_ronchigram_and_shift():
+    # The strategies draw each command kind, and a Ronchigram and a Shift drawn from them get
+    # executed.
     drawn: set[str] = set()
     executed: list[Any] = []
     safe = SafeInstrument(TwinMicroscope(config=SMALL), DEFAULT_SAFETY)
@@ -251,7 +256,7 @@ def test_the_fuzzer_reaches_every_command_kind_including_ronchigram():
         except CommandError:
             return
         drawn.add(command.name)
-        if isinstance(command, Ronchigram):
+        if isinstance(command, Ronchigram | Shift):
             try:
                 executed.append(safe.execute(command))
             except CommandError:
@@ -260,6 +265,7 @@ def test_the_fuzzer_reaches_every_command_kind_including_ronchigram():
     collect()
     assert drawn == set(COMMAND_TYPES)
     assert any(isinstance(result, RonchigramImage) for result in executed)
+    assert safe.state().shift_x_nm != 0.0 or safe.state().shift_y_nm != 0.0
 
 
 def test_fuzz_limits_are_what_the_twin_reports():

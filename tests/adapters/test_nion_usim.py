@@ -48,7 +48,7 @@ from scopegym.adapters.nion import (  # noqa: E402
     blur_with_probe,
 )
 from scopegym.instrument import InstrumentError, Range  # noqa: E402
-from scopegym.sim.optics import Optics  # noqa: E402
+from scopegym.sim.optics import Optics, probe_intensity  # noqa: E402
 
 SESSION = Path(__file__).with_name("usim_session.py")
 RUN = [sys.executable, "-m", "scopegym.agents.run_cli"]
@@ -117,6 +117,23 @@ def test_move_changes_the_reported_stage_by_the_requested_amount(session):
 
 
 @pytest.mark.slow
+def test_shift_moves_the_scans_centre_and_the_view_but_not_the_stage(session):
+    shift = session["shift"]
+    assert shift["reported_nm"] == pytest.approx([40.0, 20.0], abs=1e-6)
+    # Shift maps to the scan's offset: the frame parameters' center_nm, in nm, same sign.
+    assert shift["center_delta_nm"] == pytest.approx([40.0, 20.0], abs=1e-6)
+    assert shift["stage_delta_m"] == [0.0, 0.0]
+    assert shift["reported_stage_delta_nm"] == [0.0, 0.0]
+    assert shift["frame_shift_nm"] == pytest.approx([40.0, 20.0], abs=1e-6)
+    # The view moves as for a Move(40, 20): features move left and up in the frame.
+    rows, cols = shift["content_shift_px"]
+    assert cols == pytest.approx(-40.0 / shift["pixel_nm"], abs=1.5)
+    assert rows == pytest.approx(-20.0 / shift["pixel_nm"], abs=1.5)
+    assert shift["elapsed_delta_s"] == pytest.approx(0.005)
+    assert shift["back_on_axis_nm"] == pytest.approx([0.0, 0.0], abs=1e-6)
+
+
+@pytest.mark.slow
 def test_tune_changes_the_controller_by_the_requested_amount(session):
     for name, tune in session["tune"].items():
         assert tune["controller_delta_m"] == pytest.approx(tune["requested_m"], rel=1e-9), name
@@ -126,7 +143,7 @@ def test_tune_changes_the_controller_by_the_requested_amount(session):
 @pytest.mark.slow
 def test_refused_commands_leave_state_and_controller_unchanged(session):
     refusals = session["refusals"]
-    assert len(refusals) == 18
+    assert len(refusals) == 20
     for refusal in refusals:
         assert refusal["error"] is not None, refusal["command"]
         assert refusal["is_command_error"], refusal
@@ -136,6 +153,10 @@ def test_refused_commands_leave_state_and_controller_unchanged(session):
     assert "outside the allowed range [1, 1600] nm" in messages["Zoom(fov_nm=5000.0)"]
     assert messages["Ronchigram(exposure_ms=10.0, size_px=2048)"] == (
         "Ronchigram.size_px = 2048 px is outside the allowed range [16, 1024] px"
+    )
+    assert messages["Shift(dx_nm=300.0, dy_nm=0.0)"] == (
+        "Shift.dx_nm = 300 nm would take the shift x from 0 nm to 300 nm, outside the allowed "
+        "range [-250, 250] nm"
     )
     assert (
         "Ronchigram.exposure_ms = 5000 ms" in messages["Ronchigram(exposure_ms=5000.0, size_px=64)"]
@@ -266,6 +287,7 @@ def test_fuzzed_commands_raise_only_documented_errors(session):
     assert fuzz["examples"] == 300
     assert fuzz["accepted"] > 0 and fuzz["refused"] > 0
     assert fuzz["accepted_kinds"].get("Ronchigram", 0) > 0
+    assert fuzz["accepted_kinds"].get("Shift", 0) > 0
     assert set(fuzz["errors"]) <= {
         "CommandLimitError",
         "CommandTypeError",
@@ -405,6 +427,22 @@ def test_blur_keeps_size_and_mean_and_grows_with_defocus():
         assert blurred.mean() == pytest.approx(frame.mean(), rel=1e-3)
         spreads.append(blurred.std())
     assert spreads[0] > spreads[1] > spreads[2]
+
+
+@pytest.mark.parametrize("name", ["C21a", "C21b", "C23a", "C23b"])
+def test_blur_images_a_point_as_the_probe_point_reflected(name):
+    """As in the twin: a probe at r meets a point at r' with P(r' - r), so coma is mirrored."""
+    optics = USIM_OPTICS.with_aberrations(**{name: 250.0})
+    n, pixel_nm = 121, 0.01
+    point = np.zeros((n, n))
+    point[n // 2, n // 2] = 1.0
+    blurred = blur_with_probe(point, optics, pixel_nm)
+    probe = probe_intensity(optics, (n, n), pixel_nm, centered=True)
+    reflected = probe[::-1, ::-1]
+    assert np.abs(probe - reflected).max() > 0.2 * probe.max()  # the term makes it asymmetric
+    # The kernel's grid is narrower than this frame, which moves its far tail by a few percent.
+    np.testing.assert_allclose(blurred, reflected, atol=0.05 * probe.max())
+    assert np.abs(blurred - reflected).max() < 0.2 * np.abs(blurred - probe).max()
 
 
 def test_blur_falls_back_to_a_ray_optics_disc_for_huge_probes_on_coarse_pixels():

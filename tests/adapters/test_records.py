@@ -7,6 +7,7 @@ import hashlib
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -42,6 +43,7 @@ from scopegym.instrument import (
     RonchigramImage,
     SampleSpec,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     Zoom,
@@ -288,6 +290,42 @@ def test_sigkill_at_a_random_moment_keeps_every_completed_step(tmp_path, attempt
             assert isinstance(step.result, Frame) and step.result.counts.shape == (64, 64)
 
 
+UNCLOSED_WRITER = textwrap.dedent(
+    """
+    import os, sys
+    from scopegym.adapters.records import RecordingInstrument
+    from scopegym.instrument import Scan, Zoom
+    from scopegym.sim.twin import TwinMicroscope
+
+    recording = RecordingInstrument(TwinMicroscope(), sys.argv[1])
+    for _ in range(3):
+        recording.execute(Scan(64, 1.0))
+        recording.execute(Zoom(8.0))
+    os._exit(0)  # like a crash between steps: the file is never closed
+    """
+)
+
+
+def superblock_end_of_file(path: Path) -> int:
+    """The end-of-file address an HDF5 superblock of version 2 or 3 records [bytes]."""
+    head = path.read_bytes()[:48]
+    assert head[:8] == b"\x89HDF\r\n\x1a\n" and head[8] in (2, 3) and head[9] == 8
+    # signature 8, version 1, offset and length sizes 1 + 1, flags 1, base and extension
+    # addresses 8 + 8: the end-of-file address follows at byte 28.
+    return struct.unpack_from("<Q", head, 28)[0]
+
+
+def test_a_record_left_open_records_its_real_end_for_h5clear(tmp_path):
+    # h5clear -s truncates a file to the end its superblock records; SWMR dataset flushes alone
+    # leave that end where SWMR mode began, and h5clear would then cut away every step.
+    path = tmp_path / "record.h5"
+    subprocess.run([sys.executable, "-c", UNCLOSED_WRITER, str(path)], check=True)
+    with pytest.raises(OSError, match="already open for write"):
+        h5py.File(path, "r")
+    assert superblock_end_of_file(path) == path.stat().st_size
+    assert len(read_record(path)) == 6
+
+
 def test_sigkill_of_scopegym_run_keeps_every_printed_step(tmp_path):
     path = tmp_path / "record.h5"
     command = [
@@ -358,3 +396,42 @@ def test_an_instrument_without_sample_loading_records_and_replays_no_loads(tmp_p
     replay.load_sample(SampleSpec("graphene", 99))  # ignored, as the environment expects
     assert isinstance(replay.execute(Zoom(8.0)), InstrumentState)
     assert getattr(replay, "truth", None) is None
+
+
+def test_shifts_are_recorded_and_replayed_with_their_refusals(tmp_path):
+    path = tmp_path / "record.h5"
+    twin = TwinMicroscope("graphene", seed=2, config=QUIET)
+    safe = SafeInstrument(twin, SafetyLimits(shift_nm=Range(-100.0, 100.0, "nm")))
+    recording = RecordingInstrument(safe, path)
+    session = (Zoom(4.0), Shift(60.0, -20.0), Scan(32, 4.0), Shift(50.0, 0.0), Shift(0.0, -300.0))
+    outcomes = []
+    for command in session:
+        try:
+            outcomes.append(recording.execute(command))
+        except CommandLimitError as error:
+            outcomes.append(error)
+    recording.finish()
+    steps = read_record(path).steps
+    assert [step.command for step in steps] == list(session)
+    assert [step.status for step in steps] == ["executed"] * 3 + ["refused"] * 2
+    assert steps[1].state.shift_x_nm == 60.0 and steps[1].state.shift_y_nm == -20.0
+    assert steps[2].result == outcomes[2] and steps[2].result.shift_x_nm == 60.0
+    assert steps[3].error_type == "SafetyLimitError" and "safety range" in steps[3].error
+    assert steps[4].error_type == "CommandLimitError"
+    assert "shift y from -20 nm to -320 nm" in steps[4].error
+    assert steps[4].state == steps[2].state  # refusals change nothing
+
+    replay = ReplayInstrument(path)
+    replay.execute(Zoom(4.0))
+    with pytest.raises(ReplayDivergenceError, match=r"the record has Shift\(dx_nm=60.0"):
+        replay.execute(Shift(60.0, 20.0))
+    assert replay.execute(Shift(60.0, -20.0)) == steps[1].state
+    assert replay.execute(Scan(32, 4.0)) == outcomes[2]
+    with pytest.raises(RecordedRefusalError, match="safety range"):
+        replay.execute(Shift(50.0, 0.0))
+    # Outside the recorded instrument limits: refused as the instrument would, nothing consumed.
+    with pytest.raises(CommandLimitError, match="outside the allowed range"):
+        replay.execute(Shift(0.0, 300.0))
+    with pytest.raises(RecordedRefusalError):
+        replay.execute(Shift(0.0, -300.0))
+    assert replay.state() == steps[2].state

@@ -35,6 +35,7 @@ from scopegym.instrument import (  # noqa: E402
     Ronchigram,
     RonchigramImage,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     Zoom,
@@ -92,12 +93,15 @@ class Probe:
         return float(value)
 
     def raw(self) -> dict[str, float]:
+        parameters = self.scan.get_current_frame_parameters()
         return {
             "stage_x_m": self.value("stage_position_m.x"),
             "stage_y_m": self.value("stage_position_m.y"),
             "C10_m": self.value("C10"),
             "C12x_m": self.value("C12.x"),
-            "fov_nm": float(self.scan.get_current_frame_parameters().fov_nm),
+            "fov_nm": float(parameters.fov_nm),
+            "center_x_nm": float(parameters.center_nm.x),
+            "center_y_nm": float(parameters.center_nm.y),
         }
 
 
@@ -152,6 +156,9 @@ def fuzz(instrument: Instrument) -> dict[str, Any]:
         st.sampled_from([*ABERRATION_NAMES, *ABERRATION_ALIASES, "C99", "", "focus"]),
         st.one_of(st.floats(-600.0, 600.0), odd),
     )
+    shift = st.builds(
+        Shift, st.one_of(st.floats(-400.0, 400.0), odd), st.one_of(st.floats(-400.0, 400.0), odd)
+    )
     not_a_command = st.sampled_from([None, "Zoom", {"command": "Zoom", "fov_nm": 10.0}, 3])
     counts = {"examples": 0, "accepted": 0, "refused": 0, "unbuildable": 0}
     errors: dict[str, int] = {}
@@ -170,7 +177,7 @@ def fuzz(instrument: Instrument) -> dict[str, Any]:
         counts["examples"] += 1
         try:
             command = data.draw(
-                st.one_of(scan, zoom, move, spectrum, tune, ronchigram, not_a_command)
+                st.one_of(scan, zoom, move, spectrum, tune, ronchigram, shift, not_a_command)
             )
         except CommandError as error:  # refused at construction: also a documented error
             counts["unbuildable"] += 1
@@ -260,6 +267,36 @@ def session() -> dict[str, Any]:
             "elapsed_delta_s": moved.elapsed_s - state_before.elapsed_s,  # type: ignore[union-attr]
         }
 
+        # Shift: the scan's centre (frame parameters' center_nm) moves by the command, the stage
+        # does not, and the frame content moves as for a Move of the same size.
+        image_before = instrument.execute(Scan(128, 2.0))
+        raw_before, state_before = probe.raw(), instrument.state()
+        shifted = instrument.execute(Shift(40.0, 20.0))
+        raw_after = probe.raw()
+        image_after = instrument.execute(Scan(128, 2.0))
+        assert isinstance(image_before, Frame) and isinstance(image_after, Frame)
+        out["shift"] = {
+            "reported_nm": [shifted.shift_x_nm, shifted.shift_y_nm],  # type: ignore[union-attr]
+            "center_delta_nm": [
+                raw_after["center_x_nm"] - raw_before["center_x_nm"],
+                raw_after["center_y_nm"] - raw_before["center_y_nm"],
+            ],
+            "stage_delta_m": [
+                raw_after["stage_x_m"] - raw_before["stage_x_m"],
+                raw_after["stage_y_m"] - raw_before["stage_y_m"],
+            ],
+            "reported_stage_delta_nm": [
+                shifted.stage_x_nm - state_before.stage_x_nm,  # type: ignore[union-attr]
+                shifted.stage_y_nm - state_before.stage_y_nm,  # type: ignore[union-attr]
+            ],
+            "frame_shift_nm": [image_after.shift_x_nm, image_after.shift_y_nm],
+            "content_shift_px": list(shift_px(image_before.counts, image_after.counts)),
+            "pixel_nm": image_before.pixel_nm,
+            "elapsed_delta_s": shifted.elapsed_s - state_before.elapsed_s,  # type: ignore[union-attr]
+        }
+        back = instrument.execute(Shift(-40.0, -20.0))
+        out["shift"]["back_on_axis_nm"] = [back.shift_x_nm, back.shift_y_nm]  # type: ignore[union-attr]
+
         # Tune: read back through the controller, in metres.
         tunes = {}
         for name, control, delta in (
@@ -308,6 +345,8 @@ def session() -> dict[str, Any]:
                 Ronchigram(10.0, 8),
                 Ronchigram(10.0, 2048),
                 Ronchigram(math.nan, 64),
+                Shift(300.0, 0.0),
+                Shift(0.0, math.nan),
                 None,
             )
         ]

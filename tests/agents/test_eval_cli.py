@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
@@ -45,6 +46,9 @@ def test_baselines_write_report_results_and_plots(tmp_path: Path) -> None:
     pngs = sorted(path.name for path in tmp_path.glob("*.png"))
     assert "bar_return.png" in pngs
     assert "trajectory_greedy.png" in pngs
+    # Where the report went is the last line; stderr is not a terminal here: no progress bar.
+    assert proc.stdout.strip().splitlines()[-1].startswith(f"report: {tmp_path / 'report.md'}")
+    assert "episode/s" not in proc.stderr
 
 
 def test_unknown_policy_is_one_line_error(tmp_path: Path) -> None:
@@ -61,6 +65,64 @@ def test_missing_checkpoint_is_one_line_error(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines()[-1].startswith("scopegym-eval: error: checkpoint=")
     assert "Traceback" not in proc.stderr
+
+
+NO_SERVER = "PYRO:scopegym.instrument@127.0.0.1:{port}"
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_bar_counts_every_policys_episodes_on_a_terminal(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    from scopegym.agents.eval_cli import run_evaluation
+
+    overrides = ["env.kwargs.frame_px=64", "episodes=2", "max_steps=3", "policies=[random,raster]"]
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        cfg = compose("eval", overrides=overrides)
+    terminal, pipe = _Terminal(), io.StringIO()
+    run_evaluation(cfg, tmp_path / "tty", progress=terminal)
+    run_evaluation(cfg, tmp_path / "pipe", progress=pipe)
+    drawn = terminal.getvalue()
+    assert "4/4" in drawn and "episode" in drawn  # 2 policies x 2 episodes
+    assert "raster" in drawn  # the bar names the policy it is running
+    assert pipe.getvalue() == ""  # not a terminal: nothing drawn
+    assert (tmp_path / "pipe" / "report.md").is_file()
+
+
+@pytest.mark.parametrize(
+    ("overrides", "fragment"),
+    [
+        (["seed=abc"], "seed must be an integer, got 'abc'"),
+        (["instrument=replay"], "instrument.kwargs.path must be given"),
+        (["policies=[]", "checkpoint={tmp}/notes.zip"], "is not a checkpoint"),
+        (
+            ["instrument=remote", f"instrument.kwargs.uri={NO_SERVER}"],
+            "cannot connect to ('127.0.0.1', {port})",
+        ),
+    ],
+    ids=["seed", "replay-without-path", "not-a-zip", "remote-without-server"],
+)
+def test_configurations_that_cannot_be_evaluated_end_in_one_line(
+    tmp_path: Path, overrides: list[str], fragment: str
+) -> None:
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "notes.zip").write_text("not an archive")
+    proc = _run(tmp_path, "episodes=1", *[o.format(tmp=tmp_path, port=port) for o in overrides])
+    assert proc.returncode == 1
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("scopegym-eval: error: ")
+    assert fragment.format(port=port) in lines[0]
+    assert not (tmp_path / "report.md").exists()
 
 
 @pytest.mark.slow
@@ -179,3 +241,20 @@ def test_shipped_policy_is_scored_on_a_heldout_sample(tmp_path: Path, policy: Pa
     )
     assert proc.returncode == 0, proc.stderr
     assert f"| MaskablePPO:{policy.stem} | 1 |" in (tmp_path / "report.md").read_text()
+
+
+def test_a_checkpoint_trained_with_odometry_is_refused_without_it(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    from scopegym.agents.eval_cli import EvalConfigError, check_checkpoint_matches
+
+    checkpoint = tmp_path / "policy.zip"
+    checkpoint.with_suffix(".yaml").write_text(
+        "env:\n  id: scopegym/DefectSearch-v0\n  kwargs:\n    frame_px: 96\n    odometry: true\n"
+    )
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        plain = compose("eval", overrides=["env=defect_search"])
+        matching = compose("eval", overrides=["env=defect_search", "+env.kwargs.odometry=true"])
+    with pytest.raises(EvalConfigError, match=r"odometry=True, not False; pass \+env"):
+        check_checkpoint_matches(checkpoint, plain)
+    check_checkpoint_matches(checkpoint, matching)

@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from scopegym.agents.train import EnvFactory, env_factory, validate, vecnormalize_path
 from scopegym.envs import ENV_IDS, MicroscopeEnv
 
+ROOT = Path(__file__).resolve().parents[2]
 ENVS = ["defect_search", "autotune", "autotune_ronchigram", "spectrum_discovery", "survey"]
 AGENTS = ["ppo", "maskable_ppo", "sac"]
 TINY = [
@@ -103,6 +104,12 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("pretrain.policies=[raster,wizard]", "pretrain.policies: unknown baselines ['wizard']"),
         ("agent=sac pretrain.policies=[raster]", "acts on the Box encoding"),
         ("pretrain.episodes=0", "pretrain.episodes must be a positive integer"),
+        ("seed=abc", "seed must be an integer, got 'abc'"),
+        ("instrument=replay", "instrument.kwargs.path must be given (instrument=replay"),
+        (
+            f"env=autotune resume={ROOT / 'policies' / 'defect_search_maskable_ppo.zip'}",
+            "was trained on scopegym/DefectSearch-v0, not scopegym/Autotune-v0",
+        ),
     ],
 )
 def test_bad_overrides_fail_with_one_clear_message(override, message, tmp_path):
@@ -111,6 +118,105 @@ def test_bad_overrides_fail_with_one_clear_message(override, message, tmp_path):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "final.zip").exists()
+
+
+def test_a_resume_file_that_is_no_model_is_one_line(tmp_path):
+    import zipfile
+
+    (tmp_path / "notes.zip").write_text("not an archive")
+    with zipfile.ZipFile(tmp_path / "empty.zip", "w") as archive:
+        archive.writestr("readme.txt", "no model in here")
+    for name, message in (
+        ("notes.zip", "is not a checkpoint: SB3 models are .zip archives"),
+        ("empty.zip", "MaskablePPO cannot continue from it"),
+    ):
+        result = run_cli(
+            f"resume={tmp_path / name}", *TINY, f"hydra.run.dir={tmp_path / name}.run", timeout=120
+        )
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert lines == [lines[0]] and lines[0].startswith("scopegym-train: error: resume=")
+        assert message in lines[0]
+
+
+def test_remote_without_a_server_is_one_line_in_every_worker_setup(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    uri = f"instrument.kwargs.uri=PYRO:scopegym.instrument@127.0.0.1:{port}"
+    for vec_env in ("dummy", "subproc"):
+        result = run_cli(
+            "instrument=remote",
+            uri,
+            f"vec_env={vec_env}",
+            "n_envs=2",
+            *TINY[2:],
+            f"hydra.run.dir={tmp_path / vec_env}",
+            timeout=120,
+        )
+        assert result.returncode == 1, vec_env
+        assert "Traceback" not in result.stderr, vec_env
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert all(line.startswith("scopegym-train: error: ") for line in lines), result.stderr
+        assert f"cannot connect to ('127.0.0.1', {port})" in lines[0]
+
+
+def _plan(*overrides: str, steps: int):
+    from scopegym.agents.train import training_plan
+
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    return training_plan(cfg, Path("/runs/x"), steps)
+
+
+def test_training_plan_says_where_outputs_go_and_when():
+    lines, warnings = _plan("n_envs=4", "eval.freq=1000", "checkpoint.freq=0", steps=10_000)
+    text = "\n".join(lines)
+    assert lines[0] == "outputs: /runs/x"
+    # SB3 counts vectorised steps: 1000 // 4 calls of 4 environment steps each.
+    assert "evaluation: every 1000 steps, 10 times -> /runs/x/eval" in text
+    assert "checkpoints: off (checkpoint.freq=0)" in text
+    assert (
+        "rendered images: every 10000 steps, 1 times -> TensorBoard (/runs/x/tensorboard)" in text
+    )
+    assert "final model: /runs/x/final.zip, then scored on the validation split" in text
+    assert warnings == []
+
+
+def test_training_plan_warns_about_periods_longer_than_the_run():
+    lines, warnings = _plan("total_timesteps=5000", steps=5000)  # every period is 10000
+    assert len(warnings) == 3
+    assert warnings[0] == (
+        "eval.freq=10000 exceeds the 5000 steps to train: no evaluation during training"
+    )
+    assert any(w.startswith("checkpoint.freq=10000 exceeds") for w in warnings)
+    assert any(w.startswith("tensorboard.image_freq=10000 exceeds") for w in warnings)
+    assert "  checkpoints: every 10000 steps, 0 times -> /runs/x/checkpoints/" in "\n".join(lines)
+
+
+def test_train_prints_its_plan_and_warnings(tmp_path):
+    result = run_cli(
+        "agent=sac",
+        *TINY,
+        "checkpoint.freq=1000",
+        "agent.model.buffer_size=256",
+        "agent.model.learning_starts=64",
+        "total_timesteps=64",
+        "eval.freq=0",
+        "tensorboard.image_freq=0",
+        "progress_bar=false",
+        f"hydra.run.dir={tmp_path}",
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert f"outputs: {tmp_path}\n" in result.stdout
+    assert "evaluation: off (eval.freq=0)" in result.stdout
+    assert "checkpoint.freq=1000 exceeds the 64 steps to train: no checkpoints" in (
+        result.stdout + result.stderr
+    )
 
 
 @pytest.mark.slow

@@ -107,17 +107,71 @@ def test_observations_hold_no_ground_truth(env_id):
     env.close()
 
 
+#: Panels after the overview and the frame: only what the task observes.
+EXTRA_PANELS = {
+    "scopegym/DefectSearch-v0": 0,
+    "scopegym/Autotune-v0": 0,
+    "scopegym/AutotuneRonchigram-v0": 1,  # Ronchigram
+    "scopegym/SpectrumDiscovery-v0": 1,  # spectrum
+    "scopegym/Survey-v0": 1,  # spectrum
+}
+
+
 @pytest.mark.parametrize("env_id", IDS)
-def test_rgb_render_shows_three_panels(env_id):
+def test_rgb_render_shows_the_tasks_panels_and_no_empty_spectrum(env_id):
     env = gym.make(env_id, render_mode="rgb_array")
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(3):
         env.step(_masked_random_action(env, rng))
     picture = env.render()
-    assert picture.shape == (256, 768, 3)
+    assert picture.shape == (256, 256 * (2 + EXTRA_PANELS[env_id]), 3)
     assert picture.dtype == np.uint8
     assert picture[:, 256:512].std() > 0  # the current frame is drawn
+    env.close()
+
+
+def _scale_bar_run(panel: np.ndarray) -> int:
+    """Length of the scale bar drawn at the panel's bottom left [px] (0 without one)."""
+    from scopegym.envs.render import SCALE_BAR_HEIGHT_PX, SCALE_BAR_MARGIN_PX
+
+    row = panel[panel.shape[0] - SCALE_BAR_MARGIN_PX - SCALE_BAR_HEIGHT_PX]
+    white = np.all(row == 255, axis=-1)
+    length = 0
+    while white[SCALE_BAR_MARGIN_PX + length]:
+        length += 1
+    return length
+
+
+def test_scale_bars_match_the_fields_of_view():
+    from scopegym.envs.render import scale_bar
+
+    assert scale_bar(4.0) == (1.0, 64, "1 nm")
+    assert scale_bar(1024.0) == (200.0, 50, "200 nm")
+    assert scale_bar(2048.0)[2] == "500 nm" and scale_bar(4000.0)[2] == "1 um"
+    for fov_nm in np.geomspace(0.5, 5000.0, 40):
+        length_nm, length_px, _ = scale_bar(float(fov_nm))
+        assert 0.1 * 256 <= length_px <= 0.3 * 256 + 1  # readable, never the whole panel
+        assert length_nm / 10 ** np.floor(np.log10(length_nm)) in (1.0, 2.0, 5.0)
+
+    from scopegym.agents.baselines import make_baseline
+
+    env = gym.make("scopegym/DefectSearch-v0", render_mode="rgb_array", frame_px=64)
+    obs, _ = env.reset(seed=0)
+    unwrapped = env.unwrapped
+    raster = make_baseline("raster", env)
+    # The raster protocol zooms in and scans: the frame's field is then smaller than the overview.
+    for _ in range(10):
+        if unwrapped._last_frame.fov_nm < unwrapped._overview.fov_nm:
+            break
+        action, _ = raster.predict(obs, action_masks=unwrapped.action_masks())
+        obs, *_ = env.step(action)
+    picture = env.render()
+    overview = unwrapped._overview
+    assert _scale_bar_run(picture[:, :256]) == scale_bar(overview.fov_nm)[1]
+    frame = unwrapped._last_frame
+    assert frame.fov_nm < overview.fov_nm
+    assert _scale_bar_run(picture[:, 256:512]) == scale_bar(frame.fov_nm)[1]
     env.close()
 
 

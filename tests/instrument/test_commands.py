@@ -34,6 +34,7 @@ from scopegym.instrument import (
     Ronchigram,
     RonchigramImage,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     UnknownAberrationError,
@@ -41,6 +42,7 @@ from scopegym.instrument import (
     Zoom,
     canonical_aberration,
     expected_result_type,
+    limits_from_dict,
     result_from_dict,
     validate,
 )
@@ -55,6 +57,7 @@ EXAMPLE_COMMANDS: list[Command] = [
     Tune("C30", 1000.0),
     Ronchigram(5.0),
     Ronchigram(0.5, 64),
+    Shift(12.5, -250.0),
 ]
 
 
@@ -129,6 +132,8 @@ def test_fields_and_defaults() -> None:
     spectrum = Spectrum(0.1, 0.9, 5.0)
     assert (spectrum.x, spectrum.y, spectrum.exposure_ms) == (0.1, 0.9, 5.0)
     assert (Tune("C12a", 3.0).aberration, Tune("C12a", 3.0).delta_nm) == ("C12a", 3.0)
+    assert (Shift(4, -2.5).dx_nm, Shift(4, -2.5).dy_nm) == (4.0, -2.5)
+    assert type(Shift(4, 0).dx_nm) is float
 
 
 @pytest.mark.parametrize("command", EXAMPLE_COMMANDS, ids=repr)
@@ -382,6 +387,8 @@ def test_message_example_from_the_specification() -> None:
         (Tune("C10", 600.0), "delta_nm", "600", "nm", "[-500, 500] nm"),
         (Tune("C12b", -250.0), "delta_nm", "-250", "nm", "[-200, 200] nm"),
         (Tune("C30", 6e4), "delta_nm", "60000", "nm", "[-50000, 50000] nm"),
+        (Shift(250.5, 0.0), "dx_nm", "250.5", "nm", "[-250, 250] nm"),
+        (Shift(0.0, -1e4), "dy_nm", "-10000", "nm", "[-250, 250] nm"),
     ],
 )
 def test_limit_messages_name_command_field_value_unit_and_range(
@@ -407,6 +414,8 @@ def test_limit_messages_name_command_field_value_unit_and_range(
         (lambda v: Spectrum(0.5, 0.5, v), "exposure_ms"),
         (lambda v: Ronchigram(v), "exposure_ms"),
         (lambda v: Tune("C23a", v), "delta_nm"),
+        (lambda v: Shift(v, 0.0), "dx_nm"),
+        (lambda v: Shift(0.0, v), "dy_nm"),
     ],
 )
 def test_non_finite_values_are_refused(build: Any, field: str, value: float) -> None:
@@ -429,6 +438,53 @@ def test_move_with_narrow_instrument_stage_range() -> None:
     validate(Move(500.0, 0.0), make_state(), limits)
     with pytest.raises(CommandLimitError, match=r"\[-500, 500\] nm"):
         validate(Move(500.5, 0.0), make_state(), limits)
+
+
+def test_shift_is_checked_against_the_accumulated_shift_not_the_step() -> None:
+    # Each step is small; what is bounded is the shift from the optic axis after it.
+    state = make_state(shift_x_nm=240.0, shift_y_nm=-250.0)
+    validate(Shift(10.0, 0.0), state, LIMITS)
+    validate(Shift(-490.0, 500.0), state, LIMITS)
+    error = refusal(Shift(10.5, 0.0), state)
+    assert str(error) == (
+        "Shift.dx_nm = 10.5 nm would take the shift x from 240 nm to 250.5 nm, "
+        "outside the allowed range [-250, 250] nm"
+    )
+    error = refusal(Shift(0.0, -0.5), state)
+    assert (error.command, error.field, error.unit) == ("Shift", "dy_nm", "nm")
+    assert "shift y from -250 nm to -250.5 nm" in str(error)
+    # The stage position plays no part in a shift, and a move does not care about the shift.
+    validate(Shift(0.0, 0.0), make_state(stage_x_nm=1e6, shift_x_nm=250.0), LIMITS)
+    validate(Move(1e5, 0.0), make_state(shift_x_nm=250.0), LIMITS)
+
+
+def test_shift_range_is_an_instrument_limit() -> None:
+    limits = InstrumentLimits(shift_nm=Range(-50.0, 50.0, "nm"))
+    validate(Shift(50.0, -50.0), make_state(), limits)
+    with pytest.raises(CommandLimitError, match=r"\[-50, 50\] nm"):
+        validate(Shift(50.5, 0.0), make_state(), limits)
+    assert InstrumentLimits().shift_nm == Range(-250.0, 250.0, "nm")
+
+
+def test_limits_without_a_shift_range_keep_the_default() -> None:
+    # Records written before Shift existed carry limits without shift_nm.
+    record = InstrumentLimits(shift_nm=Range(-9.0, 9.0, "nm")).to_dict()
+    assert record["shift_nm"] == [-9.0, 9.0, "nm"]
+    assert limits_from_dict(record).shift_nm == Range(-9.0, 9.0, "nm")
+    del record["shift_nm"]
+    assert limits_from_dict(record) == InstrumentLimits()
+
+
+def test_state_reports_the_shift_and_old_records_default_to_zero() -> None:
+    state = make_state(shift_x_nm=3, shift_y_nm=-4.5)
+    assert (state.shift_x_nm, state.shift_y_nm) == (3.0, -4.5)
+    assert result_from_dict(state.to_dict()) == state
+    assert state != make_state()
+    record = make_state().to_dict()
+    del record["shift_x_nm"], record["shift_y_nm"]
+    assert result_from_dict(record) == make_state()
+    frame = make_frame(shift_x_nm=2.0)
+    assert result_from_dict(frame.to_dict()) == frame and frame != make_frame()
 
 
 def test_tune_is_checked_against_the_resulting_coefficient() -> None:
@@ -690,6 +746,7 @@ def test_state_and_results_are_frozen() -> None:
         (Move(1.0, 1.0), InstrumentState),
         (Tune("C10", 1.0), InstrumentState),
         (Ronchigram(1.0), RonchigramImage),
+        (Shift(1.0, -1.0), InstrumentState),
     ],
 )
 def test_expected_result_type(command: Command, result_type: type) -> None:

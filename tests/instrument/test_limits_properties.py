@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,13 +28,19 @@ from scopegym.instrument import (
     Move,
     Range,
     Ronchigram,
+    SampleSpec,
     Scan,
+    Shift,
     Spectrum,
     Tune,
+    UnknownAberrationError,
+    UnknownCommandError,
     Zoom,
+    canonical_aberration,
     validate,
 )
 from scopegym.instrument.errors import format_number
+from scopegym.instrument.limits import MAX_SAMPLE_SEED, validate_sample
 
 LIMITS = InstrumentLimits()
 FAST = settings(max_examples=200, deadline=None)
@@ -60,6 +67,7 @@ EDGES = _edges(
     LIMITS.move_nm,
     LIMITS.exposure_ms,
     LIMITS.spectrum_position,
+    LIMITS.shift_nm,
     *LIMITS.tune_delta_nm.values(),
 )
 
@@ -89,6 +97,7 @@ def in_range_or_at_edge(span: Range) -> st.SearchStrategy[float]:
 def states(draw: st.DrawFn) -> InstrumentState:
     """Instrument states inside the default limits, as a twin would report them."""
     stage = in_range_or_at_edge(LIMITS.stage_x_nm)
+    shift = in_range_or_at_edge(LIMITS.shift_nm)
     aberrations = {
         name: draw(in_range_or_at_edge(LIMITS.aberration_nm[name])) for name in TUNABLE_ABERRATIONS
     }
@@ -105,6 +114,8 @@ def states(draw: st.DrawFn) -> InstrumentState:
         electrons=draw(st.floats(min_value=0.0, max_value=1e15)),
         n_scans=draw(st.integers(min_value=0, max_value=10**4)),
         n_spectra=draw(st.integers(min_value=0, max_value=10**4)),
+        shift_x_nm=draw(shift),
+        shift_y_nm=draw(shift),
     )
 
 
@@ -185,6 +196,20 @@ def test_move(data: st.DataObject, state: InstrumentState, along_y: bool) -> Non
     command = Move(0.0, value) if along_y else Move(value, 0.0)
     step_nm = command.dy_nm if along_y else command.dx_nm
     expected = inside(abs(step_nm), LIMITS.move_nm) and inside(position_nm + step_nm, stage_range)
+    check_contract(command, "dy_nm" if along_y else "dx_nm", "nm", state, expected)
+
+
+@FAST
+@given(data=st.data(), state=states(), along_y=st.booleans())
+def test_shift(data: st.DataObject, state: InstrumentState, along_y: bool) -> None:
+    present_nm = state.shift_y_nm if along_y else state.shift_x_nm
+    span = LIMITS.shift_nm
+    # Steps that take the accumulated shift exactly to, or just beyond, the edges of its range.
+    landing = _neighbours([span.low - present_nm, span.high - present_nm])
+    value = data.draw(st.one_of(st.sampled_from(landing), numbers_near(span)))
+    command = Shift(0.0, value) if along_y else Shift(value, 0.0)
+    step_nm = command.dy_nm if along_y else command.dx_nm
+    expected = math.isfinite(step_nm) and inside(present_nm + step_nm, span)
     check_contract(command, "dy_nm" if along_y else "dx_nm", "nm", state, expected)
 
 
@@ -301,6 +326,7 @@ COMMAND_BUILDERS: list[Callable[[float], Command]] = [
     lambda v: Tune("defocus", v),
     Ronchigram,
     lambda v: Ronchigram(v, 256),
+    lambda v: Shift(-v, v),
 ]
 
 
@@ -322,3 +348,78 @@ def test_limits_round_trip_through_plain_values():
     record = json.loads(json.dumps(limits.to_dict()))
     assert record["fov_nm"] == [2.0, 500.0, "nm"]
     assert limits_from_dict(record) == limits
+
+
+# -- samples (issue 12, item 2) ----------------------------------------------------------------
+
+
+@FAST
+@given(
+    name=st.sampled_from([*TUNABLE_ABERRATIONS, "defocus", "Cs", "coma_a", "C50", "C34a"]),
+    value=st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.sampled_from(EDGES),
+        st.integers(min_value=-(10**400), max_value=10**400),
+    ),
+    seed=st.one_of(st.integers(min_value=-(2**70), max_value=2**70), st.booleans()),
+)
+def test_validate_sample_passes_exactly_the_samples_inside_the_limits(name, value, seed):
+    sample = SampleSpec("graphene", seed, {name: value})
+    coefficient = canonical_aberration(name)
+    bounds = LIMITS.aberration_nm.get(coefficient)
+    seed_ok = not isinstance(seed, bool) and 0 <= seed <= MAX_SAMPLE_SEED
+    value_ok = bounds is not None and value in bounds  # NaN and infinities never are
+    try:
+        checked = validate_sample(sample, LIMITS)
+    except CommandTypeError as error:
+        assert isinstance(seed, bool) and "load_sample.seed" in str(error)
+    except CommandLimitError as error:
+        assert not (seed_ok and value_ok)
+        assert str(error).startswith("load_sample.")
+        assert len(str(error)) < 500  # a 400-digit value is described, not written out
+    else:
+        assert seed_ok and value_ok
+        assert checked.seed == seed and checked.aberrations_nm == {coefficient: float(value)}
+        assert checked.family == "graphene"
+
+
+def test_validate_sample_names_what_is_wrong():
+    cases = {
+        "load_sample.aberrations_nm.C10 = 1000000000000 nm is outside the allowed range "
+        "[-5000, 5000] nm": SampleSpec("g", 1, {"C10": 1e12}),
+        "load_sample.aberrations_nm.C50 = 1 nm has no bound on this instrument": SampleSpec(
+            "g", 1, {"C5": 1.0}
+        ),
+        "load_sample.aberrations_nm.C10 must be given once; 'defocus' names C10": SampleSpec(
+            "g", 1, {"C10": 1.0, "defocus": 2.0}
+        ),
+        "load_sample.aberrations_nm.C12a must be a real number [nm]; got 'x'": SampleSpec(
+            "g", 1, {"C12a": "x"}
+        ),
+        "load_sample.seed = -1 is outside the allowed range [0, 2**63 - 1]": SampleSpec("g", -1),
+        "load_sample.seed must be a whole number; got 1.5 (float)": SampleSpec("g", 1.5),
+        "load_sample.aberrations_nm must be a mapping": SampleSpec("g", 1, [("C10", 1.0)]),
+    }
+    for message, sample in cases.items():
+        with pytest.raises((CommandLimitError, CommandTypeError)) as refused:
+            validate_sample(sample, LIMITS)
+        assert str(refused.value).startswith(message), str(refused.value)
+    with pytest.raises(UnknownAberrationError):
+        validate_sample(SampleSpec("g", 1, {"Cxx": 1.0}), LIMITS)
+
+
+def test_refusals_quote_megabyte_values_in_a_few_hundred_characters():
+    huge_text, huge_number = "x" * 1_000_000, 10**5000
+    errors = [
+        CommandTypeError("Zoom", "fov_nm", huge_text, "a real number"),
+        CommandLimitError("Zoom", "fov_nm", huge_number, "nm", "[1, 4000] nm"),
+        UnknownCommandError(huge_text, ("Scan", "Zoom")),
+        UnknownAberrationError(huge_text, ("C10",), ("defocus",)),
+    ]
+    for error in errors:
+        assert len(str(error)) < 600, type(error).__name__
+    assert "(1000002 characters)" in str(errors[0])
+    assert "integer of 16610 bits" in str(errors[1])
+    with pytest.raises(CommandTypeError) as refused:
+        Zoom(huge_number)  # refused as it is made, in a short message too
+    assert len(str(refused.value)) < 600

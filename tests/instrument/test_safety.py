@@ -27,6 +27,7 @@ from scopegym.instrument import (
     RonchigramImage,
     SampleSpec,
     Scan,
+    Shift,
     Spectrum,
     SupportsBeamBlanking,
     SupportsSampleLoading,
@@ -309,20 +310,20 @@ def test_default_config_allows_every_task_opening_and_off_config_sets_nothing():
     assert spectrum_dose_e_per_A2(30.0, 1.0, 0.15) <= default.max_ronchigram_dose_e_per_A2 / 50
     assert spectrum_dose_e_per_A2(30.0, 100.0, 0.15) > default.max_ronchigram_dose_e_per_A2
     off_config = OmegaConf.load(CONFIGS / "off.yaml")
-    assert off_config.name == "off"  # quoted: YAML reads a bare off as false
     assert SafetyLimits.from_config(off_config).describe() == "no limits"
     # The largest frame the tasks take: 128 px at 4 nm and 64 us.
     assert frame_dose_e_per_A2(30.0, 64.0, 4.0, 128) <= default.max_frame_dose_e_per_A2
 
 
 def test_every_config_sets_every_safety_key():
-    # The shipped configs spell out each limit, so a facility copying one sees them all.
+    # The shipped configs spell out each limit, so a facility copying one sees them all; no
+    # name: scopegym-run names the limits after the file, so a copy cannot claim "default".
     keys = {
-        "name",
         "dwell_us",
         "fov_nm",
         "stage_x_nm",
         "stage_y_nm",
+        "shift_nm",
         "exposure_ms",
         "aberration_nm",
         "max_frame_dose_e_per_A2",
@@ -646,3 +647,133 @@ def test_without_sample_loading_load_sample_does_nothing():
     safe.load_sample(SampleSpec("hbn", 3))
     assert twin.seed == 0
     assert SafeInstrument(twin).can_load_samples
+
+
+class NonReentrant:
+    """A twin that, like a driver holding the lock of its link, must not be entered twice.
+
+    When armed, a Ctrl-C arrives during ``stop_during`` (the handler calls ``request_stop`` on
+    the thread that is inside the call, as a real SIGINT would). Any call made while another is
+    in progress is recorded in ``reentered`` and fails.
+    """
+
+    def __init__(self, twin: TwinMicroscope, stop_during: str) -> None:
+        self.twin = twin
+        self.limits = twin.limits
+        self.stop_during = stop_during
+        self.armed = False
+        self.inside: str | None = None
+        self.reentered: list[tuple[str, str]] = []
+        self.safe: SafeInstrument | None = None
+
+    def _call(self, name: str, action):
+        if self.inside is not None:
+            self.reentered.append((name, self.inside))
+            raise InstrumentError(f"{name}() called inside {self.inside}()")
+        self.inside = name
+        try:
+            if self.armed and name == self.stop_during:
+                assert self.safe is not None
+                self.safe.request_stop("Ctrl-C (SIGINT)")
+            return action()
+        finally:
+            self.inside = None
+
+    def state(self):
+        return self._call("state", self.twin.state)
+
+    def execute(self, command):
+        return self._call("execute", lambda: self.twin.execute(command))
+
+    def load_sample(self, sample):
+        return self._call("load_sample", lambda: self.twin.load_sample(sample))
+
+    def blank_beam(self):
+        return self._call("blank_beam", self.twin.blank_beam)
+
+    def close(self):
+        return self._call("close", self.twin.close)
+
+
+@pytest.mark.parametrize("stop_during", ["state", "execute", "load_sample"])
+def test_a_stop_inside_any_call_blanks_after_it_without_reentering(stop_during):
+    inner = NonReentrant(quiet_twin(), stop_during)
+    safe = inner.safe = SafeInstrument(inner)
+    inner.armed = True
+    with pytest.raises(EmergencyStopError, match=r"Ctrl-C \(SIGINT\)\): beam blanked"):
+        safe.load_sample(SampleSpec("graphene", 1))
+        safe.execute(Zoom(8.0))  # a state query, then the command
+        safe.execute(Zoom(8.0))
+    assert inner.reentered == []
+    assert inner.twin.beam_blanked and safe.blanking == "beam blanked"
+
+
+def test_after_a_second_ctrl_c_the_beam_can_still_be_blanked():
+    twin = quiet_twin()
+
+    class Aborted(NonReentrant):
+        def execute(self, command):
+            assert self.safe is not None
+            self.safe.request_stop("Ctrl-C (SIGINT)")  # the first Ctrl-C: wait for the command
+            raise KeyboardInterrupt  # the second: leave at once, without blanking
+
+    inner = Aborted(twin, "none")
+    safe = inner.safe = SafeInstrument(inner)
+    with pytest.raises(KeyboardInterrupt):
+        safe.execute(Scan(32, 4.0))
+    assert not twin.beam_blanked and safe.blanking is None
+    assert safe.abort() == "beam blanked"
+    assert twin.beam_blanked and inner.reentered == []
+    with pytest.raises(InstrumentError, match="aborted"):
+        safe.state()  # the link may still be busy with the abandoned call
+    with pytest.raises(EmergencyStopError):
+        safe.execute(Zoom(8.0))
+
+
+# -- beam shift -----------------------------------------------------------------------------------
+
+
+def test_shift_predicts_no_dose_and_is_held_to_the_facility_shift_range():
+    twin = quiet_twin()
+    prediction = predict(Shift(100.0, -100.0), twin.state(), 0.15)
+    assert prediction == predict(Zoom(8.0), twin.state(), 0.15)
+    assert prediction.dose_e_per_A2 == 0.0
+    safe = SafeInstrument(twin, SafetyLimits(shift_nm=Range(-50.0, 50.0, "nm")))
+    assert safe.limits.shift_nm == Range(-50.0, 50.0, "nm")  # narrowed for the action masks
+    safe.execute(Shift(30.0, 0.0))
+    before = snapshot(twin)
+    with pytest.raises(SafetyLimitError) as refused:
+        safe.execute(Shift(30.0, 0.0))
+    assert str(refused.value) == (
+        "Shift.dx_nm = 30 nm would take the shift x to 60 nm, outside the safety range "
+        "[-50, 50] nm"
+    )
+    assert snapshot(twin) == before
+    # The instrument's own range comes first, with the instrument's message.
+    with pytest.raises(CommandLimitError, match=r"outside the allowed range \[-250, 250\] nm"):
+        SafeInstrument(twin).execute(Shift(0.0, 251.0))
+    assert snapshot(twin) == before
+    assert SafetyLimits.from_config({"shift_nm": [-10, 10]}).shift_nm == Range(-10, 10, "nm")
+
+
+def test_dry_run_shift_updates_the_nominal_state_only():
+    twin = quiet_twin()
+    safe = SafeInstrument(twin, SafetyLimits(shift_nm=Range(-50.0, 50.0, "nm")), dry_run=True)
+    before = snapshot(twin)
+    state = safe.execute(Shift(40.0, -5.0))
+    assert isinstance(state, InstrumentState)
+    assert (state.shift_x_nm, state.shift_y_nm) == (40.0, -5.0)
+    frame = safe.execute(Scan(32, 4.0))
+    assert (frame.shift_x_nm, frame.shift_y_nm) == (40.0, -5.0)  # type: ignore[union-attr]
+    with pytest.raises(SafetyLimitError, match="would take the shift x to 80 nm"):
+        safe.execute(Shift(40.0, 0.0))
+    assert snapshot(twin) == before
+
+
+def test_shift_works_while_the_beam_is_blanked():
+    twin = quiet_twin()
+    twin.blank_beam()
+    state = twin.execute(Shift(10.0, 0.0))
+    assert state.shift_x_nm == 10.0  # type: ignore[union-attr]
+    with pytest.raises(InstrumentError, match="blanked"):
+        twin.execute(Scan(32, 4.0))

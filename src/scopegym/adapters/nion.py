@@ -21,6 +21,8 @@ Command        Nion Swift
 ``Scan``       ``record_immediate`` of a copy of the current frame parameters with ``size`` and
                ``pixel_time_us`` set; the frame of the channel named like ``detector`` (HAADF).
 ``Move``       ``SetVal2D("stage_position_m", ...)``; read back from ``stage_position_m.x/.y``.
+``Shift``      ``center_nm`` of the scan source's current frame parameters (the scan's offset,
+               moved by the scan deflectors, not the stage); read back from them.
 ``Tune``       ``SetVal`` of ``C10``, ``C12.x``/``C12.y`` (C12a/C12b), ``C21.x``/``C21.y``,
                ``C23.x``/``C23.y``, ``C30`` [m]; the new value is read back with ``TryGetVal``.
 ``Spectrum``   the scan's probe parked at (x, y) of the field of view, one EELS camera recording,
@@ -36,7 +38,9 @@ Stage sign: scopegym's stage position is where the centre of the view lies on th
 ``Move(+dx)`` makes the specimen's features move towards the left of the frame, as on the twin).
 Nion's ``stage_position_m`` is the offset of the specimen under the beam, the opposite sign (in
 usim, raising ``stage_position_m.x`` moves features to the right), so by default the adapter
-reports ``stage_x_nm = -1e9 * stage_position_m.x`` (``stage_sign=-1``).
+reports ``stage_x_nm = -1e9 * stage_position_m.x`` (``stage_sign=-1``). The scan's centre has
+the opposite convention: raising ``center_nm.x`` moves the view towards +x (features to the
+left), as a ``Shift(+dx)`` does, so ``shift_x_nm = center_nm.x`` (``shift_sign=+1``).
 
 Instrument time and dose are charged to the reported state as the twin charges them, so time and
 dose budgets mean the same on both: a scan costs Nion's frame time of its frame parameters
@@ -95,12 +99,14 @@ from scopegym.instrument import (
     Ronchigram,
     RonchigramImage,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     Zoom,
     canonical_aberration,
     validate,
 )
+from scopegym.sim.beam_shift import BeamShiftParams
 from scopegym.sim.imaging import RasterTiming, electrons_per_pixel
 from scopegym.sim.optics import Optics, oversampling_factor, probe_intensity
 from scopegym.sim.stage import StageParams
@@ -207,7 +213,8 @@ def _disc_kernel(radius_px: float, half_px: int) -> np.ndarray:
 def blur_with_probe(counts: np.ndarray, optics: Optics, pixel_nm: float) -> np.ndarray:
     """Convolve a frame with the probe intensity of some optics (the usim blur emulation).
 
-    The kernel is :func:`scopegym.sim.optics.probe_intensity` on the frame's own pixel grid, wide
+    The kernel is :func:`scopegym.sim.optics.probe_intensity`, point-reflected as in the twin's
+    scanned images (:func:`scopegym.sim.optics.scan_transfer`), on the frame's own pixel grid, wide
     enough to hold the ray-optics blur (bounded by the sum of ``|C_nm| alpha^n``) plus 6.3
     ``lambda / alpha`` of diffraction tail. Frames whose pixels are more than twice that radius
     come back unchanged (the probe falls inside one pixel); if the oversampled probe grid would
@@ -236,7 +243,10 @@ def blur_with_probe(counts: np.ndarray, optics: Optics, pixel_nm: float) -> np.n
     side = 2 * half + 1
     factor = oversampling_factor(optics, pixel_nm)
     if (side * factor) ** 2 <= _MAX_PROBE_POINTS:
-        kernel = probe_intensity(optics, (side, side), pixel_nm, centered=True)
+        # A probe centred on pixel r meets the specimen at r' with weight P(r' - r): the scanned
+        # image is the frame convolved with the point-reflected probe (it matters for coma and
+        # three-fold astigmatism). The grid is odd, so the reflection keeps the centre pixel.
+        kernel = probe_intensity(optics, (side, side), pixel_nm, centered=True)[::-1, ::-1]
     else:
         kernel = _disc_kernel(geometric_nm / pixel_nm, half)
     padded = np.pad(image, half, mode="reflect")
@@ -314,12 +324,15 @@ class NionSwiftInstrument:
             see the module docstring.
         stage_control: Name of the controller's 2-D stage control [m]; its components are read
             as ``<name>.x`` and ``<name>.y``.
+        shift_sign: +1 or -1: ``shift_x_nm = shift_sign * center_nm.x`` of the scan's frame
+            parameters (and y); see the module docstring.
         control_names: Nion control of each tunable coefficient; defaults to
             :data:`DEFAULT_CONTROL_NAMES`.
         zoom_time_s: Instrument time charged for a Zoom [s].
         tune_time_s: Instrument time charged for a Tune [s].
         move_time_s: Fixed instrument time charged for a Move [s].
         move_speed_nm_per_s: Stage speed for the distance part of a Move [nm/s].
+        shift_time_s: Instrument time charged for a Shift [s]: the twin's deflector settling.
         scan_overhead_s: Set-up and read-out time added to each frame time [s].
         spectrum_readout_s: Camera read-out time added to each exposure [s].
         ronchigram_readout_s: Ronchigram camera read-out time added to each exposure [s]; the
@@ -346,11 +359,13 @@ class NionSwiftInstrument:
         optics_blur: bool = False,
         stage_sign: float = -1.0,
         stage_control: str = "stage_position_m",
+        shift_sign: float = 1.0,
         control_names: Mapping[str, str] | None = None,
         zoom_time_s: float = TwinConfig().zoom_time_s,
         tune_time_s: float = TwinConfig().tune_time_s,
         move_time_s: float = StageParams().base_move_time_s,
         move_speed_nm_per_s: float = StageParams().speed_nm_per_s,
+        shift_time_s: float = BeamShiftParams().settle_time_s,
         scan_overhead_s: float = RasterTiming().overhead_s,
         spectrum_readout_s: float = TwinConfig().spectrum_readout_s,
         ronchigram_source: Any | None = None,
@@ -360,6 +375,8 @@ class NionSwiftInstrument:
     ) -> None:
         if stage_sign not in (1.0, -1.0):
             raise ValueError(f"stage_sign must be +1 or -1, got {stage_sign!r}")
+        if shift_sign not in (1.0, -1.0):
+            raise ValueError(f"shift_sign must be +1 or -1, got {shift_sign!r}")
         registry: Any = None
         if stem_controller is None or scan_source is None or eels_source is None:
             registry = _nion("nion.utils.Registry")
@@ -391,6 +408,8 @@ class NionSwiftInstrument:
         self._geometry = _nion("nion.utils.Geometry")
         self._stage_sign = float(stage_sign)
         self._stage_control = str(stage_control)
+        self._shift_sign = float(shift_sign)
+        self._shift_time_s = float(shift_time_s)
         self._optics_blur = bool(optics_blur)
         self._zoom_time_s = float(zoom_time_s)
         self._tune_time_s = float(tune_time_s)
@@ -494,10 +513,14 @@ class NionSwiftInstrument:
         aberrations = {
             name: _m_to_nm(self._get(control)) for name, control in self._controls.items()
         }
+        parameters = self._scan.get_current_frame_parameters()
+        center = parameters.center_nm
         return InstrumentState(
             stage_x_nm=self._stage_sign * _m_to_nm(x_m) + 0.0,
             stage_y_nm=self._stage_sign * _m_to_nm(y_m) + 0.0,
-            fov_nm=float(self._scan.get_current_frame_parameters().fov_nm),
+            shift_x_nm=self._shift_sign * round(float(center.x), _READBACK_DECIMALS_NM) + 0.0,
+            shift_y_nm=self._shift_sign * round(float(center.y), _READBACK_DECIMALS_NM) + 0.0,
+            fov_nm=float(parameters.fov_nm),
             aberrations_nm=aberrations,
             voltage_kV=self._voltage_kV,
             convergence_mrad=self._convergence_mrad,
@@ -554,7 +577,7 @@ class NionSwiftInstrument:
         """Validate and carry out one command.
 
         Args:
-            command: A Scan, Zoom, Move, Spectrum, Tune or Ronchigram.
+            command: A Scan, Zoom, Move, Spectrum, Tune, Ronchigram or Shift.
 
         Returns:
             A Frame for a Scan, an EELSSpectrum for a Spectrum, a RonchigramImage for a
@@ -587,6 +610,8 @@ class NionSwiftInstrument:
                 self._do_zoom(command)
             elif isinstance(command, Move):
                 self._do_move(command)
+            elif isinstance(command, Shift):
+                self._do_shift(command, before)
             elif isinstance(command, Tune):
                 self._do_tune(command, before)
         except InstrumentError:
@@ -614,6 +639,15 @@ class NionSwiftInstrument:
             raise InstrumentError(f"the Nion controller refused to set {self._stage_control}")
         longest_nm = max(abs(command.dx_nm), abs(command.dy_nm))
         self._elapsed_s += self._move_time_s + longest_nm / self._move_speed_nm_per_s
+
+    def _do_shift(self, command: Shift, before: InstrumentState) -> None:
+        parameters = self._scan.get_current_frame_parameters()
+        parameters.center_nm = self._geometry.FloatPoint(
+            y=self._shift_sign * (before.shift_y_nm + command.dy_nm),
+            x=self._shift_sign * (before.shift_x_nm + command.dx_nm),
+        )
+        self._scan.set_current_frame_parameters(parameters)
+        self._elapsed_s += self._shift_time_s
 
     def _do_tune(self, command: Tune, before: InstrumentState) -> None:
         control = self._controls[command.aberration]
@@ -670,6 +704,8 @@ class NionSwiftInstrument:
             start_time_s=start_s,
             end_time_s=self._elapsed_s,
             detector=command.detector,
+            shift_x_nm=before.shift_x_nm,
+            shift_y_nm=before.shift_y_nm,
         )
 
     def _pick_channel(self, xdatas: Any, detector: str, index: int) -> np.ndarray:
@@ -746,6 +782,8 @@ class NionSwiftInstrument:
             dose_e_per_A2=dose,
             start_time_s=start_s,
             end_time_s=self._elapsed_s,
+            shift_x_nm=before.shift_x_nm,
+            shift_y_nm=before.shift_y_nm,
         )
 
     def _do_ronchigram(self, command: Ronchigram, before: InstrumentState) -> RonchigramImage:
@@ -773,6 +811,8 @@ class NionSwiftInstrument:
             dose_e_per_A2=dose,
             start_time_s=start_s,
             end_time_s=self._elapsed_s,
+            shift_x_nm=before.shift_x_nm,
+            shift_y_nm=before.shift_y_nm,
         )
 
     # -- session ------------------------------------------------------------------------------

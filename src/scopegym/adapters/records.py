@@ -12,7 +12,7 @@ record back through the :class:`~scopegym.instrument.protocol.Instrument` protoc
 File layout (format version 1), chosen so that a crash at any moment leaves every completed
 step readable. The file is written in HDF5's single-writer/multiple-reader (SWMR) mode, where
 the library orders its metadata writes so that the file on disk is always consistent, and
-only ever appends to five one-dimensional datasets in the group ``steps``:
+only ever appends to four datasets in the group ``steps``:
 
 * ``floats`` (float32): the arrays of every result, back to back;
 * ``text`` (uint8): one UTF-8 JSON document per step, back to back;
@@ -23,9 +23,16 @@ A step is written in that order and each dataset is flushed before the next is t
 step is complete exactly when its ``committed`` entry exists: a reader takes the first
 ``len(committed)`` steps and ignores anything after them. After a crash (even SIGKILL) the file
 still carries HDF5's "open for writing" mark, which SWMR readers accept: :func:`read_record`
-opens the file that way. Other HDF5 tools need the mark cleared first (``h5clear -s
-record.h5``); a record closed cleanly has no mark. Flushing hands the data to the operating
-system, which survives a crash of the process but not a power cut.
+and :func:`scopegym.adapters.export.export_record` open the file that way. Other HDF5 tools
+need the mark cleared first (``h5clear -s --increment=0 record.h5``); a record closed cleanly
+has no mark. ``--increment=0`` sets the file's recorded end to its real end first, so that
+h5clear keeps what a step in flight had already allocated; the file flush after each commit
+keeps the recorded end at the last completed step for a plain ``h5clear -s``. Flushing hands
+the data to the operating system, which survives a crash of the process but not a power cut.
+
+Community tools (HyperSpy, nexusformat, h5web, pyNSID) see the arrays of a record as one
+blob; ``scopegym-export`` (:mod:`scopegym.adapters.export`) writes them out as NeXus or NSID
+datasets with units and axes.
 
 JSON of a step: ``{"index", "time_unix_s", "wall_s", "kind", "status", "command", "sample",
 "result", "state", "error", "error_type"}`` with ``kind`` one of ``command``, ``load_sample``,
@@ -286,6 +293,10 @@ class _RecordWriter:
         # Rows after the last commit are leftovers of an interrupted step: overwrite them.
         _append(self._span, np.array([[start, start + len(text)]], np.int64), at=index)
         _append(self._committed, np.array([index], np.int64), at=index)
+        # Dataset flushes leave the superblock's end-of-file address where SWMR mode began;
+        # h5clear -s cuts a crashed file back to that address, which would drop every step.
+        # A file flush after each commit keeps it at the last completed step.
+        self._file.flush()
         self.n_steps = index + 1
 
     def close(self, exit_status: str) -> None:

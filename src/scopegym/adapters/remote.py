@@ -36,32 +36,57 @@ on hardware. Environments whose reward needs ground truth refuse to start on a
 ``RemoteInstrument`` with a clear error; use observation-only reward weights
 (``reward=observation_only`` in the Hydra configs).
 
-Security: the server binds 127.0.0.1 unless told otherwise and then requires a shared secret,
-checked in Pyro5's connection handshake with an HMAC of a fresh nonce (the secret itself never
-crosses the wire, a recorded handshake cannot be replayed to the same server, and the server
-proves to the client that it knows the secret too). The link is not encrypted: on an untrusted
-network, tunnel it (SSH, VPN).
+Security: the server binds 127.0.0.1 unless told otherwise and then requires a shared secret
+of at least :data:`MIN_SECRET_LENGTH` characters, checked in Pyro5's connection handshake with an
+HMAC of a fresh nonce (the secret itself never crosses the wire, a recorded handshake cannot be
+replayed to the same server, and the server proves to the client that it knows the secret too).
+The HMAC authenticates the link but does not encrypt it: on an untrusted network give the server
+a certificate and key (``tls_cert``, ``tls_key``) and the client the certificate to trust
+(``tls_ca``), and the link runs over TLS (Python's ``ssl``, as Pyro5's SSL support does, with
+the contexts kept per server and per client), or tunnel it (SSH, VPN).
+
+What one client can cost the server, and so every other client, is bounded:
+
+* connections: at most :data:`MAX_CONNECTIONS` at once, each on its own thread; a connection
+  must finish its handshake (TLS included) within :data:`HANDSHAKE_TIMEOUT_S`, and when every
+  slot is taken the oldest connection still in its handshake makes room for a new one, so idle
+  connections that never handshake cannot lock out a client;
+* requests: at most :data:`MAX_REQUEST_BYTES` each, checked from the header before the payload
+  is read; compressed requests (a small message that inflates to gigabytes) and serializers
+  other than msgpack are refused;
+* commands: validated against the served instrument's limits before it moves, and samples
+  (:meth:`InstrumentService.load_sample`) against the same limits before they load;
+* errors: messages quote refused values cut to a few hundred characters.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import hmac
 import inspect
 import ipaddress
+import logging
 import math
 import os
 import secrets
 import socket
+import ssl
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
 import Pyro5.api
 import Pyro5.errors
+import Pyro5.protocol
+import Pyro5.serializers
 import Pyro5.server
+import Pyro5.socketutil
+import Pyro5.svr_threads
 
 from scopegym.instrument import (
     Command,
@@ -78,9 +103,15 @@ from scopegym.instrument import (
     limits_from_dict,
     result_from_dict,
 )
+from scopegym.instrument.errors import MAX_QUOTED_CHARS, short_repr
+from scopegym.instrument.limits import validate_sample
 
 __all__ = [
     "DEFAULT_PORT",
+    "HANDSHAKE_TIMEOUT_S",
+    "MAX_CONNECTIONS",
+    "MAX_REQUEST_BYTES",
+    "MIN_SECRET_LENGTH",
     "OBJECT_ID",
     "PROTOCOL_VERSION",
     "SECRET_ENV",
@@ -96,7 +127,10 @@ __all__ = [
     "decode_result",
     "encode_array",
     "encode_result",
+    "check_secret",
+    "client_tls_context",
     "is_loopback",
+    "server_tls_context",
 ]
 
 PROTOCOL_VERSION: Final = 1
@@ -111,7 +145,20 @@ SERIALIZER: Final = "msgpack"
 """Pyro5 serializer of the client: carries bytes natively and is ~3x faster than marshal on
 frames (0.10 vs 0.32 ms to dump and load a 256² float32 frame, 14 vs 45 ms at 2048²)."""
 
+MIN_SECRET_LENGTH: Final = 16
+"""Fewest characters of a shared secret; server and client refuse shorter ones (e.g.
+``python -c "import secrets; print(secrets.token_urlsafe(24))"`` makes a good one)."""
+MAX_CONNECTIONS: Final = 64
+"""Connections a server holds at once unless told otherwise, handshaking ones included."""
+HANDSHAKE_TIMEOUT_S: Final = 10.0
+"""Time a new connection has to finish its handshake (TLS and the secret's) [s]."""
+MAX_REQUEST_BYTES: Final = 1 << 20
+"""Largest request a server reads [bytes]; commands and samples are a few hundred bytes."""
+
 _AUTH_TAG: Final = "scopegym-serve refused the connection:"
+_BUSY_TAG: Final = "scopegym-serve is busy:"
+_MAX_ERROR_CHARS: Final = 2000  # longest error message a server sends back [characters]
+_CONCURRENT_REFUSALS: Final = 8  # "busy" answers in progress at once; beyond, a plain close
 _NONCE_MEMORY: Final = 100_000  # handshake nonces a server remembers, to refuse replays
 # dtype kinds an array record may hold: floats, signed and unsigned integers.
 _ARRAY_KINDS: Final = frozenset("fiu")
@@ -269,8 +316,12 @@ def decode_limits(record: Any) -> InstrumentLimits:
 
 
 def _short(value: object, length: int = 120) -> str:
-    text = repr(value)
-    return text if len(text) <= length else text[: length - 3] + "..."
+    return short_repr(value, length)
+
+
+def _cut(text: str, length: int = _MAX_ERROR_CHARS) -> str:
+    """``text`` cut to ``length`` characters for a message that crosses the link."""
+    return text if len(text) <= length else f"{text[: length - 30]}... ({len(text)} characters)"
 
 
 def _error_classes() -> dict[str, type[Exception]]:
@@ -308,7 +359,11 @@ def _encode_error(error: BaseException) -> dict[str, Any]:
     ]
     reduced = error.__reduce__()
     args = reduced[1] if isinstance(reduced, tuple) and len(reduced) > 1 else error.args
-    return {"types": lineage, "args": _plain(list(args)), "message": str(error)}
+    plain: list[Any] | None = _plain(list(args))
+    if len(repr(plain)) > _MAX_ERROR_CHARS:
+        # A refused megabyte value does not travel back; the class and the message do.
+        plain = None
+    return {"types": lineage, "args": plain, "message": _cut(str(error))}
 
 
 def _decode_error(record: Any, uri: str) -> Exception:
@@ -405,7 +460,8 @@ class InstrumentService:
                 return {"error": _encode_error(error)}
             except Exception as error:  # noqa: BLE001 - reported to the client, never lost
                 failure = InstrumentError(
-                    f"the served {self._name} failed: {type(error).__name__}: {error}"
+                    f"the served {self._name} failed: {type(error).__name__}: "
+                    f"{_cut(str(error), 500)}"
                 )
                 return {"error": _encode_error(failure)}
 
@@ -470,11 +526,16 @@ class InstrumentService:
     def load_sample(self, record: Any) -> dict[str, Any]:
         """Load a sample described by ``{"family", "seed", "aberrations_nm"}``.
 
+        The sample is checked against the served instrument's limits first
+        (:func:`~scopegym.instrument.limits.validate_sample`): a residual aberration outside
+        them would make every later command slow for every client.
+
         Args:
             record: The sample: family name, seed and residual aberrations [nm].
 
         Returns:
-            ``{"ok": None}`` or the error.
+            ``{"ok": None}`` or the error (CommandTypeError or CommandLimitError for a sample
+            outside the limits, InstrumentError for a malformed record).
 
         """
 
@@ -487,18 +548,279 @@ class InstrumentService:
                 "aberrations_nm",
             }:
                 raise InstrumentError(f"malformed sample record: {_short(record)}")
-            self._instrument.load_sample(
-                SampleSpec(record["family"], record["seed"], dict(record["aberrations_nm"]))
-            )
+            family, aberrations = record["family"], record["aberrations_nm"]
+            if not isinstance(family, str) or not 0 < len(family) <= MAX_QUOTED_CHARS:
+                raise CommandTypeError("load_sample", "family", family, "a specimen family name")
+            if not isinstance(aberrations, Mapping):
+                raise CommandTypeError(
+                    "load_sample", "aberrations_nm", aberrations, "a mapping of names to nm"
+                )
+            sample = SampleSpec(family, record["seed"], dict(aberrations))
+            self._instrument.load_sample(validate_sample(sample, self._instrument.limits))
 
         return self._answer(load)
 
 
-class _SecretDaemon(Pyro5.server.Daemon):
-    """A Pyro5 daemon that admits only clients proving they hold the shared secret."""
+log = logging.getLogger(__name__)
 
-    def __init__(self, host: str, port: int, secret: str | None) -> None:
+
+class _GuardedConnection(Pyro5.socketutil.SocketConnection):
+    """A client connection whose message headers are checked before their payload is read.
+
+    Pyro5 reads a message as its first 6 bytes ("PYRO" and the version), the rest of the
+    header, then the payload (``Pyro5.protocol.recv_stub``). The header gives the payload's
+    size, serializer and flags, so a request that is too large, compressed, or in a serializer
+    other than msgpack is refused before the server allocates or inflates anything.
+    """
+
+    def __init__(self, sock: socket.socket, max_request_bytes: int) -> None:
+        super().__init__(sock)
+        self._max_request_bytes = max_request_bytes
+        self._head = b""
+
+    def recv(self, size: int) -> bytes:
+        if size > self._max_request_bytes:
+            raise Pyro5.errors.ProtocolError(
+                f"request of {size} bytes refused (at most {self._max_request_bytes})"
+            )
+        data = super().recv(size)
+        if size == 6:
+            self._head = bytes(data)
+        elif self._head and len(self._head) + size == Pyro5.protocol._header_size:
+            header, self._head = self._head + bytes(data), b""
+            self._check(Pyro5.protocol.ReceivingMessage(header))
+        else:
+            self._head = b""
+        return data
+
+    def _check(self, message: Pyro5.protocol.ReceivingMessage) -> None:
+        size = message.data_size + message.annotations_size
+        if size > self._max_request_bytes:
+            raise Pyro5.errors.ProtocolError(
+                f"request of {size} bytes refused (at most {self._max_request_bytes})"
+            )
+        if message.flags & Pyro5.protocol.FLAGS_COMPRESSED:
+            raise Pyro5.errors.ProtocolError("compressed requests are refused")
+        if message.serializer_id != _MSGPACK_ID:
+            raise Pyro5.errors.ProtocolError(
+                f"scopegym-serve reads only the {SERIALIZER} serializer"
+            )
+
+
+_MSGPACK_ID: Final = Pyro5.serializers.serializers[SERIALIZER].serializer_id
+
+
+@dataclass(eq=False)
+class _Link:
+    """One client connection of the bounded transport."""
+
+    sock: socket.socket
+    opened_s: float  # time.monotonic() at accept [s]
+    admitted: bool = False  # the handshake succeeded
+    dropped: bool = False  # closed by the server (evicted, expired or shut down)
+
+
+class _BoundedTransport(Pyro5.svr_threads.SocketServer_Threadpool):
+    """Pyro5's thread-per-connection socket server, with bounds an idle client cannot exhaust.
+
+    Pyro5 hands each accepted connection to a pool thread that waits, without a deadline, for
+    the client's handshake; 80 connections that never send one leave no thread for a real
+    client. Here every connection gets its own thread, at most ``max_connections`` are held,
+    a connection that has not finished its handshake (TLS, then the secret's) within
+    ``handshake_timeout_s`` is closed, and when every slot is taken a new connection closes the
+    oldest one still handshaking. A client that completes its handshake is therefore served
+    whatever number of silent connections arrived before it, without waiting for any timeout.
+    Only when every slot holds an admitted client is a new connection refused, with a message.
+
+    The object is made by Pyro5's Daemon as its thread-pool server and given this class and
+    :meth:`configure` right after (Pyro5 offers no other way to choose the transport per daemon).
+    """
+
+    def configure(
+        self,
+        max_connections: int,
+        handshake_timeout_s: float,
+        max_request_bytes: int,
+        tls: ssl.SSLContext | None,
+    ) -> None:
+        """Set the bounds; called once, before the daemon serves."""
+        self.max_connections = max_connections
+        self.handshake_timeout_s = handshake_timeout_s
+        self.max_request_bytes = max_request_bytes
+        self.tls = tls
+        self.evicted = 0
+        self.refused = 0
+        self._links: set[_Link] = set()
+        self._links_lock = threading.Lock()
+        self._refusals = threading.BoundedSemaphore(_CONCURRENT_REFUSALS)
+        self._poll_s = min(Pyro5.config.POLLTIMEOUT, max(handshake_timeout_s / 4.0, 0.05))
+        with contextlib.suppress(OSError):
+            self.sock.listen(128 + max_connections)  # room for bursts of connections
+
+    def counts(self) -> dict[str, int]:
+        """Connections: ``{"admitted", "handshaking", "evicted", "refused"}``.
+
+        The first two count open connections now, the last two those closed since the start.
+        """
+        with self._links_lock:
+            admitted = sum(link.admitted for link in self._links)
+            return {
+                "admitted": admitted,
+                "handshaking": len(self._links) - admitted,
+                "evicted": self.evicted,
+                "refused": self.refused,
+            }
+
+    def events(self, eventsockets: Any) -> None:
+        """Accept one connection if one is waiting, and close expired handshakes."""
+        self._expire_handshakes()
+        try:
+            if not self._selector.select(self._poll_s):
+                return
+            client, address = self.sock.accept()
+        except (TimeoutError, BlockingIOError, InterruptedError):
+            return
+        if self.shutting_down:
+            client.close()
+            return
+        self._admit(client, address)
+
+    def close(self) -> None:
+        """Stop accepting and close every connection."""
+        super().close()
+        with self._links_lock:
+            for link in list(self._links):
+                self._drop(link)
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _drop(self, link: _Link) -> None:
+        """Close a connection another thread serves (call with the lock held)."""
+        link.dropped = True
+        self._links.discard(link)
+        with contextlib.suppress(OSError):
+            # Wakes the serving thread from its read; that thread closes the socket.
+            link.sock.shutdown(socket.SHUT_RDWR)
+
+    def _expire_handshakes(self) -> None:
+        started_before = time.monotonic() - self.handshake_timeout_s
+        with self._links_lock:
+            for link in [k for k in self._links if not k.admitted and k.opened_s < started_before]:
+                self._drop(link)
+
+    def _admit(self, client: socket.socket, address: Any) -> None:
+        link = _Link(client, time.monotonic())
+        refusal = None
+        with self._links_lock:
+            if len(self._links) >= self.max_connections:
+                handshaking = [k for k in self._links if not k.admitted]
+                if handshaking:
+                    self._drop(min(handshaking, key=lambda k: k.opened_s))
+                    self.evicted += 1
+                else:
+                    self.refused += 1
+                    refusal = (
+                        f"{_BUSY_TAG} it serves {len(self._links)} clients, its limit "
+                        "(--max-connections); try again later"
+                    )
+            if refusal is None:
+                self._links.add(link)
+        if refusal is not None and not self._refusals.acquire(blocking=False):
+            client.close()  # refusing politely costs a thread; not under a flood
+            return
+        threading.Thread(
+            target=self._serve,
+            args=(link, address, refusal),
+            name=f"scopegym-serve {address}",
+            daemon=True,
+        ).start()
+
+    def _serve(self, link: _Link, address: Any, refusal: str | None) -> None:
+        connection: _GuardedConnection | None = None
+        try:
+            link.sock.settimeout(self.handshake_timeout_s)
+            if self.tls is not None:
+                with self._links_lock:
+                    if link.dropped:
+                        return
+                    # Wrapped without its handshake, so that _drop can reach the socket while
+                    # the TLS handshake runs.
+                    link.sock = self.tls.wrap_socket(
+                        link.sock, server_side=True, do_handshake_on_connect=False
+                    )
+                link.sock.do_handshake()
+            connection = _GuardedConnection(link.sock, self.max_request_bytes)
+            if refusal is not None:
+                self.daemon._handshake(connection, denied_reason=refusal)
+                return
+            if not self.daemon._handshake(connection):
+                return
+            with self._links_lock:
+                if link.dropped:
+                    return
+                link.admitted = True
+            link.sock.settimeout(None)  # an admitted client may think for as long as it likes
+            self._serve_requests(connection, address)
+        except Exception as error:  # noqa: BLE001 - a failed connection must not stop the server
+            log.debug("connection from %s ended: %s: %s", address, type(error).__name__, error)
+        finally:
+            with self._links_lock:
+                self._links.discard(link)
+            if refusal is not None:
+                self._refusals.release()
+            if connection is not None and link.admitted:
+                with contextlib.suppress(Exception):
+                    self.daemon._clientDisconnect(connection)
+            if connection is not None:
+                connection.close()
+            else:
+                with contextlib.suppress(OSError):
+                    link.sock.close()
+
+    def _serve_requests(self, connection: _GuardedConnection, address: Any) -> None:
+        while not self.shutting_down:
+            try:
+                self.daemon.handleRequest(connection)
+            except (
+                OSError,
+                Pyro5.errors.ConnectionClosedError,
+                Pyro5.errors.SecurityError,
+                Pyro5.errors.TimeoutError,
+            ):
+                return  # the client went away, or the server closed the connection
+            except Exception as error:  # noqa: BLE001 - logged; the connection is closed
+                log.warning("closing the connection from %s: %s", address, error)
+                return
+
+
+class _SecretDaemon(Pyro5.server.Daemon):
+    """A Pyro5 daemon that admits only clients proving they hold the shared secret.
+
+    It serves over :class:`_BoundedTransport`: bounded connections, handshake deadline,
+    request size, and TLS when given a context.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        secret: str | None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
+        max_request_bytes: int = MAX_REQUEST_BYTES,
+    ) -> None:
+        if Pyro5.config.SERVERTYPE != "thread" or Pyro5.config.SSL:
+            raise ValueError(
+                "scopegym-serve needs Pyro5's default server settings (SERVERTYPE 'thread', "
+                "SSL off: TLS is set per server with tls_cert and tls_key); unset PYRO_SERVERTYPE "
+                "and PYRO_SSL"
+            )
         super().__init__(host=host, port=port)
+        transport = self.transportServer
+        transport.__class__ = _BoundedTransport
+        transport.configure(max_connections, handshake_timeout_s, max_request_bytes, tls)
         self._secret = secret
         self._seen: set[str] = set()
         self._seen_order: collections.deque[str] = collections.deque()
@@ -546,6 +868,49 @@ class _SecretDaemon(Pyro5.server.Daemon):
         return {"scopegym": PROTOCOL_VERSION, "proof": _token(self._secret, nonce, "server")}
 
 
+def check_secret(secret: str) -> None:
+    """Refuse a shared secret shorter than :data:`MIN_SECRET_LENGTH` characters.
+
+    Args:
+        secret: The secret.
+
+    Raises:
+        ValueError: It is too short; the message says how to make a good one, never the secret.
+
+    """
+    if len(secret) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"the shared secret has {len(secret)} characters; at least {MIN_SECRET_LENGTH} are "
+            'required (e.g. python -c "import secrets; print(secrets.token_urlsafe(24))")'
+        )
+
+
+def server_tls_context(
+    cert: str | os.PathLike[str], key: str | os.PathLike[str] | None
+) -> ssl.SSLContext:
+    """The TLS context of a server: its certificate chain and private key.
+
+    Args:
+        cert: PEM file of the server's certificate (and chain); clients must trust it, e.g. by
+            being given this file as ``tls_ca`` when it is self-signed.
+        key: PEM file of its private key; None when ``cert`` holds the key too.
+
+    Returns:
+        A context for TLS 1.2 or later.
+
+    Raises:
+        ValueError: The files cannot be read or do not match; the message names them.
+
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(os.fspath(cert), None if key is None else os.fspath(key))
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(f"cannot use the TLS certificate {cert} and key {key}: {error}") from None
+    return context
+
+
 class InstrumentServer:
     """Serve one instrument over Pyro5 until :meth:`shutdown`.
 
@@ -553,12 +918,17 @@ class InstrumentServer:
         instrument: The instrument to serve; :meth:`shutdown` does not close it.
         host: Address to bind; 127.0.0.1 unless the server should be reachable from elsewhere.
         port: TCP port; 0 lets the operating system choose a free one.
-        secret: Shared secret clients must prove they hold; required unless ``host`` is a
-            loopback address.
+        secret: Shared secret clients must prove they hold, at least
+            :data:`MIN_SECRET_LENGTH` characters; required unless ``host`` is a loopback address.
         name: Registry name of the instrument, reported to clients.
+        tls_cert: PEM certificate (chain) of the server; with it every connection runs over TLS.
+        tls_key: PEM private key of ``tls_cert`` (None: the key is in ``tls_cert``).
+        max_connections: Connections held at once (see :class:`_BoundedTransport`).
+        handshake_timeout_s: Time a new connection has to finish its handshake [s].
 
     Raises:
-        ValueError: If ``host`` is not a loopback address and no secret is given.
+        ValueError: If ``host`` is not a loopback address and no secret is given, the secret is
+            too short, the TLS files cannot be used, or a bound is not positive.
 
     """
 
@@ -569,6 +939,11 @@ class InstrumentServer:
         port: int = DEFAULT_PORT,
         secret: str | None = None,
         name: str = "instrument",
+        *,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        handshake_timeout_s: float = HANDSHAKE_TIMEOUT_S,
     ) -> None:
         secret = secret or None
         if secret is None and not is_loopback(host):
@@ -576,10 +951,36 @@ class InstrumentServer:
                 f"binding {host or 'every interface'} makes the instrument reachable from other "
                 f"machines; give a shared secret (--secret or {SECRET_ENV})"
             )
+        if secret is not None:
+            check_secret(secret)
+        if int(max_connections) < 1 or not float(handshake_timeout_s) > 0:
+            raise ValueError(
+                f"max_connections ({max_connections}) and handshake_timeout_s "
+                f"({handshake_timeout_s}) must be positive"
+            )
+        if tls_key is not None and tls_cert is None:
+            raise ValueError("tls_key needs tls_cert")
+        tls = None if tls_cert is None else server_tls_context(tls_cert, tls_key)
+        self.tls = tls is not None
+        """Whether connections run over TLS."""
         self.service = InstrumentService(instrument, name)
-        self.daemon = _SecretDaemon(host, port, secret)
+        self.daemon = _SecretDaemon(
+            host,
+            port,
+            secret,
+            tls=tls,
+            max_connections=int(max_connections),
+            handshake_timeout_s=float(handshake_timeout_s),
+        )
         self.uri = str(self.daemon.register(self.service, objectId=OBJECT_ID))
         self._thread: threading.Thread | None = None
+
+    def connection_counts(self) -> dict[str, int]:
+        """Connections now admitted and handshaking, and those evicted and refused so far."""
+        transport = self.daemon.transportServer
+        if not isinstance(transport, _BoundedTransport):
+            return {"admitted": 0, "handshaking": 0, "evicted": 0, "refused": 0}
+        return transport.counts()
 
     def serve_forever(self) -> None:
         """Answer requests on this thread until :meth:`shutdown` is called from another."""
@@ -608,6 +1009,59 @@ class InstrumentServer:
 
 
 # -- client -------------------------------------------------------------------------------------
+
+# Pyro5 takes a proxy's TLS switch from its process-wide config and builds one client context
+# per process, cached in this module attribute of Pyro5.socketutil. Both are set for the
+# duration of one connect, under a lock, so that each client keeps its own context and clients
+# with and without TLS can live in one process.
+_PYRO_CLIENT_CONTEXT: Final = "__ssl_client_context"
+_PYRO_TLS_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pyro_client_tls(context: ssl.SSLContext | None) -> Iterator[None]:
+    """Make a Pyro5 proxy connecting inside the block use ``context`` (None: plain TCP)."""
+    cache = vars(Pyro5.socketutil)
+    with _PYRO_TLS_LOCK:
+        if context is not None and _PYRO_CLIENT_CONTEXT not in cache:
+            raise RemoteProtocolError(
+                f"this Pyro5 ({Pyro5.__version__}) keeps its TLS context elsewhere; "
+                "scopegym's TLS support needs Pyro5 5.x"
+            )
+        saved_switch, saved_context = Pyro5.config.SSL, cache.get(_PYRO_CLIENT_CONTEXT)
+        Pyro5.config.SSL = context is not None
+        if context is not None:
+            cache[_PYRO_CLIENT_CONTEXT] = context
+        try:
+            yield
+        finally:
+            Pyro5.config.SSL = saved_switch
+            if context is not None:
+                cache[_PYRO_CLIENT_CONTEXT] = saved_context
+
+
+def client_tls_context(ca: str | os.PathLike[str]) -> ssl.SSLContext:
+    """The TLS context of a client that trusts the certificates in ``ca``.
+
+    The server's certificate must name the host of the URI (e.g. ``IP:127.0.0.1`` or
+    ``DNS:scope-pc`` among its subject alternative names).
+
+    Args:
+        ca: PEM file of the certificate authority, or of the server's self-signed certificate.
+
+    Returns:
+        A context for TLS 1.2 or later that checks the certificate and the host name.
+
+    Raises:
+        ValueError: The file cannot be read; the message names it.
+
+    """
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=os.fspath(ca))
+    except (OSError, ssl.SSLError) as error:
+        raise ValueError(f"cannot use the TLS certificate {ca}: {error}") from None
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
 
 class _HandshakeProxy(Pyro5.api.Proxy):
@@ -651,10 +1105,14 @@ class RemoteInstrument:
         secret: Shared secret; None reads :data:`SECRET_ENV` (unset or empty: no secret).
         timeout_s: Longest wait for connecting and for one answer [s]; None waits as long as a
             command takes (a 2048² scan on the twin takes tens of seconds).
+        tls_ca: PEM certificate(s) to trust for a server that runs TLS (its self-signed
+            certificate, or the authority that signed it); None connects without TLS.
 
     Raises:
-        InstrumentConnectionError: If the server cannot be reached.
-        RemoteAuthenticationError: If the secrets differ or one side has none.
+        InstrumentConnectionError: If the server cannot be reached, is full, or ``tls_ca``
+            cannot be read.
+        RemoteAuthenticationError: If the secrets differ, one side has none, or the secret is
+            shorter than :data:`MIN_SECRET_LENGTH`.
         RemoteProtocolError: If the server speaks another protocol version.
 
     """
@@ -664,12 +1122,28 @@ class RemoteInstrument:
     blank_beam: Callable[[], None]
     """Blank the served instrument's beam (see :meth:`_blank_beam`); only when it can."""
 
-    def __init__(self, uri: str, secret: str | None = None, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        uri: str,
+        secret: str | None = None,
+        timeout_s: float | None = None,
+        tls_ca: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.uri = str(uri)
         if secret is None:
             secret = os.environ.get(SECRET_ENV)
         secret = secret or None
+        if secret is not None:
+            try:
+                check_secret(secret)
+            except ValueError as error:
+                raise RemoteAuthenticationError(self.uri, str(error)) from None
+        try:
+            self._tls = None if tls_ca is None else client_tls_context(tls_ca)
+        except ValueError as error:
+            raise InstrumentConnectionError(self.uri, str(error)) from None
         self._lock = threading.Lock()
+        self._lock_owner: int | None = None  # thread inside _call or close, for re-entry checks
         self._closed = False
         self._lost: InstrumentConnectionError | None = None
         try:
@@ -706,7 +1180,8 @@ class RemoteInstrument:
             proxy.__dict__["_scopegym_expected_proof"] = _token(self._secret, nonce, "server")
         proxy._pyroHandshake = handshake
         try:
-            proxy._pyroBind()
+            with _pyro_client_tls(self._tls):
+                proxy._pyroBind()
         except (RemoteAuthenticationError, RemoteProtocolError):
             proxy._pyroRelease()
             raise
@@ -717,11 +1192,16 @@ class RemoteInstrument:
                 raise RemoteAuthenticationError(
                     self.uri, f"the server refused the connection: {reason}"
                 ) from None
+            if _BUSY_TAG in text:
+                raise InstrumentConnectionError(
+                    self.uri, text[text.index(_BUSY_TAG) :].strip()
+                ) from None
             if not text.startswith("cannot connect"):
                 text = f"cannot connect: {text}"
-            raise InstrumentConnectionError(
-                self.uri, f"{text} (is scopegym-serve running there?)"
-            ) from None
+            hint = "is scopegym-serve running there?"
+            if self._tls is not None:
+                hint += " does it run TLS with a certificate tls_ca trusts, naming this host?"
+            raise InstrumentConnectionError(self.uri, f"{text} ({hint})") from None
         except Pyro5.errors.PyroError as error:
             proxy._pyroRelease()
             raise RemoteProtocolError(f"{self.uri}: cannot connect: {error}") from None
@@ -739,9 +1219,23 @@ class RemoteInstrument:
             "each environment instrument_name='remote' and instrument_kwargs={'uri': ...}"
         )
 
+    def _check_not_inside(self, method: str) -> None:
+        """Refuse a call from inside another call on the same thread (a signal handler).
+
+        The link's lock is not re-entrant and the link carries one request at a time: waiting
+        for the lock there would never end.
+        """
+        if self._lock_owner == threading.get_ident():
+            raise InstrumentError(
+                f"RemoteInstrument({self.uri!r}).{method}() was called while this thread is "
+                "inside another call on the same link (from a signal handler?); call it after "
+                "that call returns"
+            )
+
     def _call(self, method: str, *args: Any) -> Any:
         """Invoke a service method and unwrap its answer, translating link failures."""
-        with self._lock:
+        self._check_not_inside(method)
+        with self._lock, self._owned():
             if self._closed:
                 raise InstrumentError(f"RemoteInstrument({self.uri!r}) is closed")
             if self._lost is not None:
@@ -821,7 +1315,7 @@ class RemoteInstrument:
                 type(command).__name__,
                 "command",
                 command,
-                "a Scan, Zoom, Move, Spectrum, Tune or Ronchigram",
+                "a Scan, Zoom, Move, Spectrum, Tune, Ronchigram or Shift",
             )
         result = decode_result(self._call("execute", command.to_dict()))
         expected = expected_result_type(command)
@@ -884,9 +1378,18 @@ class RemoteInstrument:
         """
         self._call("blank_beam")
 
+    @contextlib.contextmanager
+    def _owned(self) -> Iterator[None]:
+        self._lock_owner = threading.get_ident()
+        try:
+            yield
+        finally:
+            self._lock_owner = None
+
     def close(self) -> None:
         """Disconnect; the served instrument stays as it is. Safe to call more than once."""
-        with self._lock:
+        self._check_not_inside("close")
+        with self._lock, self._owned():
             if self._closed:
                 return
             self._closed = True

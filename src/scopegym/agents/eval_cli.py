@@ -22,7 +22,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import gymnasium as gym
 import hydra
@@ -31,10 +31,18 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from scopegym.agents.baselines import BASELINES, make_baseline
+from scopegym.agents.cli_checks import (
+    checkpoint_problem,
+    instrument_problem,
+    integer_value,
+    quiet_absent_user_config_dir,
+)
 from scopegym.agents.evaluation import EpisodeResult, Policy, evaluate, summarise
 from scopegym.agents.train import env_factory
+from scopegym.instrument import InstrumentError
 
 log = logging.getLogger(__name__)
+quiet_absent_user_config_dir()
 
 #: Figures reported for every task besides its own task metrics.
 GENERAL_METRICS = ("return", "time_s", "dose_e_per_A2")
@@ -187,14 +195,22 @@ def validate(cfg: DictConfig) -> None:
     episodes = cfg.episodes
     if not isinstance(episodes, int) or isinstance(episodes, bool) or episodes <= 0:
         raise EvalConfigError(f"episodes must be a positive integer, got {episodes!r}")
-    if cfg.checkpoint is not None and not Path(str(cfg.checkpoint)).is_file():
-        raise EvalConfigError(f"checkpoint={cfg.checkpoint!r}: no such checkpoint file")
+    for key, minimum in (("seed", None), ("max_steps", 1)):
+        problem = integer_value(cfg, key, minimum=minimum)
+        if problem is not None:
+            raise EvalConfigError(problem)
+    problem = instrument_problem(cfg)
+    if problem is not None:
+        raise EvalConfigError(problem)
     if cfg.checkpoint is not None:
+        problem = checkpoint_problem(Path(str(cfg.checkpoint)))
+        if problem is not None:
+            raise EvalConfigError(problem)
         check_checkpoint_matches(Path(str(cfg.checkpoint)), cfg)
 
 
 def check_checkpoint_matches(checkpoint: Path, cfg: DictConfig) -> None:
-    """Refuse a checkpoint trained on another environment or frame size than ``cfg`` asks for.
+    """Refuse a checkpoint trained on another environment or observation than ``cfg`` asks for.
 
     SB3 would otherwise fail deep inside ``predict`` with an observation-shape error.
 
@@ -203,7 +219,8 @@ def check_checkpoint_matches(checkpoint: Path, cfg: DictConfig) -> None:
         cfg: The composed ``eval`` or ``run`` config.
 
     Raises:
-        EvalConfigError: The checkpoint's saved run config names another env id or frame size.
+        EvalConfigError: The checkpoint's saved run config names another env id, frame size or
+            odometry setting.
     """
     run_cfg = _run_config(checkpoint)
     if run_cfg is None:
@@ -220,6 +237,15 @@ def check_checkpoint_matches(checkpoint: Path, cfg: DictConfig) -> None:
         raise EvalConfigError(
             f"checkpoint={str(checkpoint)!r} was trained with env.kwargs.frame_px={trained_px}, "
             f"not {asked_px}"
+        )
+    # The odometry observation (off by default) adds an entry the policy's network reads.
+    trained_odometry = bool(OmegaConf.select(run_cfg, "env.kwargs.odometry", default=False))
+    asked_odometry = bool(OmegaConf.select(cfg, "env.kwargs.odometry", default=False))
+    if trained_odometry != asked_odometry:
+        raise EvalConfigError(
+            f"checkpoint={str(checkpoint)!r} was trained with env.kwargs.odometry="
+            f"{trained_odometry}, not {asked_odometry}; pass "
+            f"+env.kwargs.odometry={str(trained_odometry).lower()}"
         )
 
 
@@ -257,7 +283,10 @@ class PolicyRun:
 
 
 def run_policy(
-    name: str, factory: Callable[[gym.Env[Any, Any]], Policy], cfg: DictConfig
+    name: str,
+    factory: Callable[[gym.Env[Any, Any]], Policy],
+    cfg: DictConfig,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
 ) -> PolicyRun:
     """Evaluate one policy on the configured samples and keep its last trajectory.
 
@@ -265,6 +294,7 @@ def run_policy(
         name: Policy name in the report.
         factory: Makes the policy for the environment.
         cfg: The composed ``eval`` config.
+        on_episode: Called with each result as its episode ends.
     """
     made: list[gym.Env[Any, Any]] = []
 
@@ -281,6 +311,7 @@ def run_policy(
         seed=int(cfg.seed),
         env_kwargs=env_kwargs(cfg),
         max_steps=max_steps,
+        on_episode=on_episode,
     )
     for result in results:
         result.policy = name
@@ -468,12 +499,34 @@ def _baseline_factory(name: str) -> Callable[[gym.Env[Any, Any]], Policy]:
     return factory
 
 
-def run_evaluation(cfg: DictConfig, run_dir: Path) -> str:
+def episodes_per_policy(cfg: DictConfig) -> int:
+    """Episodes each policy runs: ``episodes``, or every sample of a smaller set."""
+    from scopegym.envs.samples import sample_set
+
+    return min(int(cfg.episodes), len(sample_set(str(cfg.samples.name))))
+
+
+def progress_bar(total: int, stream: TextIO | None) -> Any:
+    """A tqdm bar over the episodes of every policy, drawn only on a terminal.
+
+    Args:
+        total: Episodes over all policies.
+        stream: Where it is drawn; None, or a stream that is not a terminal (a log file, a
+            pipe), draws nothing.
+    """
+    from tqdm import tqdm
+
+    drawn = stream is not None and stream.isatty()
+    return tqdm(total=total, unit="episode", file=stream, disable=not drawn, dynamic_ncols=True)
+
+
+def run_evaluation(cfg: DictConfig, run_dir: Path, progress: TextIO | None = None) -> str:
     """Evaluate every configured policy and write the results, report and plots.
 
     Args:
         cfg: The composed ``eval`` config (see ``scopegym/configs/eval.yaml``).
         run_dir: Directory for every output.
+        progress: Terminal stream for a progress bar over the episodes (None: no bar).
 
     Returns:
         The Markdown report table.
@@ -506,9 +559,11 @@ def run_evaluation(cfg: DictConfig, run_dir: Path) -> str:
 
         factories.append((label, model_factory))
     runs = []
-    for name, factory in factories:
-        log.info("evaluating %s", name)
-        runs.append(run_policy(name, factory, cfg))
+    with progress_bar(len(factories) * episodes_per_policy(cfg), progress) as bar:
+        for name, factory in factories:
+            log.info("evaluating %s", name)
+            bar.set_description(name)
+            runs.append(run_policy(name, factory, cfg, on_episode=lambda _: bar.update()))
     (run_dir / "results.json").write_text(json.dumps(results_document(runs), indent=2))
     table = markdown_table(runs)
     header = (
@@ -531,11 +586,13 @@ def main(cfg: DictConfig) -> None:
     """
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
-        table = run_evaluation(cfg, run_dir)
-    except EvalConfigError as error:
-        # One line for the user instead of a traceback through Hydra and SB3.
+        table = run_evaluation(cfg, run_dir, progress=sys.stderr)
+    except (EvalConfigError, InstrumentError) as error:
+        # One line for the user instead of a traceback through Hydra and SB3; an instrument
+        # that cannot be reached or a replay that ends early says what happened itself.
         sys.exit(f"scopegym-eval: error: {error}")
     print(table)
+    print(f"report: {run_dir / 'report.md'} (results.json and the plots beside it)")
 
 
 if __name__ == "__main__":

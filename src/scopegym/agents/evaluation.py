@@ -217,6 +217,7 @@ def evaluate(
     seed: int = 0,
     env_kwargs: Mapping[str, Any] | None = None,
     max_steps: int | None = None,
+    on_episode: Callable[[EpisodeResult], None] | None = None,
 ) -> list[EpisodeResult]:
     """Run a policy on every sample of a sample set, in order.
 
@@ -229,6 +230,7 @@ def evaluate(
         seed: Reset seed of the first episode; episode i uses ``seed + i``.
         env_kwargs: Further keyword arguments of ``gymnasium.make``.
         max_steps: Step limit per episode, as in :func:`run_episode`.
+        on_episode: Called with each result as its episode ends (a progress bar).
     """
     chosen = sample_set(samples)
     env = gym.make(env_id, samples=chosen, **dict(env_kwargs or {}))
@@ -239,6 +241,8 @@ def evaluate(
             if episodes is not None and index >= episodes:
                 break
             results.append(run_episode(env, policy, sample, seed + index, max_steps))
+            if on_episode is not None:
+                on_episode(results[-1])
         return results
     finally:
         env.close()

@@ -10,9 +10,13 @@ group, plus ``dry_run``, ``approve`` and ``stop_file``) and that by the HDF5 exp
 environment. Without ground truth (hardware, a dry run, a replay) a reward that needs it falls
 back to the observation-only weights (``configs/reward/observation_only.yaml``).
 
-Exit codes: 0 the run ended normally; 1 the configuration cannot run; 3 emergency stop (stop
-file, Ctrl-C or the operator's "stop"): beam blanked where the instrument can, record closed;
-130 a second Ctrl-C aborted at once (the record is closed, the completed steps kept).
+Exit codes: 0 the run ended normally; 1 the configuration cannot run (including an instrument
+that cannot be reached or opened); 3 emergency stop (stop file, Ctrl-C or the operator's "stop"):
+beam blanked where the instrument can, record closed; 4 the instrument failed during the run (a
+lost connection, a replay that diverged or ran past its record; record closed, completed steps
+kept); 130 a second Ctrl-C aborted without waiting for the call in flight (the beam is blanked
+unless a third Ctrl-C skips that, the abort is recorded, the completed steps kept).
+Errors are one line on standard error, never a traceback.
 
 Usage:
     scopegym-run env=defect_search checkpoint=outputs/<run>/final.zip instrument=twin
@@ -25,21 +29,40 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 import scopegym  # noqa: F401  (registers the environment ids)
 from scopegym.adapters.records import RecordingInstrument
 from scopegym.agents.baselines import BASELINES, make_baseline
-from scopegym.agents.eval_cli import ModelPolicy, env_kwargs, load_checkpoint
+from scopegym.agents.cli_checks import (
+    checkpoint_problem,
+    instrument_problem,
+    integer_value,
+    quiet_absent_user_config_dir,
+)
+from scopegym.agents.eval_cli import (
+    EvalConfigError,
+    ModelPolicy,
+    check_checkpoint_matches,
+    env_kwargs,
+    load_checkpoint,
+)
 from scopegym.agents.evaluation import Policy
 from scopegym.envs import BoxActions
-from scopegym.instrument import CommandLimitError, Instrument, make_instrument
+from scopegym.instrument import (
+    CommandLimitError,
+    Instrument,
+    InstrumentError,
+    available_instruments,
+    make_instrument,
+)
 from scopegym.instrument.safety import (
     Approval,
     EmergencyStopError,
@@ -49,6 +72,7 @@ from scopegym.instrument.safety import (
 )
 
 log = logging.getLogger(__name__)
+quiet_absent_user_config_dir()
 
 #: Exit code of a configuration that cannot run.
 EXIT_CONFIG_ERROR = 1
@@ -56,6 +80,9 @@ EXIT_CONFIG_ERROR = 1
 EXIT_EMERGENCY_STOP = 3
 #: Exit code of a second Ctrl-C (abort without waiting for the next command).
 EXIT_ABORTED = 130
+#: Exit code of an instrument that failed during the run (lost connection, a replay that
+#: diverged or ran past its record).
+EXIT_INSTRUMENT_FAILURE = 4
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 _NOT_TASK_KWARGS = ("samples", "render_mode", "instrument", "instrument_name", "instrument_kwargs")
@@ -63,6 +90,10 @@ _NOT_TASK_KWARGS = ("samples", "render_mode", "instrument", "instrument_name", "
 
 class RunConfigError(ValueError):
     """A configuration that cannot be run, reported in one line."""
+
+
+class RunFailedError(RuntimeError):
+    """The instrument failed during the run (reported in one line; the record is closed)."""
 
 
 @dataclass
@@ -87,26 +118,86 @@ class RunOutcome:
 def _policy(cfg: DictConfig, env: gym.Env[Any, Any]) -> tuple[Policy, str]:
     if cfg.checkpoint:
         checkpoint = Path(str(cfg.checkpoint)).expanduser()
-        model, maskable, box = load_checkpoint(checkpoint, device=str(cfg.device))
+        try:
+            model, maskable, box = load_checkpoint(checkpoint, device=str(cfg.device))
+        except EvalConfigError as error:
+            raise RunConfigError(str(error)) from None
         wrapper = BoxActions(env.unwrapped) if box else None
+        # A checkpoint without its run config beside it escapes check_checkpoint_matches; its
+        # saved spaces still tell which frame size and task it was trained on.
+        action_space = wrapper.action_space if wrapper is not None else env.action_space
+        for what, trained, here in (
+            ("observations", model.observation_space, env.observation_space),
+            ("actions", model.action_space, action_space),
+        ):
+            if trained != here:
+                raise RunConfigError(
+                    f"checkpoint={str(checkpoint)!r} does not fit {cfg.env.id} with "
+                    f"env.kwargs.frame_px={env_kwargs(cfg).get('frame_px')}: it was trained on "
+                    f"{what} {_describe_space(trained)}, the environment has "
+                    f"{_describe_space(here)}; pick the matching env=... and env.kwargs.frame_px"
+                )
         name = f"{type(model).__name__}:{checkpoint.stem}"
         return ModelPolicy(model, name, maskable=maskable, box_actions=wrapper), name
     name = str(cfg.policy)
     return make_baseline(name, env), name
 
 
+def _describe_space(space: Any) -> str:
+    """A space in a few words: ``frame (1, 96, 96), state (12,)`` or ``MultiDiscrete([...])``."""
+    entries = getattr(space, "spaces", None)
+    if isinstance(entries, dict):
+        return ", ".join(f"{key} {getattr(sub, 'shape', sub)}" for key, sub in entries.items())
+    return str(space)
+
+
 def _check_config(cfg: DictConfig) -> None:
     """Refuse what cannot run before anything touches the instrument or the disk."""
-    if cfg.max_steps is not None and int(cfg.max_steps) <= 0:
-        raise RunConfigError(f"max_steps must be positive, got {cfg.max_steps}")
+    for key, minimum in (("seed", None), ("max_steps", 1), ("approve_batch_size", 1)):
+        problem = integer_value(cfg, key, minimum=minimum)
+        if problem is not None:
+            raise RunConfigError(problem)
+    if str(cfg.instrument.name) not in available_instruments():
+        raise RunConfigError(
+            f"instrument.name={str(cfg.instrument.name)!r} is not registered "
+            f"(known: {', '.join(available_instruments())}); register yours with "
+            "scopegym.instrument.register_instrument in a launcher that then calls "
+            "scopegym.agents.run_cli.main (README: Pointing scopegym-run at your instrument)"
+        )
+    problem = instrument_problem(cfg)
+    if problem is not None:
+        raise RunConfigError(problem)
     if cfg.checkpoint:
         checkpoint = Path(str(cfg.checkpoint)).expanduser()
         if not checkpoint.is_file():
             raise RunConfigError(f"checkpoint {checkpoint} does not exist")
+        problem = checkpoint_problem(checkpoint)
+        if problem is not None:
+            raise RunConfigError(problem)
+        try:
+            check_checkpoint_matches(checkpoint, cfg)
+        except EvalConfigError as error:
+            raise RunConfigError(str(error)) from None
     elif str(cfg.policy) not in BASELINES:
         raise RunConfigError(f"unknown policy {cfg.policy!r}; baselines: {sorted(BASELINES)}")
     if cfg.approve not in (None, "command", "batch"):
         raise RunConfigError(f"approve must be null, command or batch, got {cfg.approve!r}")
+
+
+def _name_the_safety_limits(cfg: DictConfig) -> None:
+    """Name ``cfg.safety`` after the option chosen (``safety=mylab`` -> "mylab").
+
+    The name follows the file, so a facility's copy of ``safety/default.yaml`` never reports
+    itself as "default"; outside a Hydra run a ``name`` key in the group is kept ("custom"
+    without one). The output and the record's config carry the name.
+    """
+    from hydra.core.hydra_config import HydraConfig
+
+    name = cfg.safety.get("name") or "custom"
+    if HydraConfig.initialized():
+        name = HydraConfig.get().runtime.choices.get("safety") or name
+    with open_dict(cfg):
+        cfg.safety.name = str(name)
 
 
 def _run_dir() -> Path:
@@ -172,7 +263,11 @@ def build_instrument(
             approval = Approval(str(cfg.approve), int(cfg.approve_batch_size), input_fn, out)
     except ValueError as error:
         raise RunConfigError(str(error)) from None
-    inner = make_instrument(name, **kwargs)
+    try:
+        inner = make_instrument(name, **kwargs)
+    except (InstrumentError, OSError) as error:
+        # No server at the URI, a record h5py cannot read, hardware that does not answer.
+        raise RunConfigError(f"instrument '{name}' cannot be used: {error}") from None
     stop_file = None if cfg.stop_file is None else Path(str(cfg.stop_file)).expanduser().absolute()
     try:
         safe = SafeInstrument(
@@ -220,7 +315,12 @@ def _make_env(cfg: DictConfig, instrument: Instrument, out: Any) -> gym.Env[Any,
             "(configs/reward/observation_only.yaml)",
             file=out,
         )
-    return gym.make(str(cfg.env.id), samples=str(cfg.samples.name), instrument=instrument, **kwargs)
+    try:
+        return gym.make(
+            str(cfg.env.id), samples=str(cfg.samples.name), instrument=instrument, **kwargs
+        )
+    except ValueError as error:  # e.g. a frame_px the instrument cannot scan
+        raise RunConfigError(f"{cfg.env.id} cannot be made: {error}") from None
 
 
 def run(
@@ -243,8 +343,10 @@ def run(
 
     Raises:
         RunConfigError: The configuration cannot run.
+        RunFailedError: The instrument failed during the run; the record is closed first.
     """
     _check_config(cfg)
+    _name_the_safety_limits(cfg)
     safe, recording = build_instrument(
         cfg, run_dir=run_dir or _run_dir(), input_fn=input_fn, out=out
     )
@@ -253,11 +355,11 @@ def run(
     env: gym.Env[Any, Any] | None = None
     total, step = 0.0, 0
     status, exit_code, stopped = "crashed", 0, None
+    failure: str | None = None
     try:
         env = _make_env(cfg, instrument, out)
         policy, name = _policy(cfg, env)
-        safety_name = cfg.safety.get("name", "custom")
-        print(f"safety '{safety_name}': {safe.safety_limits.describe()}", file=out)
+        print(f"safety '{cfg.safety.name}': {safe.safety_limits.describe()}", file=out)
         if safe.dry_run:
             print(
                 "DRY RUN: every command is checked and recorded, none is sent to the instrument; "
@@ -270,8 +372,10 @@ def run(
             print(f"emergency stop: create {safe.stop_file} or press Ctrl-C", file=out)
         print(f"record: {record_path}", file=out, flush=True)
         with stop_on_sigint(safe):
+            opening = safe.approval.opening() if safe.approval is not None else nullcontext()
             try:
-                obs, info = env.reset(seed=int(cfg.seed))
+                with opening:
+                    obs, info = env.reset(seed=int(cfg.seed))
             except CommandLimitError as error:
                 raise RunConfigError(
                     f"the task's opening command was refused ({error}); nothing else was sent"
@@ -319,10 +423,25 @@ def run(
             recording.record_stop(error)
         status, exit_code, stopped = "emergency stop", EXIT_EMERGENCY_STOP, str(error)
     except KeyboardInterrupt:
-        status, exit_code = "aborted (second Ctrl-C)", EXIT_ABORTED
+        # The call in flight was left; blank the beam now (it waits for the instrument, which
+        # a further Ctrl-C skips) and write the stop into the record, then leave.
+        print(
+            "scopegym-run: second Ctrl-C: aborting; blanking the beam first (Ctrl-C to skip)",
+            file=out,
+            flush=True,
+        )
+        blanking = safe.abort()
+        status, exit_code = f"aborted (second Ctrl-C): {blanking}", EXIT_ABORTED
+        if recording is not None:
+            recording.record_stop(EmergencyStopError("a second Ctrl-C aborted the run", blanking))
     except RunConfigError as error:
         status = f"not run: {error}"
         raise
+    except InstrumentError as error:
+        # A lost connection, a replay that diverged or ran past its record, a failed command:
+        # the instrument's own message says what happened, a traceback adds nothing.
+        status = f"failed ({type(error).__name__}: {error})"
+        failure = f"{error} (after {step} steps)"
     except BaseException as error:
         status = f"crashed ({type(error).__name__}: {error})"
         raise
@@ -333,6 +452,13 @@ def run(
             env.close()
         else:
             instrument.close()
+    if failure is not None:
+        kept = (
+            f"; record closed: {record_path} ({recording.n_steps} steps)"
+            if recording is not None
+            else ""
+        )
+        raise RunFailedError(failure + kept)
     if exit_code:
         steps_kept = f" ({recording.n_steps} steps)" if recording is not None else ""
         print(
@@ -352,6 +478,9 @@ def main(cfg: DictConfig) -> None:
     except RunConfigError as error:
         print(f"scopegym-run: error: {error}", file=sys.stderr)
         sys.exit(EXIT_CONFIG_ERROR)
+    except RunFailedError as error:
+        print(f"scopegym-run: error: {error}", file=sys.stderr)
+        sys.exit(EXIT_INSTRUMENT_FAILURE)
     if outcome.exit_code:
         sys.exit(outcome.exit_code)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import multiprocessing
 import re
 import sys
 from dataclasses import dataclass, field
@@ -27,7 +28,16 @@ import numpy as np
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from scopegym.agents.cli_checks import (
+    checkpoint_problem,
+    instrument_problem,
+    integer_value,
+    quiet_absent_user_config_dir,
+)
+from scopegym.instrument import InstrumentError
+
 log = logging.getLogger(__name__)
+quiet_absent_user_config_dir()
 
 #: The split kept for final evaluation (scopegym.envs.SAMPLE_SETS); never used in training.
 HELDOUT = "heldout"
@@ -63,7 +73,15 @@ class EnvFactory:
 
         from scopegym.envs import BoxActions
 
-        env: gym.Env[Any, Any] = gym.make(self.env_id, **self.kwargs)
+        try:
+            env: gym.Env[Any, Any] = gym.make(self.env_id, **self.kwargs)
+        except InstrumentError as error:
+            if multiprocessing.parent_process() is None:
+                raise
+            # In a SubprocVecEnv worker an exception prints a traceback per worker and reaches
+            # the parent only as a broken pipe: say it in one line and end the worker.
+            print(f"scopegym-train: error: {error}", file=sys.stderr, flush=True)
+            raise SystemExit(1) from None
         if self.monitor:
             env = Monitor(env)
         if self.box_actions:
@@ -104,6 +122,12 @@ def validate(cfg: DictConfig) -> None:
         raise TrainConfigError(
             f"instrument.name={cfg.instrument.name!r} is unknown; known: {available_instruments()}"
         )
+    problem = integer_value(cfg, "seed")
+    if problem is not None:
+        raise TrainConfigError(problem)
+    problem = instrument_problem(cfg)
+    if problem is not None:
+        raise TrainConfigError(problem)
     for key in ("total_timesteps", "n_envs"):
         value = cfg[key]
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
@@ -125,8 +149,8 @@ def validate(cfg: DictConfig) -> None:
             raise TrainConfigError(
                 f"reward.weights has unknown rewards {unknown}; known: {sorted(REWARDS)}"
             )
-    if cfg.resume is not None and not Path(str(cfg.resume)).is_file():
-        raise TrainConfigError(f"resume={cfg.resume!r}: no such checkpoint file")
+    if cfg.resume is not None:
+        _check_resume(Path(str(cfg.resume)), cfg)
     pretrain = cfg.get("pretrain")
     if pretrain is not None and pretrain.policies:
         known = {**BASELINES, **TEACHERS}
@@ -143,6 +167,18 @@ def validate(cfg: DictConfig) -> None:
             )
     if cfg.agent.box_actions and cfg.agent.maskable:
         raise TrainConfigError("agent.box_actions and agent.maskable exclude each other")
+
+
+def _check_resume(checkpoint: Path, cfg: DictConfig) -> None:
+    from scopegym.agents.eval_cli import EvalConfigError, check_checkpoint_matches
+
+    problem = checkpoint_problem(checkpoint, key="resume")
+    if problem is not None:
+        raise TrainConfigError(problem)
+    try:
+        check_checkpoint_matches(checkpoint, cfg)
+    except EvalConfigError as error:
+        raise TrainConfigError(str(error).replace("checkpoint=", "resume=", 1)) from None
 
 
 def env_factory(cfg: DictConfig, samples: str) -> EnvFactory:
@@ -181,6 +217,64 @@ def vecnormalize_path(checkpoint: Path) -> Path:
 def progress_bar_available() -> bool:
     """Whether SB3's progress bar can be drawn (it needs both tqdm and rich)."""
     return all(importlib.util.find_spec(name) is not None for name in ("tqdm", "rich"))
+
+
+def training_plan(cfg: DictConfig, run_dir: Path, steps: int) -> tuple[list[str], list[str]]:
+    """What a run will write where and when, and warnings about schedules that never fire.
+
+    Args:
+        cfg: The composed ``train`` config.
+        run_dir: The run's output directory.
+        steps: Environment steps this run will train (``total_timesteps`` less a resumed
+            checkpoint's steps).
+
+    Returns:
+        ``(lines, warnings)``: one line per output, and one warning per periodic output whose
+        period exceeds ``steps`` (it would never happen during training).
+    """
+    n_envs = int(cfg.n_envs)
+    lines = [f"outputs: {run_dir}", f"  training: {steps} environment steps on {n_envs} env(s)"]
+    warnings = []
+
+    def schedule(key: str, period: int, what: str, where: str) -> None:
+        if period <= 0:
+            lines.append(f"  {what}: off ({key}=0)")
+            return
+        # SB3's callbacks count calls, one per vectorised step of n_envs environment steps.
+        effective = max(period // n_envs, 1) * n_envs
+        times = steps // effective
+        lines.append(f"  {what}: every {effective} steps, {times} times -> {where}")
+        if times == 0:
+            warnings.append(
+                f"{key}={period} exceeds the {steps} steps to train: no {what} during training"
+            )
+
+    evaluating = int(cfg.eval.freq) > 0 and int(cfg.eval.n_episodes) > 0
+    schedule(
+        "eval.freq",
+        int(cfg.eval.freq) if evaluating else 0,
+        "evaluation",
+        f"{run_dir / 'eval'} and the best model in {run_dir / 'best'} "
+        f"({cfg.eval.n_episodes} validation episodes each)",
+    )
+    schedule(
+        "checkpoint.freq",
+        int(cfg.checkpoint.freq),
+        "checkpoints",
+        str(run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}_<steps>_steps.zip"),
+    )
+    schedule(
+        "tensorboard.image_freq",
+        int(cfg.tensorboard.image_freq),
+        "rendered images",
+        f"TensorBoard ({run_dir / 'tensorboard'})",
+    )
+    final = f"  final model: {run_dir / 'final.zip'}"
+    if evaluating:
+        final += f", then scored on the validation split -> {run_dir / 'validation.json'}"
+    lines.append(final)
+    lines.append(f"  scalars: tensorboard --logdir {run_dir / 'tensorboard'}")
+    return lines, warnings
 
 
 def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> None:
@@ -248,7 +342,13 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
 
     factory = env_factory(cfg, str(cfg.samples.name))
     vec_cls = SubprocVecEnv if cfg.vec_env == "subproc" else DummyVecEnv
-    venv: VecEnv = vec_cls([factory] * n_envs)
+    try:
+        venv: VecEnv = vec_cls([factory] * n_envs)
+    except (EOFError, ConnectionError) as error:
+        # A worker ended before answering; it printed its reason (EnvFactory.__call__).
+        raise TrainConfigError(
+            f"an environment worker could not start ({type(error).__name__}); see above"
+        ) from None
     venv.seed(seed)
     # Built only when used: an instrument may allow one connection per process (Nion's usim).
     evaluating = cfg.eval.freq > 0 and cfg.eval.n_episodes > 0
@@ -274,9 +374,16 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     model: BaseAlgorithm
     if resume is not None:
         algorithm: type[BaseAlgorithm] = get_class(str(cfg.agent.model._target_))
-        model = algorithm.load(
-            str(resume), env=venv, device=str(cfg.device), tensorboard_log=str(tensorboard_dir)
-        )
+        try:
+            model = algorithm.load(
+                str(resume), env=venv, device=str(cfg.device), tensorboard_log=str(tensorboard_dir)
+            )
+        except Exception as error:  # noqa: BLE001 - SB3 raises many kinds for a foreign file
+            venv.close()
+            raise TrainConfigError(
+                f"resume={str(resume)!r}: {algorithm.__name__} cannot continue from it "
+                f"({type(error).__name__}: {error})"
+            ) from None
         log.info("resumed from %s at %d steps", resume, model.num_timesteps)
     else:
         model = instantiate(
@@ -289,6 +396,12 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
             _convert_="all",
         )
 
+    lines, warnings = training_plan(
+        cfg, run_dir, max(int(cfg.total_timesteps) - model.num_timesteps, 0)
+    )
+    print("\n".join(lines), flush=True)
+    for warning in warnings:
+        log.warning(warning)
     if resume is None and cfg.pretrain.policies:
         _pretrain(cfg, model, factory, seed)
 
@@ -409,8 +522,9 @@ def main(cfg: DictConfig) -> float | None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     try:
         train(cfg, run_dir)
-    except TrainConfigError as error:
-        # One line for the user instead of a traceback through Hydra and SB3.
+    except (TrainConfigError, InstrumentError) as error:
+        # One line for the user instead of a traceback through Hydra and SB3; an instrument
+        # that cannot be reached says so itself.
         sys.exit(f"scopegym-train: error: {error}")
     # The final validation return is what a sweeper (e.g. hydra/sweeper=optuna) maximises.
     score = run_dir / "validation.json"

@@ -1,4 +1,8 @@
-"""Pictures for people watching training videos: overview, current frame, spectrum or Ronchigram."""
+"""Pictures for people watching training videos: overview, current frame, spectrum, Ronchigram.
+
+The overview and the current frame carry a scale bar; a spectrum panel appears only for tasks
+that take spectra, and a Ronchigram panel only for tasks that record Ronchigrams.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,50 @@ _VISITED = (80, 170, 255)
 _CURRENT = (255, 200, 40)
 _DEFECT = (255, 80, 80)
 _TRACE = (120, 230, 120)
+_SCALE = (255, 255, 255)
+_SCALE_BACKDROP = (0, 0, 0)
+#: Scale bar: at most this fraction of the panel wide, its left end this far in [px].
+_SCALE_MAX_FRACTION = 0.3
+SCALE_BAR_MARGIN_PX = 8
+SCALE_BAR_HEIGHT_PX = 3
+
+
+def scale_bar(fov_nm: float, panel_px: int = PANEL) -> tuple[float, int, str]:
+    """The longest 1, 2 or 5 x 10^k nm bar that fits in 30 % of a panel.
+
+    Args:
+        fov_nm: Width of the field the panel shows [nm].
+        panel_px: Width of the panel [px].
+
+    Returns:
+        ``(length_nm, length_px, label)``, e.g. ``(1.0, 64, "1 nm")`` for a 4 nm field, and
+        ``(200.0, 50, "200 nm")`` for a 1024 nm overview, ``"1 um"`` from 1000 nm on.
+    """
+    longest_nm = _SCALE_MAX_FRACTION * fov_nm
+    exponent = int(np.floor(np.log10(longest_nm)))
+    length_nm = max(
+        step * 10.0**exponent for step in (1.0, 2.0, 5.0) if step * 10.0**exponent <= longest_nm
+    )
+    length_px = int(round(length_nm / fov_nm * panel_px))
+    if length_nm >= 1000.0:
+        label = f"{length_nm / 1000.0:g} um"  # PIL's default font has no µ
+    else:
+        label = f"{length_nm:g} nm"
+    return length_nm, length_px, label
+
+
+def _draw_scale_bar(image: Image.Image, fov_nm: float) -> None:
+    _, length_px, label = scale_bar(fov_nm, image.width)
+    draw = ImageDraw.Draw(image)
+    x0 = SCALE_BAR_MARGIN_PX
+    y0 = image.height - SCALE_BAR_MARGIN_PX - SCALE_BAR_HEIGHT_PX
+    # A dark backdrop keeps the bar and its label legible on bright frames.
+    draw.rectangle(
+        (x0 - 3, y0 - 14, x0 + max(length_px, 6 * len(label)) + 3, y0 + SCALE_BAR_HEIGHT_PX + 2),
+        fill=_SCALE_BACKDROP,
+    )
+    draw.rectangle((x0, y0, x0 + length_px - 1, y0 + SCALE_BAR_HEIGHT_PX - 1), fill=_SCALE)
+    draw.text((x0, y0 - 13), label, fill=_SCALE)
 
 
 def _gray_panel(counts: np.ndarray) -> Image.Image:
@@ -56,6 +104,7 @@ def _overview_panel(env: MicroscopeEnv) -> Image.Image:
                 x, y = (defect.x_nm - ox0) * scale, (defect.y_nm - oy0) * scale
                 draw.ellipse((x - 2, y - 2, x + 2, y + 2), outline=_DEFECT)
         draw.rectangle(world_box(truth.view_bounds_nm()), outline=_CURRENT)
+        _draw_scale_bar(image, overview.fov_nm)
         return image
     # Real instrument: reported positions relative to the overview's.
     ox, oy = overview.stage_x_nm, overview.stage_y_nm
@@ -71,6 +120,7 @@ def _overview_panel(env: MicroscopeEnv) -> Image.Image:
             draw.rectangle(box(item.stage_x_nm, item.stage_y_nm, item.fov_nm), outline=_VISITED)
     state = env.instrument.state()
     draw.rectangle(box(state.stage_x_nm, state.stage_y_nm, state.fov_nm), outline=_CURRENT)
+    _draw_scale_bar(image, overview.fov_nm)
     return image
 
 
@@ -115,24 +165,31 @@ def _ronchigram_panel(env: MicroscopeEnv) -> Image.Image:
     return image
 
 
+def _current_panel(env: MicroscopeEnv) -> Image.Image:
+    frame = env._last_frame
+    if frame is None:
+        return Image.new("RGB", (PANEL, PANEL), _BACKGROUND)
+    image = _gray_panel(frame.counts)
+    _draw_scale_bar(image, frame.fov_nm)
+    return image
+
+
 def render_panels(env: MicroscopeEnv) -> np.ndarray:
-    """Three panels side by side as a (256, 768, 3) uint8 array.
+    """The task's panels side by side as a (256, 256 x panels, 3) uint8 array.
 
     The overview with visited fields (blue), the present field (yellow) and found defects (red);
-    the current frame; and the latest spectrum, or the latest Ronchigram for tasks that observe
-    Ronchigrams.
+    the current frame; then the latest Ronchigram for tasks that record Ronchigrams and the
+    latest spectrum for tasks that take spectra (two to four panels). The overview and the
+    frame carry a scale bar.
     """
-    frame = env._last_frame
-    current = (
-        _gray_panel(frame.counts)
-        if frame is not None
-        else Image.new("RGB", (PANEL, PANEL), _BACKGROUND)
-    )
-    canvas = Image.new("RGB", (3 * PANEL, PANEL), _BACKGROUND)
-    canvas.paste(_overview_panel(env), (0, 0))
-    canvas.paste(current, (PANEL, 0))
-    third = _ronchigram_panel(env) if env.task.uses_ronchigram else _spectrum_panel(env)
-    canvas.paste(third, (2 * PANEL, 0))
+    panels = [_overview_panel(env), _current_panel(env)]
+    if env.task.uses_ronchigram:
+        panels.append(_ronchigram_panel(env))
+    if env.task.uses_spectrum:
+        panels.append(_spectrum_panel(env))
+    canvas = Image.new("RGB", (len(panels) * PANEL, PANEL), _BACKGROUND)
+    for index, panel in enumerate(panels):
+        canvas.paste(panel, (index * PANEL, 0))
     draw = ImageDraw.Draw(canvas)
     state = env.instrument.state()
     draw.text(

@@ -1,8 +1,8 @@
 """The instrument hyper-language: commands, results, limits and the Instrument protocol.
 
 An agent drives a STEM with a handful of operator-level commands (:class:`Scan`, :class:`Zoom`,
-:class:`Move`, :class:`Spectrum`, :class:`Tune`, :class:`Ronchigram`), each checked by
-:func:`validate` against the instrument's :class:`InstrumentLimits` and its present
+:class:`Move`, :class:`Shift`, :class:`Spectrum`, :class:`Tune`, :class:`Ronchigram`), each
+checked by :func:`validate` against the instrument's :class:`InstrumentLimits` and its present
 :class:`InstrumentState` before anything moves, and each answered with a typed result
 (:class:`Frame`, :class:`EELSSpectrum`, :class:`RonchigramImage` or the new
 :class:`InstrumentState`). The digital twin and hardware drivers implement :class:`Instrument`.
@@ -24,6 +24,7 @@ from scopegym.instrument.commands import (
     Move,
     Ronchigram,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     Zoom,
@@ -81,6 +82,7 @@ __all__ = [
     "RonchigramImage",
     "SampleSpec",
     "Scan",
+    "Shift",
     "Spectrum",
     "SupportsBeamBlanking",
     "SupportsSampleLoading",

@@ -2,7 +2,8 @@
 
 A command is an immutable record of one operation a human operator performs on a STEM (Kalinin
 et al., "Deep Learning for Automated Experimentation in STEM": tune, scan, zoom, move, point
-spectroscopy, and the Ronchigram an operator tunes the corrector from). Commands are plain
+spectroscopy, the Ronchigram an operator tunes the corrector from, and the electronic beam shift
+operators use for small moves). Commands are plain
 data: the digital twin and the hardware driver interpret them, the remote server and the
 experiment record serialise them with :meth:`Command.to_dict` and :meth:`Command.from_dict`.
 
@@ -28,7 +29,17 @@ import numpy as np
 from scopegym.instrument.aberrations import canonical_aberration
 from scopegym.instrument.errors import CommandTypeError, UnknownCommandError
 
-__all__ = ["COMMAND_TYPES", "Command", "Move", "Ronchigram", "Scan", "Spectrum", "Tune", "Zoom"]
+__all__ = [
+    "COMMAND_TYPES",
+    "Command",
+    "Move",
+    "Ronchigram",
+    "Scan",
+    "Shift",
+    "Spectrum",
+    "Tune",
+    "Zoom",
+]
 
 
 def _as_float(command: str, field: str, value: object) -> float:
@@ -87,7 +98,8 @@ class Command:
     def __post_init__(self) -> None:
         if type(self) is Command:
             raise TypeError(
-                "Command is abstract; construct Scan, Zoom, Move, Spectrum, Tune or Ronchigram"
+                "Command is abstract; construct Scan, Zoom, Move, Spectrum, Tune, Ronchigram or "
+                "Shift"
             )
         for spec in fields(self):
             coerce = _COERCERS[str(spec.type)]
@@ -273,10 +285,34 @@ class Ronchigram(Command):
     size_px: int = 128
 
 
+@dataclass(frozen=True, slots=True)
+class Shift(Command):
+    """Shift the field of view electronically (beam/image shift), leaving the stage where it is.
+
+    The deflectors above the specimen move the scanned field the way operators nudge it by a
+    few fields of view: no mechanics, so no backlash and no settling of the stage, only a few
+    milliseconds for the deflectors to settle. The shift is relative to the present one, like
+    :class:`Move`, and the instrument bounds the *accumulated* shift from the optic axis (the
+    limits' ``shift_nm``), not only one step; the state reports the accumulated shift the
+    deflectors were set to (``shift_x_nm``, ``shift_y_nm``). Where the view lands is off by the
+    deflectors' calibration (a few per cent of scale, a small rotation) and their slow drift,
+    which a real instrument cannot report either.
+
+    Attributes:
+        dx_nm: Change of the shift along x, the frame's column direction [nm]; positive moves
+            the view towards +x, as a positive :class:`Move` does.
+        dy_nm: Change of the shift along y, the frame's row direction [nm].
+
+    """
+
+    dx_nm: float
+    dy_nm: float
+
+
 COMMAND_TYPES: Final[Mapping[str, type[Command]]] = MappingProxyType(
     {
         command_type.__name__: command_type
-        for command_type in (Scan, Zoom, Move, Spectrum, Tune, Ronchigram)
+        for command_type in (Scan, Zoom, Move, Spectrum, Tune, Ronchigram, Shift)
     }
 )
 """Every concrete command class, keyed by its name (the ``"command"`` key of a record)."""

@@ -45,18 +45,51 @@ def format_number(value: float) -> str:
     if isinstance(value, bool):
         return repr(value)
     if isinstance(value, int):
-        return str(value)
+        return short_repr(value)
     number = float(value)
     if math.isfinite(number) and number.is_integer() and abs(number) < 1e16:
         return str(int(number))
     return repr(number)
 
 
+#: Longest text of a value quoted in a message [characters]: a refused value may be a
+#: megabyte string sent to a server, and messages go back over the link and into records.
+MAX_QUOTED_CHARS = 200
+# Integers longer than this are described, not written out (Python refuses to print integers
+# of more than 4300 digits, and nobody reads 60 of them).
+_MAX_QUOTED_INT_BITS = 200
+
+
+def short_repr(value: object, limit: int = MAX_QUOTED_CHARS) -> str:
+    """``repr(value)`` for a message, cut to ``limit`` characters.
+
+    Args:
+        value: Anything.
+        limit: Longest text returned [characters].
+
+    Returns:
+        The repr, or its first characters followed by ``...`` and the full length; a very
+        large integer is described by its size instead.
+
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        bits = abs(int(value)).bit_length()
+        if bits > _MAX_QUOTED_INT_BITS:
+            return f"<{'-' if int(value) < 0 else ''}integer of {bits} bits>"
+    try:
+        text = repr(value)
+    except Exception:  # noqa: BLE001 - a broken __repr__ must not hide the refusal
+        text = f"<{type(value).__name__}>"
+    if len(text) <= limit:
+        return text
+    return f"{text[: max(limit - 30, 10)]}... ({len(text)} characters)"
+
+
 def _format_value(value: object) -> str:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return repr(value)
+        return short_repr(value)
     if isinstance(value, numbers.Integral):
-        return str(int(value))
+        return short_repr(int(value))
     return format_number(float(value))
 
 
@@ -91,7 +124,7 @@ class CommandTypeError(CommandError, TypeError):
         self.expected = expected
         self.problem = problem
         if problem is None:
-            problem = f"got {value!r} ({type(value).__name__})"
+            problem = f"got {short_repr(value)} ({type(value).__name__})"
         super().__init__(f"{command}.{field} must be {expected}; {problem}")
 
     def __reduce__(self) -> tuple[Any, ...]:
@@ -113,7 +146,9 @@ class UnknownCommandError(CommandError, ValueError):
     def __init__(self, command: object, known: tuple[str, ...]) -> None:
         self.command = command
         self.known = tuple(known)
-        super().__init__(f"unknown command {command!r}; known commands: {', '.join(self.known)}")
+        super().__init__(
+            f"unknown command {short_repr(command)}; known commands: {', '.join(self.known)}"
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.command, self.known))
@@ -134,7 +169,7 @@ class UnknownAberrationError(CommandError, ValueError):
         self.valid = tuple(valid)
         self.aliases = tuple(aliases)
         super().__init__(
-            f"unknown aberration {name!r}; valid names: {', '.join(self.valid)}; "
+            f"unknown aberration {short_repr(name)}; valid names: {', '.join(self.valid)}; "
             f"aliases: {', '.join(self.aliases)}"
         )
 

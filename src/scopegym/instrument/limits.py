@@ -17,12 +17,21 @@ import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import numpy as np
 
 from scopegym.instrument.aberrations import canonical_aberration
-from scopegym.instrument.commands import Command, Move, Ronchigram, Scan, Spectrum, Tune, Zoom
+from scopegym.instrument.commands import (
+    Command,
+    Move,
+    Ronchigram,
+    Scan,
+    Shift,
+    Spectrum,
+    Tune,
+    Zoom,
+)
 from scopegym.instrument.errors import (
     CommandLimitError,
     CommandTypeError,
@@ -31,7 +40,20 @@ from scopegym.instrument.errors import (
 )
 from scopegym.instrument.results import InstrumentState
 
-__all__ = ["InstrumentLimits", "Range", "limits_from_dict", "validate"]
+if TYPE_CHECKING:
+    from scopegym.instrument.registry import SampleSpec
+
+__all__ = [
+    "MAX_SAMPLE_SEED",
+    "InstrumentLimits",
+    "Range",
+    "limits_from_dict",
+    "validate",
+    "validate_sample",
+]
+
+MAX_SAMPLE_SEED: Final = 2**63 - 1
+"""Largest seed a sample may name (a signed 64-bit integer, what every link carries)."""
 
 
 def _is_real(value: object) -> bool:
@@ -153,6 +175,13 @@ class InstrumentLimits:
         tune_delta_nm: Allowed change of one coefficient in one Tune, per tunable coefficient
             [nm]; coefficients missing here cannot be tuned.
         aberration_nm: Allowed value of each tunable coefficient after a Tune [nm].
+        shift_nm: Allowed accumulated beam/image shift from the optic axis after a Shift, per
+            axis [nm]. The default, ±250 nm, is of the order operators use image shift at
+            atomic resolution before they move the stage instead: with a calibration error of
+            a few per cent of scale, a shift of 250 nm lands up to ~8 nm (two 4 nm fields) away
+            from where it was asked to, and further off axis the probe leaves the region the
+            corrector was tuned for. Deflectors reach further at low magnification; an
+            instrument passes its own range.
 
     """
 
@@ -167,6 +196,7 @@ class InstrumentLimits:
     detectors: tuple[str, ...] = ("haadf",)
     tune_delta_nm: Mapping[str, Range] = field(default_factory=lambda: _DEFAULT_TUNE_DELTA_NM)
     aberration_nm: Mapping[str, Range] = field(default_factory=lambda: _DEFAULT_ABERRATION_NM)
+    shift_nm: Range = Range(-250.0, 250.0, "nm")
 
     _RANGE_FIELDS = (
         "size_px",
@@ -177,6 +207,7 @@ class InstrumentLimits:
         "move_nm",
         "exposure_ms",
         "spectrum_position",
+        "shift_nm",
     )
 
     def __post_init__(self) -> None:
@@ -260,8 +291,11 @@ def limits_from_dict(record: Mapping[str, Any]) -> InstrumentLimits:
     Raises:
         KeyError, TypeError, ValueError: The record is not such output.
     """
+    # Records written before Shift existed have no shift_nm: they keep the default range.
     kwargs: dict[str, Any] = {
-        name: _range_from_list(record[name]) for name in InstrumentLimits._RANGE_FIELDS
+        name: _range_from_list(record[name])
+        for name in InstrumentLimits._RANGE_FIELDS
+        if name != "shift_nm" or name in record
     }
     kwargs["detectors"] = tuple(record["detectors"])
     for table in ("tune_delta_nm", "aberration_nm"):
@@ -359,6 +393,30 @@ def _validate_move(command: Move, state: InstrumentState, limits: InstrumentLimi
             )
 
 
+def _validate_shift(command: Shift, state: InstrumentState, limits: InstrumentLimits) -> None:
+    allowed = limits.shift_nm
+    axes = (
+        ("dx_nm", "x", command.dx_nm, state.shift_x_nm),
+        ("dy_nm", "y", command.dy_nm, state.shift_y_nm),
+    )
+    for field_name, axis, step, present_nm in axes:
+        step_nm = _check_finite(command, field_name, step, allowed)
+        target_nm = present_nm + step_nm
+        if target_nm not in allowed:
+            raise CommandLimitError(
+                command.name,
+                field_name,
+                step,
+                allowed.unit,
+                allowed.describe(),
+                reason=(
+                    f"would take the shift {axis} from {format_number(present_nm)} "
+                    f"{allowed.unit} to {format_number(target_nm)} {allowed.unit}, outside the "
+                    "allowed range"
+                ),
+            )
+
+
 def _validate_spectrum(command: Spectrum, limits: InstrumentLimits) -> None:
     _check_in(command, "x", command.x, limits.spectrum_position)
     _check_in(command, "y", command.y, limits.spectrum_position)
@@ -416,6 +474,8 @@ def validate(command: Command, state: InstrumentState, limits: InstrumentLimits)
     * :class:`Tune` -- the coefficient has a ``limits.tune_delta_nm`` entry, ``delta_nm`` is in
       it, and ``state.aberrations_nm[coefficient] + delta_nm`` is in
       ``limits.aberration_nm[coefficient]``.
+    * :class:`Shift` -- per axis, the accumulated shift after the command
+      (``state.shift_x_nm + dx_nm``, likewise y) in ``limits.shift_nm``.
 
     NaN and infinities are always refused ("not a finite number"). Nothing is modified: the
     command, the state and the limits are all immutable.
@@ -444,10 +504,92 @@ def validate(command: Command, state: InstrumentState, limits: InstrumentLimits)
         _validate_spectrum(command, limits)
     elif isinstance(command, Tune):
         _validate_tune(command, state, limits)
+    elif isinstance(command, Shift):
+        _validate_shift(command, state, limits)
     else:
         raise CommandTypeError(
             type(command).__name__,
             "command",
             command,
-            "a Scan, Zoom, Move, Spectrum, Tune or Ronchigram",
+            "a Scan, Zoom, Move, Spectrum, Tune, Ronchigram or Shift",
         )
+
+
+_Sample = TypeVar("_Sample", bound="SampleSpec")
+_LOAD_SAMPLE: Final = "load_sample"
+
+
+def validate_sample(sample: _Sample, limits: InstrumentLimits) -> _Sample:
+    """Check a sample to load against the instrument's limits, before anything changes.
+
+    A sample's hidden residual aberrations set the probe as surely as a Tune does, and the work
+    of every later command grows with them (the probe, the Ronchigram's simulation window), so
+    they are held to the same bounds as the corrector settings: each coefficient must have a
+    ``limits.aberration_nm`` entry and lie inside it.
+
+    Checks: ``seed`` is a whole number (not a bool) in [0, :data:`MAX_SAMPLE_SEED`];
+    ``aberrations_nm`` is a mapping of coefficient names or aliases (each coefficient at most
+    once) to finite real numbers inside ``limits.aberration_nm``. The family is the
+    instrument's to check: only it knows which specimens it can load.
+
+    Args:
+        sample: The sample (a :class:`~scopegym.instrument.SampleSpec`).
+        limits: What the instrument allows.
+
+    Returns:
+        The sample with an ``int`` seed and its aberrations as floats by Krivanek name.
+
+    Raises:
+        CommandTypeError: The seed is not a whole number, or the aberrations not a mapping of
+            names to real numbers, or a coefficient is given twice.
+        UnknownAberrationError: A name is neither a coefficient nor an alias.
+        CommandLimitError: The seed is negative or too large, or a coefficient is not finite,
+            has no bound on this instrument, or is outside its bound.
+
+    """
+    seed = sample.seed
+    if not isinstance(seed, numbers.Integral) or isinstance(seed, bool | np.bool_):
+        raise CommandTypeError(_LOAD_SAMPLE, "seed", seed, "a whole number")
+    if not 0 <= int(seed) <= MAX_SAMPLE_SEED:
+        raise CommandLimitError(_LOAD_SAMPLE, "seed", seed, "", "[0, 2**63 - 1]")
+    given = sample.aberrations_nm
+    if not isinstance(given, Mapping):
+        raise CommandTypeError(
+            _LOAD_SAMPLE, "aberrations_nm", given, "a mapping of aberration names to nm"
+        )
+    bounded = ", ".join(limits.aberration_nm)
+    residual: dict[str, float] = {}
+    for name, value in given.items():
+        coefficient = canonical_aberration(name)
+        field_name = f"aberrations_nm.{coefficient}"
+        if coefficient in residual:
+            raise CommandTypeError(
+                _LOAD_SAMPLE,
+                field_name,
+                value,
+                "given once",
+                problem=f"{name!r} names {coefficient}, which is given twice",
+            )
+        allowed = limits.aberration_nm.get(coefficient)
+        if allowed is None:
+            raise CommandLimitError(
+                _LOAD_SAMPLE,
+                field_name,
+                value,
+                "nm",
+                bounded,
+                reason="has no bound on this instrument; bounded coefficients:",
+            )
+        if not _is_real(value):
+            raise CommandTypeError(_LOAD_SAMPLE, field_name, value, "a real number [nm]")
+        refuse = (_LOAD_SAMPLE, field_name, value, allowed.unit, allowed.describe())
+        try:
+            number = float(value)
+        except OverflowError:
+            raise CommandLimitError(*refuse) from None
+        if not math.isfinite(number):
+            raise CommandLimitError(*refuse, reason=_NOT_FINITE)
+        if value not in allowed:
+            raise CommandLimitError(*refuse)
+        residual[coefficient] = number
+    return dataclasses.replace(sample, seed=int(seed), aberrations_nm=residual)

@@ -9,7 +9,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable
 
-from scopegym.instrument.commands import Command, Move, Ronchigram, Scan, Spectrum, Tune, Zoom
+from scopegym.instrument.commands import (
+    Command,
+    Move,
+    Ronchigram,
+    Scan,
+    Shift,
+    Spectrum,
+    Tune,
+    Zoom,
+)
 from scopegym.instrument.errors import CommandTypeError
 from scopegym.instrument.limits import InstrumentLimits
 from scopegym.instrument.results import (
@@ -30,6 +39,7 @@ _RESULT_TYPE_BY_COMMAND: dict[type[Command], ResultType] = {
     Zoom: InstrumentState,
     Move: InstrumentState,
     Tune: InstrumentState,
+    Shift: InstrumentState,
 }
 
 
@@ -53,7 +63,7 @@ class Instrument(Protocol):
       :class:`~scopegym.instrument.results.Frame` for a Scan, an
       :class:`~scopegym.instrument.results.EELSSpectrum` for a Spectrum, a
       :class:`~scopegym.instrument.results.RonchigramImage` for a Ronchigram, and the new
-      :class:`~scopegym.instrument.results.InstrumentState` for Zoom, Move and Tune.
+      :class:`~scopegym.instrument.results.InstrumentState` for Zoom, Move, Tune and Shift.
     * Positions in results and state are the *reported* ones; an implementation may keep a
       different true position internally (hysteresis, drift) but never exposes it here.
     * A valid command the instrument fails to carry out raises
@@ -101,8 +111,8 @@ def expected_result_type(command: Command | type[Command]) -> ResultType:
 
     Returns:
         :class:`Frame` for Scan, :class:`EELSSpectrum` for Spectrum,
-        :class:`RonchigramImage` for Ronchigram, :class:`InstrumentState` for Zoom, Move and
-        Tune.
+        :class:`RonchigramImage` for Ronchigram, :class:`InstrumentState` for Zoom, Move, Tune
+        and Shift.
 
     Raises:
         CommandTypeError: If ``command`` is not one of those commands or command classes.
@@ -116,7 +126,7 @@ def expected_result_type(command: Command | type[Command]) -> ResultType:
         "expected_result_type",
         "command",
         command,
-        "a Scan, Zoom, Move, Spectrum, Tune or Ronchigram",
+        "a Scan, Zoom, Move, Spectrum, Tune, Ronchigram or Shift",
     )
 
 

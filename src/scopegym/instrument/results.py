@@ -86,6 +86,9 @@ class Frame:
         start_time_s: Instrument clock when the scan started [s].
         end_time_s: Instrument clock when the scan ended [s].
         detector: Name of the detector that recorded the frame.
+        shift_x_nm: Reported beam/image shift along x during the scan [nm]; the view's centre
+            is nominally at ``stage_x_nm + shift_x_nm``.
+        shift_y_nm: Reported beam/image shift along y during the scan [nm].
 
     """
 
@@ -98,6 +101,8 @@ class Frame:
     start_time_s: float
     end_time_s: float
     detector: str = "haadf"
+    shift_x_nm: float = 0.0
+    shift_y_nm: float = 0.0
 
     _FLOAT_FIELDS = (
         "fov_nm",
@@ -107,6 +112,8 @@ class Frame:
         "dose_e_per_A2",
         "start_time_s",
         "end_time_s",
+        "shift_x_nm",
+        "shift_y_nm",
     )
 
     def __post_init__(self) -> None:
@@ -175,6 +182,8 @@ class EELSSpectrum:
         dose_e_per_A2: Areal electron dose the exposure delivered [e/Å²].
         start_time_s: Instrument clock when the exposure started [s].
         end_time_s: Instrument clock when the exposure ended [s].
+        shift_x_nm: Reported beam/image shift along x during the exposure [nm].
+        shift_y_nm: Reported beam/image shift along y during the exposure [nm].
 
     """
 
@@ -188,6 +197,8 @@ class EELSSpectrum:
     dose_e_per_A2: float
     start_time_s: float
     end_time_s: float
+    shift_x_nm: float = 0.0
+    shift_y_nm: float = 0.0
 
     _FLOAT_FIELDS = (
         "x",
@@ -198,6 +209,8 @@ class EELSSpectrum:
         "dose_e_per_A2",
         "start_time_s",
         "end_time_s",
+        "shift_x_nm",
+        "shift_y_nm",
     )
 
     def __post_init__(self) -> None:
@@ -268,6 +281,8 @@ class RonchigramImage:
         dose_e_per_A2: Areal electron dose the exposure delivered at the probe peak [e/Å²].
         start_time_s: Instrument clock when the exposure started [s].
         end_time_s: Instrument clock when the exposure ended [s].
+        shift_x_nm: Reported beam/image shift along x during the exposure [nm].
+        shift_y_nm: Reported beam/image shift along y during the exposure [nm].
 
     """
 
@@ -279,6 +294,8 @@ class RonchigramImage:
     dose_e_per_A2: float
     start_time_s: float
     end_time_s: float
+    shift_x_nm: float = 0.0
+    shift_y_nm: float = 0.0
 
     _FLOAT_FIELDS = (
         "max_angle_mrad",
@@ -288,6 +305,8 @@ class RonchigramImage:
         "dose_e_per_A2",
         "start_time_s",
         "end_time_s",
+        "shift_x_nm",
+        "shift_y_nm",
     )
 
     def __post_init__(self) -> None:
@@ -378,6 +397,10 @@ class InstrumentState:
         electrons: Total number of electrons delivered to the specimen [electrons].
         n_scans: Number of frames acquired.
         n_spectra: Number of spectra acquired.
+        shift_x_nm: Reported beam/image shift along x: the sum of the Shift commands since the
+            sample was loaded, as the deflectors were set [nm]. The view's centre is nominally
+            at ``stage_x_nm + shift_x_nm``.
+        shift_y_nm: Reported beam/image shift along y [nm].
 
     """
 
@@ -393,6 +416,8 @@ class InstrumentState:
     electrons: float = 0.0
     n_scans: int = 0
     n_spectra: int = 0
+    shift_x_nm: float = 0.0
+    shift_y_nm: float = 0.0
 
     _FLOAT_FIELDS = (
         "stage_x_nm",
@@ -404,6 +429,8 @@ class InstrumentState:
         "elapsed_s",
         "dose_e_per_A2",
         "electrons",
+        "shift_x_nm",
+        "shift_y_nm",
     )
 
     def __post_init__(self) -> None:

@@ -6,9 +6,9 @@ dispatched it passes, in order:
 
 1. the instrument's own limits (:func:`~scopegym.instrument.limits.validate`), so a dry run
    refuses what the instrument would refuse;
-2. the facility's :class:`SafetyLimits`: ranges of dwell, field of view, stage position, exposure
-   and aberration settings, the predicted dose of the command, the predicted total dose and the
-   total instrument time;
+2. the facility's :class:`SafetyLimits`: ranges of dwell, field of view, stage position, beam
+   shift, exposure and aberration settings, the predicted dose of the command, the predicted
+   total dose and the total instrument time;
 3. operator approval, when an :class:`Approval` is given;
 4. the emergency stop (a Ctrl-C or a stop file), checked again right before dispatch.
 
@@ -30,7 +30,7 @@ state before anything happens; ``e`` is the elementary charge, ``I`` the reporte
 * Ronchigram: the probe is parked as for a Spectrum, so the same ``I * exposure / e`` electrons
   on the same disc. A Ronchigram is usually taken with a defocused probe, which spreads those
   electrons over a larger disc: the focused-probe estimate is then an upper bound.
-* Zoom, Move, Tune: no dose.
+* Zoom, Move, Tune, Shift: no dose.
 
 Running totals (for :attr:`SafetyLimits.max_total_dose_e_per_A2` and
 :attr:`SafetyLimits.max_total_time_s`) are kept by the safety layer itself, not read from the
@@ -47,18 +47,21 @@ the instrument. The result is a placeholder that says what would have been acqui
 pretending to know the signal: a Frame, spectrum or Ronchigram of zero counts with the
 commanded geometry, the predicted dose and the predicted (lower-bound) times (a dry-run
 Ronchigram spans :data:`DRY_RUN_RONCHIGRAM_ANGLE_FACTOR` times the reported convergence
-semi-angle, the camera's real angular range being unknown to this layer); Zoom, Move and Tune
-return the
-nominally updated state. :meth:`SafeInstrument.state` then reports that nominal state, so later
-checks (stage range, aberration bounds, total dose) see the effect of earlier dry-run commands.
-A policy that reads frames sees blank frames in a dry run, so a dry run tests the safety of the
-command stream and the plumbing, not what the policy would do on real data.
+semi-angle, the camera's real angular range being unknown to this layer); Zoom, Move, Tune
+and Shift return the nominally updated state. :meth:`SafeInstrument.state` then reports that
+nominal state, so later checks (stage range, aberration bounds, total dose) see the effect of
+earlier dry-run commands. A policy that reads frames sees blank frames in a dry run, so a dry
+run tests the safety of the command stream and the plumbing, not what the policy would do on
+real data.
 
 Emergency stop: :meth:`SafeInstrument.request_stop` (called by the Ctrl-C handler of
 :func:`stop_on_sigint`) or the appearance of the stop file latches the stop. The beam is blanked
 at once through :class:`~scopegym.instrument.protocol.SupportsBeamBlanking` when the instrument
-supports it; while a command is in flight the blank waits until that command returns (a command
-is never interrupted mid-way, because an instrument driver need not be re-entrant). From then on
+supports it; while any call into the instrument is in progress (a command, but also a state
+query or a sample load) the blank waits until that call returns. The instrument is never entered
+a second time from inside one of its own calls: a Ctrl-C runs its handler on the thread that is
+inside the call, and a driver need not be re-entrant (the remote client holds the lock of its
+link there, so blanking from the handler would deadlock). From then on
 every :meth:`~SafeInstrument.execute` and :meth:`~SafeInstrument.load_sample` raises
 :class:`EmergencyStopError`. The stop file is checked before and after every command.
 """
@@ -78,7 +81,16 @@ from typing import Any, Final, Literal, TextIO
 import numpy as np
 
 from scopegym.instrument.aberrations import canonical_aberration
-from scopegym.instrument.commands import Command, Move, Ronchigram, Scan, Spectrum, Tune, Zoom
+from scopegym.instrument.commands import (
+    Command,
+    Move,
+    Ronchigram,
+    Scan,
+    Shift,
+    Spectrum,
+    Tune,
+    Zoom,
+)
 from scopegym.instrument.errors import CommandLimitError, InstrumentError, format_number
 from scopegym.instrument.limits import InstrumentLimits, Range, validate
 from scopegym.instrument.protocol import (
@@ -254,7 +266,7 @@ def predict(command: Command, state: InstrumentState, probe_diameter_nm: float) 
         probe_diameter_nm: Diameter of a parked probe, for spectra and Ronchigrams [nm].
 
     Returns:
-        The prediction; zero for Zoom, Move and Tune.
+        The prediction; zero for Zoom, Move, Tune and Shift.
 
     """
     current = state.beam_current_pA
@@ -284,6 +296,7 @@ _RANGE_UNITS: Final[Mapping[str, str]] = MappingProxyType(
         "stage_x_nm": "nm",
         "stage_y_nm": "nm",
         "exposure_ms": "ms",
+        "shift_nm": "nm",
     }
 )
 _SCALAR_KEYS: Final = (
@@ -324,6 +337,7 @@ class SafetyLimits:
         stage_x_nm: Allowed reported stage x after a Move [nm].
         stage_y_nm: Allowed reported stage y after a Move [nm].
         exposure_ms: Allowed exposure of a Spectrum or a Ronchigram [ms].
+        shift_nm: Allowed reported beam/image shift after a Shift, per axis [nm].
         aberration_nm: Allowed reported setting of each coefficient after a Tune [nm], by
             Krivanek name; coefficients not listed are bounded by the instrument only.
         max_frame_dose_e_per_A2: Largest predicted dose of one Scan [e/Å²].
@@ -341,6 +355,7 @@ class SafetyLimits:
     stage_x_nm: Range | None = None
     stage_y_nm: Range | None = None
     exposure_ms: Range | None = None
+    shift_nm: Range | None = None
     aberration_nm: Mapping[str, Range] = field(default_factory=dict)
     max_frame_dose_e_per_A2: float | None = None
     max_spectrum_dose_e_per_A2: float | None = None
@@ -451,6 +466,9 @@ def _intersect(instrument: Range, safety: Range, key: str) -> Range:
 
 Decision = Literal["yes", "no", "stop"]
 
+#: Start of an approval question about one of the task's opening commands.
+OPENING_MARK: Final = "[task opening, before the policy acts] "
+
 
 class Approval:
     """Asks the operator on the terminal before commands are sent.
@@ -460,6 +478,8 @@ class Approval:
     advance: a policy picks each from the result of the one before). Answers: ``y``/``yes``
     approves, ``n``/``no`` refuses this command (the run goes on), ``s``/``stop``/``q`` triggers
     the emergency stop, and so does the end of input (no operator). Anything else asks again.
+    Questions asked inside :meth:`opening` start with :data:`OPENING_MARK`: those commands are
+    the task's own opening (sent by the environment on reset), not the policy's choices.
 
     Args:
         mode: ``"command"`` or ``"batch"``.
@@ -485,6 +505,21 @@ class Approval:
         self._input = input_fn or input
         self._out = out
         self._approved_ahead = 0
+        self._in_opening = False
+
+    @contextmanager
+    def opening(self) -> Iterator[None]:
+        """Mark the questions asked meanwhile as the task's opening commands.
+
+        Wrap an environment's ``reset``: the commands it sends (a sample's overview, a first
+        Ronchigram) come from the task, before the policy acts, and the operator should know
+        that a refusal there ends the run before it starts.
+        """
+        self._in_opening = True
+        try:
+            yield
+        finally:
+            self._in_opening = False
 
     def ask(self, command: Command, prediction: Prediction) -> Decision:
         """Ask about one command (or use the rest of an approved batch).
@@ -507,7 +542,8 @@ class Approval:
                 f"{_DOSE_UNIT}, beam on {prediction.duration_s:.3g} s]"
             )
         scope = "" if self.batch_size == 1 else f" and the next {self.batch_size - 1} commands"
-        prompt = f"approve {command}{scope}?{cost} [y]es/[n]o/[s]top: "
+        mark = OPENING_MARK if self._in_opening else ""
+        prompt = f"{mark}approve {command}{scope}?{cost} [y]es/[n]o/[s]top: "
         out = self._out or sys.stdout
         while True:
             try:
@@ -578,16 +614,38 @@ class SafeInstrument:
         self._dose_used_e_per_A2 = 0.0
         self._stop_reason: str | None = None
         self._blanking: str | None = None
-        self._in_flight = False
+        # Calls into ``inner`` in progress on the stack (a Ctrl-C handler runs inside them).
+        self._inner_depth = 0
+        self._abandoned = False  # aborted: the instrument is not asked anything any more
         self._awaiting_input = False
         self._closed = False
 
     # -- Instrument protocol ----------------------------------------------------------------
 
+    @contextmanager
+    def _calling_inner(self) -> Iterator[None]:
+        """Mark a call into the instrument underneath; a stop requested meanwhile blanks after it.
+
+        A second Ctrl-C (:class:`KeyboardInterrupt`) leaves at once, without blanking: the
+        operator asked not to wait for the instrument.
+        """
+        self._inner_depth += 1
+        aborted = False
+        try:
+            yield
+        except KeyboardInterrupt:
+            aborted = True
+            raise
+        finally:
+            self._inner_depth -= 1
+            if not aborted and self._stop_reason is not None:
+                self._blank()
+
     @property
     def limits(self) -> InstrumentLimits:
         """The instrument's limits narrowed to the safety ranges (for action masks)."""
-        inner_limits = self.inner.limits
+        with self._calling_inner():
+            inner_limits = self.inner.limits
         if inner_limits is not self._inner_limits:
             self._inner_limits = inner_limits
             self._limits = self.safety_limits.narrow(inner_limits)
@@ -597,7 +655,10 @@ class SafeInstrument:
         """The instrument's state; in a dry run, the nominal state after the dry-run commands."""
         if self._virtual is not None:
             return self._virtual
-        return self.inner.state()
+        if self._abandoned:
+            raise InstrumentError("the run was aborted; the instrument is not queried any more")
+        with self._calling_inner():
+            return self.inner.state()
 
     def execute(self, command: Command) -> Result:
         """Check one command and, unless refused, stopped or dry, send it to the instrument.
@@ -622,7 +683,7 @@ class SafeInstrument:
             raise InstrumentError("the safety layer is closed")
         state = self.state()
         try:
-            validate(command, state, self.inner.limits)
+            validate(command, state, self.limits_of_instrument)
             prediction = self._check(command, state)
             self._approve(command, prediction)
         except CommandLimitError as error:
@@ -631,9 +692,10 @@ class SafeInstrument:
         self.check_stop()
         if self.dry_run:
             return self._dry_execute(command, state, prediction)
-        self._in_flight = True
         try:
-            result = self.inner.execute(command)
+            # A stop that comes in while the command is in flight blanks right after it.
+            with self._calling_inner():
+                result = self.inner.execute(command)
         except CommandLimitError as error:
             self.refusals.append((command, str(error)))
             raise
@@ -643,11 +705,8 @@ class SafeInstrument:
             # A Ctrl-C blanked the beam between the last check and dispatch: report the stop.
             self._blank()
             raise EmergencyStopError(self._stop_reason, self._blanking or "") from error
-        finally:
-            self._in_flight = False
-            if self._stop_reason is not None:
-                self._blank()  # a stop that came in while the command was in flight
-        after = self.inner.state()
+        with self._calling_inner():
+            after = self.inner.state()
         self._time_used_s += max(after.elapsed_s - state.elapsed_s, 0.0)
         delivered = after.dose_e_per_A2 - state.dose_e_per_A2
         if not math.isfinite(delivered) or delivered < 0:
@@ -659,7 +718,14 @@ class SafeInstrument:
     def close(self) -> None:
         """Close the instrument underneath; safe to call more than once."""
         self._closed = True
-        self.inner.close()
+        with self._calling_inner():
+            self.inner.close()
+
+    @property
+    def limits_of_instrument(self) -> InstrumentLimits:
+        """The limits of the instrument underneath, not narrowed by the safety ranges."""
+        with self._calling_inner():
+            return self.inner.limits
 
     # -- forwarded extras -------------------------------------------------------------------
 
@@ -674,7 +740,8 @@ class SafeInstrument:
         """
         self.check_stop()
         if not self.dry_run and isinstance(self.inner, SupportsSampleLoading):
-            self.inner.load_sample(sample)
+            with self._calling_inner():
+                self.inner.load_sample(sample)
         self._dose_used_e_per_A2 = 0.0
 
     @property
@@ -704,7 +771,8 @@ class SafeInstrument:
         """
         if not isinstance(self.inner, SupportsBeamBlanking):
             raise InstrumentError(f"{type(self.inner).__name__} cannot blank the beam")
-        self.inner.blank_beam()
+        with self._calling_inner():
+            self.inner.blank_beam()
 
     # -- emergency stop ---------------------------------------------------------------------
 
@@ -736,8 +804,9 @@ class SafeInstrument:
     def request_stop(self, reason: str) -> None:
         """Trigger the emergency stop: latch it and blank the beam.
 
-        The beam is blanked now unless a command is in flight, in which case it is blanked as
-        soon as that command returns. Safe to call more than once; the first reason is kept.
+        The beam is blanked now unless a call into the instrument is in progress (a command in
+        flight, a state query), in which case it is blanked as soon as that call returns. Safe to
+        call more than once, and from a signal handler; the first reason is kept.
 
         Args:
             reason: What triggered it, for the messages and the record.
@@ -745,8 +814,29 @@ class SafeInstrument:
         """
         if self._stop_reason is None:
             self._stop_reason = reason
-        if not self._in_flight:
+        self._blank()
+
+    def abort(self) -> str:
+        """After an abort (a second Ctrl-C): blank the beam if not done yet, then stop querying.
+
+        The call that was in flight has been left, so no call into the instrument is in
+        progress and the beam can be blanked (this waits for the instrument; another
+        :class:`KeyboardInterrupt` meanwhile leaves the beam to the operator). Afterwards
+        :meth:`state` raises :class:`InstrumentError` instead of asking the instrument, whose
+        link may still be busy with the abandoned call, and every command is refused.
+
+        Returns:
+            What happened to the beam, e.g. ``"beam blanked"``.
+
+        """
+        if self._stop_reason is None:
+            self._stop_reason = "aborted"
+        try:
             self._blank()
+        except KeyboardInterrupt:
+            self._blanking = "blanking the beam was interrupted; blank it by hand"
+        self._abandoned = True
+        return self._blanking or "the beam was not blanked; blank it by hand"
 
     def check_stop(self) -> None:
         """Raise :class:`EmergencyStopError` if the stop was triggered or the stop file exists.
@@ -765,19 +855,31 @@ class SafeInstrument:
             self.request_stop(f"stop file {self.stop_file} appeared")
 
     def _blank(self) -> None:
-        if self._blanking is not None:
+        """Blank the beam once, unless a call into the instrument is in progress.
+
+        That call blanks it when it returns (:meth:`_calling_inner`); entering the instrument
+        from inside it, as a Ctrl-C handler would, could deadlock or corrupt its link.
+        """
+        if self._blanking is not None or self._inner_depth > 0:
             return
-        if isinstance(self.inner, SupportsBeamBlanking):
-            try:
-                self.inner.blank_beam()
-            except Exception as error:  # noqa: BLE001 - the stop goes on; say why it failed
-                self._blanking = (
-                    f"blanking the beam FAILED ({type(error).__name__}: {error}); blank it by hand"
-                )
-            else:
-                self._blanking = "beam blanked"
-        else:
+        if not isinstance(self.inner, SupportsBeamBlanking):
             self._blanking = f"{type(self.inner).__name__} cannot blank the beam; blank it by hand"
+            return
+        self._inner_depth += 1
+        try:
+            if self._blanking is not None:
+                return  # a Ctrl-C handler blanked it just before this call entered
+            self.inner.blank_beam()
+        except Exception as error:  # noqa: BLE001 - the stop goes on; say why it failed
+            self._blanking = (
+                f"blanking the beam FAILED ({type(error).__name__}: {_short(error)}); "
+                "blank it by hand"
+            )
+        else:
+            if self._blanking is None:
+                self._blanking = "beam blanked"
+        finally:
+            self._inner_depth -= 1
 
     # -- checks -----------------------------------------------------------------------------
 
@@ -804,6 +906,25 @@ class SafeInstrument:
                         allowed.describe(),
                         reason=(
                             f"would put the reported stage {axis} at {format_number(target)} "
+                            f"{allowed.unit}, outside the safety range"
+                        ),
+                    )
+        elif isinstance(command, Shift):
+            allowed = safety.shift_nm
+            for field_name, axis, step, present in (
+                ("dx_nm", "x", command.dx_nm, state.shift_x_nm),
+                ("dy_nm", "y", command.dy_nm, state.shift_y_nm),
+            ):
+                target = present + step
+                if allowed is not None and target not in allowed:
+                    raise SafetyLimitError(
+                        command.name,
+                        field_name,
+                        step,
+                        allowed.unit,
+                        allowed.describe(),
+                        reason=(
+                            f"would take the shift {axis} to {format_number(target)} "
                             f"{allowed.unit}, outside the safety range"
                         ),
                     )
@@ -892,6 +1013,9 @@ class SafeInstrument:
         elif isinstance(command, Move):
             changes["stage_x_nm"] = state.stage_x_nm + command.dx_nm
             changes["stage_y_nm"] = state.stage_y_nm + command.dy_nm
+        elif isinstance(command, Shift):
+            changes["shift_x_nm"] = state.shift_x_nm + command.dx_nm
+            changes["shift_y_nm"] = state.shift_y_nm + command.dy_nm
         elif isinstance(command, Tune):
             settings = dict(state.aberrations_nm)
             settings[command.aberration] = settings.get(command.aberration, 0.0) + command.delta_nm
@@ -922,6 +1046,8 @@ class SafeInstrument:
                 start_time_s=state.elapsed_s,
                 end_time_s=end_s,
                 detector=command.detector,
+                shift_x_nm=state.shift_x_nm,
+                shift_y_nm=state.shift_y_nm,
             )
         if isinstance(command, Spectrum):
             return EELSSpectrum(
@@ -954,6 +1080,12 @@ def _dry_run_ronchigram_angle_mrad(state: InstrumentState) -> float:
     """Angular half-width of a dry-run Ronchigram [mrad]; 1 mrad if the state reports none."""
     angle = DRY_RUN_RONCHIGRAM_ANGLE_FACTOR * state.convergence_mrad
     return angle if math.isfinite(angle) and angle > 0 else 1.0
+
+
+def _short(error: BaseException, length: int = 300) -> str:
+    """The text of an error, cut to ``length`` characters for a one-line message."""
+    text = str(error)
+    return text if len(text) <= length else text[: length - 3] + "..."
 
 
 def _rounded(value: float) -> float:
