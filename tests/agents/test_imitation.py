@@ -7,10 +7,22 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 
 import scopegym  # noqa: F401  (registers the ids)
-from scopegym.agents.imitation import clone, collect_demonstrations
+from scopegym.agents.baselines import make_baseline
+from scopegym.agents.evaluation import evaluate
+from scopegym.agents.features import ScopeFeaturesExtractor
+from scopegym.agents.imitation import agreement, clone, collect_demonstrations
 from scopegym.envs.actions import ARGUMENTS
 
-SMALL = {"features_extractor_kwargs": {"cnn_output_dim": 32}, "net_arch": [32]}
+#: The per-entry extractor, narrower than its defaults to keep CI's CPU time small.
+SMALL = {
+    "features_extractor_class": ScopeFeaturesExtractor,
+    "features_extractor_kwargs": {
+        "cnn_output_dim": 32,
+        "vector_output_dim": 32,
+        "channels": (8, 16, 32),
+    },
+    "net_arch": [32],
+}
 
 
 def make_env():
@@ -46,7 +58,6 @@ def test_demonstrations_keep_what_the_baseline_saw_did_and_earned(demonstrations
     assert demonstrations.returns[0] != demonstrations.returns[1]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("algorithm", [MaskablePPO, PPO])
 def test_cloning_makes_the_demonstrated_commands_likelier(demonstrations, algorithm):
     model = algorithm("MultiInputPolicy", make_env(), n_steps=64, batch_size=32,
@@ -55,3 +66,55 @@ def test_cloning_makes_the_demonstrated_commands_likelier(demonstrations, algori
                     maskable=algorithm is MaskablePPO)
     assert figures["nll_after"] < 0.6 * figures["nll_before"]
     assert figures["accuracy_after"] > 0.5
+
+
+DEFECT_SEARCH = "scopegym/DefectSearch-v0"
+#: The cloning policy as agent=maskable_ppo builds it: the extractor at its defaults.
+CLONE_POLICY = {
+    "features_extractor_class": ScopeFeaturesExtractor,
+    "features_extractor_kwargs": {"cnn_output_dim": 64},
+    "net_arch": [128],
+}
+
+
+def _odometry_env(samples):
+    # frame_px stays at its default of 96: atomic resolution (and so any defect) needs pixels
+    # of at most 0.05 nm, and the raster's tiles are 4 nm.
+    return lambda: gym.make(DEFECT_SEARCH, samples=samples, odometry=True)
+
+
+@pytest.mark.slow
+def test_a_clone_of_the_backlash_aware_raster_agrees_with_it_and_finds_its_defects():
+    """Issue 10's bar for a policy that can read its observation.
+
+    The raster counts tiles along a row and steps its rows from one side; its next command is
+    a function of the odometry observation (commanded offset, last move), the field of view
+    and whether the frame is current, never of the frame. Cloned from training episodes, the
+    policy is scored on validation episodes it never saw: action agreement along the teacher's
+    own trajectories, then defects found driving the instrument itself through ``predict()``.
+    """
+    teacher = "backlash_raster"
+    cloning = collect_demonstrations(_odometry_env("train"), [teacher], episodes=12, gamma=0.99)
+    held_out = collect_demonstrations(
+        _odometry_env("validation"), [teacher], episodes=3, gamma=0.99, seed=500
+    )
+    assert len(cloning) > 2000 and len(held_out) > 500
+    model = MaskablePPO("MultiInputPolicy", _odometry_env("train")(), learning_rate=2e-3,
+                        policy_kwargs=CLONE_POLICY, seed=0, device="cpu")
+    clone(model, cloning, epochs=20, batch_size=32)
+    figures = agreement(model, held_out)
+    assert figures["agreement"] >= 0.95, figures
+
+    episodes = 4
+    runs = {
+        name: evaluate(factory, DEFECT_SEARCH, samples="validation", episodes=episodes,
+                       env_kwargs={"odometry": True})
+        for name, factory in (
+            ("teacher", lambda env: make_baseline(teacher, env)),
+            ("clone", lambda env: model),
+        )
+    }
+    found = {name: sum(r.metrics["defects_found"] for r in results)
+             for name, results in runs.items()}
+    assert found["teacher"] > 0, found
+    assert found["clone"] >= 0.9 * found["teacher"], found

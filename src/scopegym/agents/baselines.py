@@ -15,6 +15,13 @@ raster     the human protocol: zoom to the finest field, scan at the longest dwe
            most unusual bright spot of every atomic frame where spectra are offered
 greedy     visit the overview's anomalies (smoothed extremes furthest from the median) one after
            another, zooming to the finest field and scanning at the longest dwell at each
+backlash_raster
+           raster that approaches every tile from the same side (rows in +x, returns past the
+           row's start and forward again, rows in +y), so the stage's lost motion never
+           folds a row back onto the last; with the beam shift where the task offers it
+overview_expert
+           rank hole rims (away from contamination) on its own overview, travel to each, and
+           follow the rim at the finest field and longest dwell, frame by frame
 autofocus  coordinate search of image sharpness over the tunable aberrations: probe, fit a
            parabola, move to its vertex, refine the step
 ronchigram_autofocus
@@ -25,8 +32,8 @@ ronchigram_autofocus
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Generator, Iterator
+from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
 import numpy as np
@@ -91,6 +98,278 @@ def frame_anomalies(
     return [(int(rows[i]), int(cols[i])) for i in order[:count]]
 
 
+def _smoothed(frame: np.ndarray, sigma_px: float) -> np.ndarray:
+    image = np.asarray(frame, dtype=np.float64)
+    image = image.reshape(image.shape[-2], image.shape[-1])
+    return np.asarray(ndimage.gaussian_filter(image, sigma_px, mode="nearest"))
+
+
+def _otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
+    """The level that best splits ``values`` into two classes (Otsu's between-class variance)."""
+    counts, edges = np.histogram(values, bins=bins)
+    centres = 0.5 * (edges[1:] + edges[:-1])
+    below = np.cumsum(counts)
+    above = below[-1] - below
+    moment = np.cumsum(counts * centres)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        between = (moment[-1] * below / below[-1] - moment) ** 2 / (below * above)
+    between[~np.isfinite(between)] = 0.0
+    return float(centres[int(np.argmax(between))])
+
+
+def atomic_vacuum_mask(frame: np.ndarray, sigma_px: float = 4.0) -> np.ndarray:
+    """Pixels over vacuum in an atomic-resolution frame: the dark class of two.
+
+    A HAADF detector sees next to nothing over a hole. Once the lattice is smoothed away, the
+    frame splits into a dark and a bright class (Otsu); the dark one is vacuum only if it is
+    less than half as bright as the film and the two are more than four times the film's
+    spread apart, so a frame of film alone has no vacuum. (At this magnification amorphous
+    contamination is as smooth as the film, not a third level.)
+
+    Args:
+        frame: Image with two trailing image axes [counts or uint8 levels].
+        sigma_px: Smoothing width [px]: wider than the lattice spacing.
+
+    Returns:
+        Boolean mask, True over vacuum.
+    """
+    smooth = _smoothed(frame, sigma_px)
+    threshold = _otsu_threshold(smooth.ravel())
+    dark, film = smooth[smooth < threshold], smooth[smooth >= threshold]
+    none = np.zeros(smooth.shape, dtype=bool)
+    if min(dark.size, film.size) < 0.03 * smooth.size:
+        return none
+    dark_level, film_level = float(dark.mean()), float(film.mean())
+    if dark_level < 0.5 * film_level and film_level - dark_level > 4.0 * float(film.std()):
+        return np.asarray(smooth < threshold)
+    return none
+
+
+def vacuum_mask(
+    frame: np.ndarray,
+    sigma_px: float = 2.0,
+    level_ratio: float = 0.3,
+    roughness_ratio: float = 0.45,
+) -> np.ndarray:
+    """Pixels over vacuum in a frame of tens of nm, where contamination may be a third level.
+
+    The smoothed frame is split into three levels (k-means): dark, middle and bright. The dark
+    one is vacuum only if it is far darker than the middle one (film), less than
+    ``level_ratio`` of it, and far smoother: its pixels scatter around their smoothed level by
+    less than ``roughness_ratio`` of the film's, since over vacuum the detector counts no
+    scattered electrons, only its own noise. Film next to thick contamination is darker than
+    the contamination by a similar factor, but it is not smooth: this is what tells the two
+    apart.
+
+    Args:
+        frame: Image with two trailing image axes [counts or uint8 levels].
+        sigma_px: Smoothing width [px].
+        level_ratio: Largest ratio of the vacuum's level to the film's [dimensionless].
+        roughness_ratio: Largest ratio of the vacuum's pixel scatter to the film's
+            [dimensionless].
+
+    Returns:
+        Boolean mask, True over vacuum.
+    """
+    image = np.asarray(frame, dtype=np.float64)
+    image = image.reshape(image.shape[-2], image.shape[-1])
+    smooth = _smoothed(image, sigma_px)
+    values = smooth.ravel()
+    centres = np.percentile(values, [5.0, 50.0, 95.0])
+    for _iteration in range(30):
+        labels = np.argmin(np.abs(values[:, None] - centres[None, :]), axis=1)
+        updated = np.array(
+            [values[labels == k].mean() if np.any(labels == k) else centres[k] for k in range(3)]
+        )
+        if np.allclose(updated, centres):
+            break
+        centres = updated
+    labels = labels.reshape(smooth.shape)
+    none = np.zeros(smooth.shape, dtype=bool)
+    dark, film = labels == 0, labels == 1
+    if dark.mean() < 0.02 or film.mean() < 0.02 or not centres[1] > 0:
+        return none
+    roughness = np.abs(image - smooth)
+    smoother = float(roughness[dark].mean()) < roughness_ratio * float(roughness[film].mean())
+    if centres[0] < level_ratio * centres[1] and smoother:
+        return np.asarray(smooth < 0.5 * (centres[0] + centres[1]))
+    return none
+
+
+def overview_vacuum_mask(frame: np.ndarray, sigma_px: float = 1.0) -> np.ndarray:
+    """Pixels over holes in an overview, where film covers most of the frame.
+
+    The film's level is the mode of the smoothed frame, its spread the scatter around it, the
+    dark level the frame's 0.5th percentile; pixels below halfway between the two are vacuum,
+    provided the two are more than six spreads apart (otherwise the frame shows no hole: a
+    threshold in the film's noise would find holes everywhere). Unlike :func:`vacuum_mask`, a
+    bright patch (contamination, an extra layer) cannot pass for the film here.
+
+    Args:
+        frame: Image with two trailing image axes [counts or uint8 levels].
+        sigma_px: Smoothing width [px].
+
+    Returns:
+        Boolean mask, True over vacuum.
+    """
+    smooth = _smoothed(frame, sigma_px)
+    low, high = np.percentile(smooth, [0.5, 99.5])
+    none = np.zeros(smooth.shape, dtype=bool)
+    if not high > low:
+        return none
+    counts, edges = np.histogram(smooth, bins=64, range=(float(low), float(high)))
+    peak = int(np.argmax(ndimage.gaussian_filter1d(counts.astype(np.float64), 1.5)))
+    film = 0.5 * float(edges[peak] + edges[peak + 1])
+    near = smooth[np.abs(smooth - film) < 0.25 * abs(film) + 1e-9]
+    spread = 1.4826 * float(np.median(np.abs(near - np.median(near)))) if near.size else 0.0
+    if film - low < 6.0 * spread:
+        return none
+    return np.asarray(smooth < 0.5 * (film + low))
+
+
+def rim_pixels(vacuum: np.ndarray, min_hole_px: int = 4) -> np.ndarray:
+    """Film pixels next to a hole: the rim, where a hole's edge atoms are.
+
+    Args:
+        vacuum: Vacuum mask (see :func:`vacuum_mask`).
+        min_hole_px: Holes (connected vacuum regions) smaller than this are noise [px].
+
+    Returns:
+        Boolean mask, True on the film side of every hole's boundary.
+    """
+    labels, count = ndimage.label(vacuum)
+    if count == 0:
+        return np.zeros(vacuum.shape, dtype=bool)
+    sizes = ndimage.sum(vacuum, labels, index=np.arange(1, count + 1))
+    holes = np.isin(labels, 1 + np.flatnonzero(np.asarray(sizes) >= min_hole_px))
+    return np.asarray(ndimage.binary_dilation(holes) & ~holes)
+
+
+def pixel_offsets_nm(rows: np.ndarray, cols: np.ndarray, size_px: int, fov_nm: float) -> np.ndarray:
+    """Offsets of pixel centres from the centre of the field of view, as (x, y) rows [nm]."""
+    x = ((np.asarray(cols) + 0.5) / size_px - 0.5) * fov_nm
+    y = ((np.asarray(rows) + 0.5) / size_px - 0.5) * fov_nm
+    return np.stack([x, y], axis=-1).reshape(-1, 2)
+
+
+def rim_targets(
+    overview: np.ndarray,
+    fov_nm: float,
+    count: int,
+    separation_nm: float = 100.0,
+    avoid_bright: float = 1.6,
+) -> list[tuple[float, float]]:
+    """Where on an overview a skilled operator would zoom in: hole rims away from contamination.
+
+    Holes' rims carry the edge atoms, and with them most of the defects a low-magnification
+    image can predict; dopants, vacancies and grain boundaries are invisible at this scale, and
+    grains give a monolayer no HAADF contrast. Bright patches (amorphous contamination, extra
+    layers) hide the lattice, so rims next to them are left out. Each rim pixel is scored by
+    the rim length around it (a long, clean stretch), and targets are taken best first, at
+    least ``separation_nm`` apart.
+
+    Args:
+        overview: Low-magnification frame, two trailing image axes [counts or uint8 levels].
+        fov_nm: Its field of view [nm].
+        count: Largest number of targets.
+        separation_nm: Least distance between two targets [nm].
+        avoid_bright: Pixels brighter than this many times the film's level are
+            contamination [dimensionless].
+
+    Returns:
+        (x, y) offsets of the targets from the overview's centre [nm], best first.
+    """
+    smooth = _smoothed(overview, 1.0)
+    n = smooth.shape[-1]
+    vacuum = overview_vacuum_mask(overview, 1.0)
+    rim = rim_pixels(vacuum)
+    film = float(np.median(smooth[~vacuum])) if (~vacuum).any() else 0.0
+    bright = ndimage.binary_dilation(smooth > avoid_bright * film, iterations=2)
+    # Rims at the frame's border may be cut off.
+    inner = np.zeros_like(rim)
+    inner[2:-2, 2:-2] = True
+    score = ndimage.uniform_filter(rim.astype(np.float64), size=5)
+    rows, cols = np.nonzero(rim & inner & ~bright)
+    order = np.argsort(-score[rows, cols], kind="stable")
+    chosen: list[tuple[float, float]] = []
+    for index in order:
+        xy = pixel_offsets_nm(rows[index : index + 1], cols[index : index + 1], n, fov_nm)[0]
+        if all(math.dist(xy, other) >= separation_nm for other in chosen):
+            chosen.append((float(xy[0]), float(xy[1])))
+            if len(chosen) >= count:
+                break
+    return chosen
+
+
+class RimFix(NamedTuple):
+    """A hole's rim seen in a frame.
+
+    Attributes:
+        offset_nm: Point of the rim nearest the frame's centre, as (x, y) from the centre [nm].
+        tangent: Unit vector along the rim there, oriented so that, walking along it, the
+            hole lies on the left in the frame (x right, y down) [dimensionless].
+        normal: Unit vector across the rim, pointing from the hole into the film
+            [dimensionless].
+        points_nm: Every rim point of the frame, as (x, y) rows from the centre [nm].
+    """
+
+    offset_nm: np.ndarray
+    tangent: np.ndarray
+    normal: np.ndarray
+    points_nm: np.ndarray
+
+
+def find_rim(
+    frame: np.ndarray,
+    fov_nm: float,
+    sigma_px: float,
+    near_nm: float | None = None,
+    allowed: Callable[[np.ndarray], np.ndarray] | None = None,
+    atomic: bool = False,
+) -> RimFix | None:
+    """The rim of a hole in a frame: where it passes nearest the centre, and which way it runs.
+
+    Args:
+        frame: Image with two trailing image axes [counts or uint8 levels].
+        fov_nm: Its field of view [nm].
+        sigma_px: Smoothing before thresholding [px] (see :func:`vacuum_mask`).
+        atomic: The frame resolves atoms: use :func:`atomic_vacuum_mask`.
+        near_nm: Radius around the rim point over which the direction is fitted [nm]; a
+            quarter of the field of view by default.
+        allowed: Which rim points (offsets from the centre, [nm]) may be chosen; all if None.
+
+    Returns:
+        The rim, or None when the frame shows no (allowed) rim.
+    """
+    image = np.asarray(frame, dtype=np.float64)
+    n = image.shape[-1]
+    vacuum = (atomic_vacuum_mask if atomic else vacuum_mask)(image, sigma_px)
+    rim = rim_pixels(vacuum, min_hole_px=max(4, n * n // 400))
+    rows, cols = np.nonzero(rim)
+    if rows.size < 4:
+        return None
+    points = pixel_offsets_nm(rows, cols, n, fov_nm)
+    candidates = points if allowed is None else points[np.asarray(allowed(points), dtype=bool)]
+    if len(candidates) == 0:
+        return None
+    nearest = candidates[int(np.argmin(np.hypot(candidates[:, 0], candidates[:, 1])))]
+    radius = 0.25 * fov_nm if near_nm is None else near_nm
+    local = points[np.hypot(*(points - nearest).T) <= radius]
+    if len(local) < 3:
+        return None
+    _, _, axes = np.linalg.svd(local - local.mean(axis=0), full_matrices=False)
+    along = axes[0] / np.linalg.norm(axes[0])
+    normal = np.array([-along[1], along[0]])
+    # Orient the normal into the film: away from the vacuum near the rim point.
+    vac_rows, vac_cols = np.nonzero(vacuum)
+    holes = pixel_offsets_nm(vac_rows, vac_cols, n, fov_nm)
+    close = holes[np.hypot(*(holes - nearest).T) <= radius]
+    if len(close) and float((close.mean(axis=0) - nearest) @ normal) > 0:
+        normal = -normal
+    tangent = np.array([normal[1], -normal[0]])
+    return RimFix(nearest, tangent, normal, points)
+
+
 class ScriptedPolicy:
     """Base class of the scripted baselines: an SB3-style ``predict()`` over a plan.
 
@@ -115,6 +394,10 @@ class ScriptedPolicy:
         self.observation: dict[str, np.ndarray] = {}
         self.masks = np.ones(int(self._offsets[-1]), dtype=bool)
         self._plan: Iterator[np.ndarray] | None = None
+        #: Whether the action last returned by :meth:`predict` replaced the plan's (masked, or
+        #: outside the limits, or the plan had ended): plans that track their own commands
+        #: read it after each yield.
+        self.replaced = False
 
     # -- helpers ------------------------------------------------------------------------
 
@@ -156,6 +439,10 @@ class ScriptedPolicy:
             index = int(action[entry])
             if not 0 <= index < self.nvec[entry] or not self._entry_mask(masks, entry)[index]:
                 return False
+        if verb in ("move", "shift"):
+            # Move and shift share the dx and dy entries, whose masks allow a bin either may
+            # use: check this verb's own range.
+            return self._within_range(verb, action)
         if verb == "tune":
             # The mask is per entry; the pair (aberration, step) must also be within limits.
             name = self.config.aberrations[int(action[1 + ARGUMENTS.index("aberration")])]
@@ -168,6 +455,22 @@ class ScriptedPolicy:
                 delta in limits.tune_delta_nm[name] and (now + delta) in limits.aberration_nm[name]
             )
         return True
+
+    def _within_range(self, verb: str, action: np.ndarray) -> bool:
+        state, limits = self.instrument_state, self.limits
+        steps = self.config.move_steps if verb == "move" else self.config.shift_steps
+        dx = steps[int(action[1 + ARGUMENTS.index("dx")])] * state.fov_nm
+        dy = steps[int(action[1 + ARGUMENTS.index("dy")])] * state.fov_nm
+        if verb == "shift":
+            return (state.shift_x_nm + dx) in limits.shift_nm and (
+                state.shift_y_nm + dy
+            ) in limits.shift_nm
+        return (
+            (state.stage_x_nm + dx) in limits.stage_x_nm
+            and (state.stage_y_nm + dy) in limits.stage_y_nm
+            and abs(dx) in limits.move_nm
+            and abs(dy) in limits.move_nm
+        )
 
     def tune_delta_nm(self, name: str, delta_index: int) -> float:
         """The change [nm] a tune step bin applies to an aberration."""
@@ -241,8 +544,9 @@ class ScriptedPolicy:
         try:
             action = next(self._plan)
         except StopIteration:
-            action = self.fallback(self.masks)
-        if not self.is_valid(action):
+            action = None
+        self.replaced = action is None or not self.is_valid(action)
+        if action is None or self.replaced:
             action = self.fallback(self.masks)
         return action, state
 
@@ -446,6 +750,551 @@ class GreedyPolicy(_SerpentineMixin):
         yield from self._serpentine()
 
 
+#: Plans that yield actions and report back whether they were carried out.
+Plan = Generator[np.ndarray, None, bool]
+#: One composed move: (field of view [nm], dx bin, dy bin).
+Step = tuple[float, int, int]
+
+
+class _Navigator(ScriptedPolicy):
+    """Stage moves (and beam shifts) planned from the policy's own commands, backlash-aware.
+
+    A side-entry stage loses the first ~10–20 nm of travel after it reverses (the holder sits
+    in play between the drive's faces), and its encoders do not see the loss. Operators
+    therefore approach every field from the same side: the last leg of every approach runs in
+    the + direction on both axes for at least :attr:`backlash_margin_nm`, so the play is taken
+    up and the specimen sits where the drive says. The policy keeps, per axis, the direction of
+    its last move and the travel since it last reversed; it learns nothing from the twin.
+    Relative moves are composed from the task's bins (fractions of the present field of view),
+    zooming where a larger or smaller step is needed.
+
+    Args:
+        env: The environment.
+        backlash_margin_nm: Forward travel that takes up the stage's play [nm]; comfortably
+            more than the lost motion of a side-entry stage (the twin's is 15 nm).
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], backlash_margin_nm: float = 32.0) -> None:
+        super().__init__(env)
+        self.backlash_margin_nm = float(backlash_margin_nm)
+        self._runs: list[tuple[int, float]] = [(0, 0.0), (0, 0.0)]
+
+    def reset(self) -> None:
+        """Start afresh: the stage's play is unknown until the first approach."""
+        self._runs = [(0, 0.0), (0, 0.0)]
+        super().reset()
+
+    # -- bookkeeping --------------------------------------------------------------------
+
+    def _record_move(self, dx_nm: float, dy_nm: float) -> None:
+        for axis, step in enumerate((dx_nm, dy_nm)):
+            if step == 0.0:
+                continue  # an axis that is not driven keeps its play
+            sign = 1 if step > 0 else -1
+            last, travel = self._runs[axis]
+            self._runs[axis] = (sign, travel + abs(step)) if sign == last else (sign, abs(step))
+
+    def _taken_up(self, axis: int, delta_nm: float, sense: int = 1) -> bool:
+        """Whether moving ``delta_nm`` along an axis ends with its play taken up in ``sense``.
+
+        Args:
+            axis: 0 for x, 1 for y.
+            delta_nm: The move [nm].
+            sense: +1 or -1: the direction in which the play should end up taken up.
+        """
+        sign, travel = self._runs[axis]
+        run = travel if sign == sense else 0.0
+        ahead = sense * delta_nm
+        return ahead >= 0.0 and run + ahead >= self.backlash_margin_nm - 1e-9
+
+    # -- composing moves from the bins ----------------------------------------------------
+
+    def _levels(self) -> list[float]:
+        if "zoom" not in self.config.verbs:
+            return [self.instrument_state.fov_nm]
+        return sorted(f for f in self.config.fov_levels_nm if f in self.limits.fov_nm)
+
+    def _decompose(
+        self,
+        dx_nm: float,
+        dy_nm: float,
+        steps: tuple[float, ...],
+        fov_nm: float,
+        end_fov_nm: float | None = None,
+    ) -> list[Step]:
+        """Moves that add up to (dx, dy), starting at field of view ``fov_nm``.
+
+        Each candidate plan takes the largest steps the fields of view up to some cap allow;
+        the plan with the fewest commands wins, counting a zoom back to ``end_fov_nm`` when
+        given (a short move at atomic resolution stays there). A plan never overshoots an axis,
+        so each axis moves in one direction throughout; what the bins cannot make (finer than
+        the smallest step) is left out.
+        """
+        best: tuple[int, list[Step]] | None = None
+        for cap in self._levels():
+            plan = self._greedy(dx_nm, dy_nm, steps, fov_nm, cap)
+            cost = self._cost(plan, fov_nm)
+            last = plan[-1][0] if plan else fov_nm
+            cost += end_fov_nm is not None and not math.isclose(last, end_fov_nm)
+            if best is None or cost < best[0]:
+                best = (cost, plan)
+        return [] if best is None else best[1]
+
+    def _greedy(
+        self, dx_nm: float, dy_nm: float, steps: tuple[float, ...], fov_nm: float, cap: float
+    ) -> list[Step]:
+        """Largest steps first, with fields of view up to ``cap`` (and the present one)."""
+        plan: list[Step] = []
+        remaining = [dx_nm, dy_nm]
+        zero = steps.index(0.0)
+        levels = [level for level in self._levels() if level <= cap + 1e-9]
+        for _step in range(64):
+            best: tuple[float, bool, float, int, int] | None = None
+            for level in [fov_nm, *levels]:
+                picks = []
+                for part in remaining:
+                    fitting = [
+                        (abs(s * level), i)
+                        for i, s in enumerate(steps)
+                        if s * part > 0 and abs(s * level) <= abs(part) + 1e-6
+                    ]
+                    picks.append(max(fitting) if fitting else (0.0, zero))
+                key = (
+                    picks[0][0] + picks[1][0],
+                    math.isclose(level, fov_nm),
+                    level,
+                    picks[0][1],
+                    picks[1][1],
+                )
+                if best is None or key[:2] > best[:2]:
+                    best = key
+            if best is None or best[0] <= 1e-9:
+                break
+            _, _, fov_nm, ix, iy = best
+            plan.append((fov_nm, ix, iy))
+            remaining = [remaining[0] - steps[ix] * fov_nm, remaining[1] - steps[iy] * fov_nm]
+        return plan
+
+    @staticmethod
+    def _cost(plan: list[Step], fov_nm: float) -> int:
+        """Commands a composed plan takes: its moves and the zooms between them."""
+        zooms = 0
+        for level, _, _ in plan:
+            zooms += not math.isclose(level, fov_nm)
+            fov_nm = level
+        return len(plan) + zooms
+
+    def _drive_plan(
+        self, plan: list[Step], verb: str = "move", end_fov_nm: float | None = None
+    ) -> Plan:
+        steps = self.config.move_steps if verb == "move" else self.config.shift_steps
+        for level, ix, iy in plan:
+            if not math.isclose(self.instrument_state.fov_nm, level):
+                yield self.zoom_to(level)
+                if self.replaced:
+                    return False
+            yield self.action(verb, dx=ix, dy=iy)
+            if self.replaced:
+                return False
+            if verb == "move":
+                self._record_move(steps[ix] * level, steps[iy] * level)
+        if end_fov_nm is not None and not math.isclose(self.instrument_state.fov_nm, end_fov_nm):
+            yield self.zoom_to(end_fov_nm)
+            return not self.replaced
+        return True
+
+    def _drive(
+        self, dx_nm: float, dy_nm: float, verb: str = "move", end_fov_nm: float | None = None
+    ) -> Plan:
+        """Move the stage (or shift the beam) by (dx, dy), composed from the bins.
+
+        Returns:
+            Whether every command was carried out.
+        """
+        steps = self.config.move_steps if verb == "move" else self.config.shift_steps
+        plan = self._decompose(dx_nm, dy_nm, steps, self.instrument_state.fov_nm, end_fov_nm)
+        return (yield from self._drive_plan(plan, verb, end_fov_nm))
+
+    def _approach(
+        self,
+        dx_nm: float,
+        dy_nm: float,
+        end_fov_nm: float | None = None,
+        senses: tuple[int, int] = (1, 1),
+    ) -> Plan:
+        """Move by (dx, dy), arriving with the last leg along ``senses`` (play taken up).
+
+        An axis whose move runs along its sense and long enough (with the travel before it)
+        goes straight; otherwise it first passes the target and comes back at least the margin.
+        Among the ways to pass it (by one move's worth of each offered step size), the one with
+        the fewest commands is taken.
+
+        Args:
+            dx_nm: Move along x [nm].
+            dy_nm: Move along y [nm].
+            end_fov_nm: Field of view to end at, counted in the cost of each way.
+            senses: Direction (+1 or -1) of the last leg on each axis.
+
+        Returns:
+            Whether every command was carried out.
+        """
+        steps = self.config.move_steps
+        sizes = sorted({abs(s) * f for f in self._levels() for s in steps if s != 0})
+        options: list[list[float]] = []
+        for axis, (delta, sense) in enumerate(zip((dx_nm, dy_nm), senses, strict=True)):
+            if self._taken_up(axis, delta, sense):
+                options.append([0.0])
+            else:
+                need = self.backlash_margin_nm - sense * delta
+                passes = [size for size in sizes if size >= need - 1e-9] or [need]
+                options.append([-sense * size for size in passes])
+        fov = self.instrument_state.fov_nm
+        best: tuple[int, list[Step]] | None = None
+        for pre_x in options[0]:
+            for pre_y in options[1]:
+                first = self._decompose(pre_x, pre_y, steps, fov)
+                after = first[-1][0] if first else fov
+                second = self._decompose(dx_nm - pre_x, dy_nm - pre_y, steps, after, end_fov_nm)
+                last = second[-1][0] if second else after
+                cost = self._cost(first, fov) + self._cost(second, after)
+                cost += end_fov_nm is not None and not math.isclose(last, end_fov_nm)
+                if best is None or cost < best[0]:
+                    best = (cost, first + second)
+        assert best is not None
+        return (yield from self._drive_plan(best[1], "move", end_fov_nm))
+
+    def _zoom_finest(self) -> Plan:
+        if "zoom" in self.config.verbs and self.instrument_state.fov_nm > self.finest_fov_nm:
+            yield self.zoom_to(self.finest_fov_nm)
+            return not self.replaced
+        return True
+
+
+class BacklashAwareRasterPolicy(_Navigator):
+    """Raster that never rescans its own tiles: every tile approached from the same side.
+
+    The plain raster's serpentine reverses the x axis on every row; with a stage that loses
+    ~15 nm on reversal and 4 nm tiles, a reversed row does not move at all and its frames
+    repeat the tiles before it. This raster scans rows of ``side`` tiles in +x only, steps rows
+    in +y only, and returns to the start of each row past it and forward again (see
+    :class:`_Navigator`), so every tile is reached with the play taken up. Where the task
+    offers the beam shift, it rasters with shifts instead (no backlash: a serpentine), and
+    moves the stage only when the shift range is spent.
+
+    Args:
+        env: The environment.
+        side: Tiles per row.
+        backlash_margin_nm: Forward travel that takes up the stage's play [nm].
+        settle_nm: Length of the first approach, in +y [nm]; see :meth:`_settle`.
+    """
+
+    name = "backlash_raster"
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        side: int = 9,
+        backlash_margin_nm: float = 32.0,
+        settle_nm: float = 512.0,
+    ) -> None:
+        super().__init__(env, backlash_margin_nm)
+        self.side = int(side)
+        self.settle_nm = float(settle_nm)
+
+    def _script(self) -> Iterator[np.ndarray]:
+        cfg = self.config
+        if "scan" not in cfg.verbs or not {"move", "shift"} & set(cfg.verbs):
+            yield from super()._script()
+            return
+        yield from self._zoom_finest()
+        if "move" in cfg.verbs:
+            yield from self._settle()
+        if "shift" in cfg.verbs:
+            yield from self._shift_raster()
+        if "move" in cfg.verbs:
+            yield from self._stage_raster()
+
+    def _settle(self) -> Plan:
+        """Approach the start from a long way in -y, with the play taken up on both axes.
+
+        A stage creeps along its last long move for a while after it (the episode's opening
+        move, in any direction; the twin's creeps at up to 1 nm/s, decaying over 20 s). After
+        a long last leg in +y the creep runs with the row steps, spreading the rows instead of
+        folding them onto each other.
+        """
+        if not (yield from self._drive(0.0, -self.settle_nm)):
+            return False
+        return (yield from self._approach(0.0, self.settle_nm, end_fov_nm=self.finest_fov_nm))
+
+    def _stage_raster(self) -> Plan:
+        tile = self.finest_fov_nm
+        if not (yield from self._approach(0.0, 0.0, end_fov_nm=tile)):
+            return False
+        while True:
+            for column in range(self.side):
+                yield self.longest_scan()
+                if column < self.side - 1 and not (yield from self._approach(tile, 0.0)):
+                    break
+            if not (yield from self._approach(-(self.side - 1) * tile, tile)):
+                # The stage's edge: start a fresh block beside this one.
+                if not (yield from self._approach((self.side + 1) * tile, -8 * tile)):
+                    return False
+
+    def _shift_raster(self) -> Plan:
+        """A serpentine of shifts; returns when the next shift would leave the shift range."""
+        tile = self.finest_fov_nm
+        direction = 1.0
+        while True:
+            for column in range(self.side):
+                yield self.longest_scan()
+                if column < self.side - 1:
+                    if not (yield from self._drive(direction * tile, 0.0, "shift")):
+                        return False
+            direction = -direction
+            if not (yield from self._drive(0.0, tile, "shift")):
+                return False
+
+
+class OverviewExpertPolicy(_Navigator):
+    """An operator's search: pick hole rims on an overview, then follow them atom by atom.
+
+    The policy first takes up the stage's play and takes its own overview of the opening field
+    at the longest dwell (the opening one, at 16 µs, is too noisy to find small holes), and
+    reads it as a skilled operator does (:func:`rim_targets`): holes' rims carry the edge atoms
+    and most of what an overview can predict, contamination hides the lattice, and grains and
+    point defects give a monolayer no contrast at this magnification. For each target, nearest
+    first: travel there (approached from one side, see :class:`_Navigator`), take a
+    localisation frame, move onto the rim it shows, and follow the rim at atomic resolution:
+    each 4 nm frame at the longest dwell shows where the rim runs (:func:`find_rim`), and the
+    next field is one field further along it, recentred across it. Every move runs in + on
+    both axes, so the play stays taken up; where the rim turns against that, where a frame
+    loses it twice running, or where it leads back to fields already taken, the policy moves
+    on. When an overview's targets are spent, it surveys the next field half an overview
+    away that the stage covers whole; with none left, it scans a one-way line of fields.
+
+    Args:
+        env: The environment.
+        targets: Largest number of rim targets read from the overview.
+        locate_fov_nm: Field of view of the localisation frames [nm].
+        backlash_margin_nm: Forward travel that takes up the stage's play [nm].
+    """
+
+    name = "overview_expert"
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        targets: int = 16,
+        locate_fov_nm: float = 64.0,
+        backlash_margin_nm: float = 32.0,
+    ) -> None:
+        super().__init__(env, backlash_margin_nm)
+        self.targets = int(targets)
+        self.locate_fov_nm = float(locate_fov_nm)
+        self._position = np.zeros(2)
+        self._visited: list[np.ndarray] = []
+
+    def _script(self) -> Iterator[np.ndarray]:
+        cfg = self.config
+        if not {"scan", "zoom", "move"} <= set(cfg.verbs):
+            yield from super()._script()
+            return
+        # Take up the stage's play first, so that the overview and every later field share the
+        # same side of it.
+        overview_fov = self.instrument_state.fov_nm
+        yield from self._approach(0.0, 0.0, end_fov_nm=overview_fov)
+        origin = self.instrument_state
+        # Commanded position relative to that first overview, and the fields taken.
+        self._position = np.zeros(2)
+        self._visited = []
+        surveyed: list[np.ndarray] = []
+        centre: np.ndarray | None = np.zeros(2)
+        while centre is not None:
+            if not (yield from self._go(centre - self._position, end_fov_nm=overview_fov)):
+                break
+            yield from self._survey(origin, surveyed)
+            surveyed.append(centre)
+            centre = self._next_overview(origin, surveyed, overview_fov)
+        # No rim left within reach: a one-way line of fields from wherever the policy is.
+        yield from self._zoom_finest()
+        tile = self.instrument_state.fov_nm
+        while True:
+            yield self.longest_scan()
+            yield from self._go(np.array([tile, 0.0]))
+
+    def _reachable(self, origin: InstrumentState, offset: np.ndarray, margin_nm: float) -> bool:
+        """Whether the stage can put the view ``margin_nm`` around ``offset`` [nm]."""
+        limits = self.limits
+        x = origin.stage_x_nm + float(offset[0])
+        y = origin.stage_y_nm + float(offset[1])
+        return (
+            limits.stage_x_nm.low + margin_nm <= x <= limits.stage_x_nm.high - margin_nm
+            and limits.stage_y_nm.low + margin_nm <= y <= limits.stage_y_nm.high - margin_nm
+        )
+
+    def _survey(self, origin: InstrumentState, surveyed: list[np.ndarray]) -> Plan:
+        """An overview at the longest dwell here, then every new rim target on it, nearest first.
+
+        The opening overview is too noisy to find small holes. Targets inside fields surveyed
+        before were offered there already; those near the end of the stage's travel may be the
+        edge of the specimen, not a hole.
+        """
+        fov = self.instrument_state.fov_nm
+        here = self._position.copy()
+        yield self.longest_scan()
+        if self.replaced:
+            return False
+        overview = np.asarray(self.observation["frame"])[-1]
+        targets = [
+            here + np.asarray(t)
+            for t in rim_targets(overview, fov, self.targets)
+            if self._reachable(origin, here + np.asarray(t), self.locate_fov_nm)
+            and all(np.max(np.abs(here + np.asarray(t) - done)) > 0.5 * fov for done in surveyed)
+        ]
+        while targets:
+            nearest = int(np.argmin([np.hypot(*(t - self._position)) for t in targets]))
+            yield from self._inspect(targets.pop(nearest))
+        return True
+
+    def _next_overview(
+        self, origin: InstrumentState, surveyed: list[np.ndarray], fov: float
+    ) -> np.ndarray | None:
+        """The nearest field half an overview beside those surveyed that the stage covers whole.
+
+        Returns:
+            Its centre, relative to the first overview [nm], or None when none is left.
+        """
+        candidates = [
+            done + 0.5 * fov * np.asarray(step)
+            for done in surveyed
+            for step in ((1, 0), (-1, 0), (0, 1), (0, -1))
+        ]
+        reachable = [
+            c
+            for c in candidates
+            if self._reachable(origin, c, 0.5 * fov)
+            and all(np.max(np.abs(c - done)) > 0.25 * fov for done in surveyed)
+        ]
+        if not reachable:
+            return None
+        return min(reachable, key=lambda c: float(np.hypot(*(c - self._position))))
+
+    def _go(
+        self, offset: np.ndarray, approach: bool = True, end_fov_nm: float | None = None
+    ) -> Plan:
+        """Move the view by ``offset`` [nm], tracking the commanded position."""
+        if approach:
+            done = yield from self._approach(float(offset[0]), float(offset[1]), end_fov_nm)
+        else:
+            done = yield from self._drive(float(offset[0]), float(offset[1]), "move", end_fov_nm)
+        if done:
+            self._position = self._position + offset
+        return done
+
+    def _locate(self, senses: tuple[int, int]) -> Generator[np.ndarray, None, RimFix | None]:
+        """A localisation frame; the rim in it nearest the centre, ahead and not yet taken.
+
+        Ahead means along ``senses`` on both axes, so that the move onto it keeps the stage's
+        play taken up.
+        """
+        yield self.zoom_to(self.locate_fov_nm)
+        if self.replaced:
+            return None
+        yield self.longest_scan()
+        if self.replaced:
+            return None
+        fov = self.instrument_state.fov_nm
+        behind = -0.5 * self.finest_fov_nm
+        direction = np.asarray(senses, dtype=np.float64)
+
+        def allowed(points: np.ndarray) -> np.ndarray:
+            fresh = np.asarray([not self._seen(self._position + point) for point in points])
+            return fresh & np.all(points * direction >= behind, axis=1)
+
+        return find_rim(self.observation["frame"], fov, 2.0, allowed=allowed)
+
+    @staticmethod
+    def _senses_along(heading: np.ndarray, senses: tuple[int, int]) -> tuple[int, int]:
+        """Directions each axis must move in to follow ``heading`` (kept where it barely moves)."""
+        return (
+            int(np.sign(heading[0])) if abs(heading[0]) >= 0.3 else senses[0],
+            int(np.sign(heading[1])) if abs(heading[1]) >= 0.3 else senses[1],
+        )
+
+    def _inspect(self, target: np.ndarray) -> Plan:
+        """Travel to a rim target and follow the rim while it lasts."""
+        # Arrive short of the target, so that its rim lies ahead in the localisation frame.
+        grain = 0.25 * self.locate_fov_nm
+        travel = np.round((target - self._position - grain) / grain) * grain
+        if not (yield from self._go(travel, end_fov_nm=self.locate_fov_nm)):
+            return False
+        senses = (1, 1)
+        misses = 0
+        while misses < 2:
+            located = yield from self._locate(senses)
+            if located is None:
+                return True
+            direction = np.asarray(senses, dtype=np.float64)
+            heading = located.tangent
+            if float(heading @ direction) < 0:
+                heading = -heading
+            if self._senses_along(heading, senses) != senses:
+                # The rim runs against the stage's play here. Turning the play round would
+                # move the view by the margin less the lost motion, an unknown amount, and
+                # usually off the rim: the next target is cheaper.
+                return True
+            if not (yield from self._zoom_finest()):
+                return False
+            half = 0.5 * self.finest_fov_nm
+            onto = np.round(located.offset_nm / half) * half
+            onto = np.where(onto * direction >= 0, onto, 0.0)
+            if not (yield from self._go(onto, approach=False, end_fov_nm=self.finest_fov_nm)):
+                return False
+            taken = yield from self._follow(heading, senses)
+            misses = misses + 1 if taken < 3 else 0
+        return True
+
+    def _seen(self, point: np.ndarray) -> bool:
+        tile = self.finest_fov_nm
+        return any(np.max(np.abs(point - other)) < 0.75 * tile for other in self._visited)
+
+    def _follow(
+        self, heading: np.ndarray, senses: tuple[int, int]
+    ) -> Generator[np.ndarray, None, int]:
+        """Scan along the rim one field at a time, never against ``senses``.
+
+        Returns:
+            The number of fields taken.
+        """
+        tile = self.finest_fov_nm
+        half = 0.5 * tile
+        direction = np.asarray(senses, dtype=np.float64)
+        taken = 0
+        while True:
+            if not (yield from self._zoom_finest()):
+                return taken
+            yield self.longest_scan()
+            if self.replaced:
+                return taken
+            taken += 1
+            self._visited.append(self._position.copy())
+            fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=0.5 * tile, atomic=True)
+            if fix is None:
+                return taken
+            along = fix.tangent if float(fix.tangent @ heading) >= 0 else -fix.tangent
+            if self._senses_along(along, senses) != senses:
+                return taken  # the rim turns against the play: look again from a frame
+            heading = along
+            across = float(fix.offset_nm @ fix.normal) * fix.normal
+            # The bins at this field of view: half or whole fields per axis, never backwards.
+            step = np.clip(np.round((across + tile * along) / half) * half, -tile, tile)
+            step = np.where(step * direction >= 0, step, 0.0)
+            if not step.any() or self._seen(self._position + step):
+                return taken
+            if not (yield from self._go(step, approach=False, end_fov_nm=tile)):
+                return taken
+
+
 class AutofocusPolicy(_SerpentineMixin):
     """Coordinate search of image sharpness over the task's tunable aberrations.
 
@@ -614,6 +1463,8 @@ BASELINES: dict[str, type[ScriptedPolicy]] = {
     "random": RandomPolicy,
     "raster": RasterPolicy,
     "greedy": GreedyPolicy,
+    "backlash_raster": BacklashAwareRasterPolicy,
+    "overview_expert": OverviewExpertPolicy,
     "autofocus": AutofocusPolicy,
     "ronchigram_autofocus": RonchigramAutofocusPolicy,
 }
@@ -638,13 +1489,22 @@ def make_baseline(name: str, env: gym.Env[Any, Any], **kwargs: Any) -> ScriptedP
 __all__ = [
     "BASELINES",
     "AutofocusPolicy",
+    "BacklashAwareRasterPolicy",
+    "OverviewExpertPolicy",
+    "RimFix",
     "GreedyPolicy",
     "RandomPolicy",
     "RasterPolicy",
     "RonchigramAutofocusPolicy",
     "ScriptedPolicy",
     "frame_anomalies",
+    "atomic_vacuum_mask",
+    "find_rim",
     "frame_sharpness",
     "make_baseline",
+    "overview_vacuum_mask",
+    "rim_pixels",
+    "rim_targets",
     "ronchigram_flatness",
+    "vacuum_mask",
 ]

@@ -138,6 +138,80 @@ def collect_demonstrations(
     )
 
 
+def _batch_figures(
+    policy: Any, demonstrations: Demonstrations, index: np.ndarray, maskable: bool
+) -> tuple[Any, Any, Any]:
+    """Negative log-likelihood, value loss and agreement of a policy on some demonstrated steps.
+
+    Returns:
+        ``(nll, value_loss, agreement)`` as torch scalars: the NLL of the entries each step's
+        verb reads, per step [nats]; the value head's squared error against the discounted
+        returns; the fraction of steps whose most likely action matches on every such entry.
+    """
+    import torch
+
+    obs = {key: value[index] for key, value in demonstrations.observations.items()}
+    obs_tensor, _ = policy.obs_to_tensor(obs)
+    if maskable:
+        masks = demonstrations.masks[index]
+        distribution = policy.get_distribution(obs_tensor, action_masks=masks)
+    else:
+        distribution = policy.get_distribution(obs_tensor)
+    # One categorical per action entry: sb3-contrib names the list `distributions`.
+    parts = getattr(distribution, "distributions", None) or distribution.distribution
+    actions = torch.as_tensor(demonstrations.actions[index], device=policy.device)
+    weights = torch.as_tensor(
+        demonstrations.relevant[index], dtype=torch.float32, device=policy.device
+    )
+    per_entry = torch.stack(
+        [part.log_prob(actions[:, i]) for i, part in enumerate(parts)],
+        dim=1,
+    )
+    nll = -(per_entry * weights).sum(dim=1).mean()
+    best = torch.stack([part.probs.argmax(dim=1) for part in parts], dim=1)
+    correct = ((best == actions) | (weights == 0)).all(dim=1).float().mean()
+    values = policy.predict_values(obs_tensor).flatten()
+    targets = torch.as_tensor(demonstrations.returns[index], device=policy.device)
+    value_loss = torch.nn.functional.mse_loss(values, targets)
+    return nll, value_loss, correct
+
+
+def _evaluate(
+    policy: Any, demonstrations: Demonstrations, maskable: bool, batch_size: int
+) -> tuple[float, float]:
+    import torch
+
+    n = len(demonstrations)
+    policy.set_training_mode(False)
+    with torch.no_grad():
+        totals = np.zeros(2)
+        for start in range(0, n, batch_size):
+            index = np.arange(start, min(start + batch_size, n))
+            nll, _, correct = _batch_figures(policy, demonstrations, index, maskable)
+            totals += np.array([float(nll), float(correct)]) * index.size
+    return float(totals[0] / n), float(totals[1] / n)
+
+
+def agreement(
+    model: Any, demonstrations: Demonstrations, maskable: bool = True, batch_size: int = 256
+) -> dict[str, float]:
+    """How well a policy's most likely actions match demonstrations it may never have seen.
+
+    Args:
+        model: A PPO or MaskablePPO model.
+        demonstrations: From :func:`collect_demonstrations`, e.g. on validation samples.
+        maskable: Give the demonstrations' action masks to the policy (MaskablePPO).
+        batch_size: Steps per forward pass.
+
+    Returns:
+        ``nll`` (negative log-likelihood of the demonstrated entries, per step [nats]) and
+        ``agreement`` (fraction of steps whose most likely action matches the demonstration on
+        every entry the demonstrated verb reads).
+    """
+    nll, matched = _evaluate(model.policy, demonstrations, maskable, batch_size)
+    return {"nll": nll, "agreement": matched}
+
+
 def clone(
     model: Any,
     demonstrations: Demonstrations,
@@ -170,58 +244,22 @@ def clone(
     rng = np.random.default_rng(seed)
     n = len(demonstrations)
 
-    def batch_loss(index: np.ndarray) -> tuple[Any, Any, Any]:
-        obs = {key: value[index] for key, value in demonstrations.observations.items()}
-        obs_tensor, _ = policy.obs_to_tensor(obs)
-        if maskable:
-            masks = demonstrations.masks[index]
-            distribution = policy.get_distribution(obs_tensor, action_masks=masks)
-        else:
-            distribution = policy.get_distribution(obs_tensor)
-        # One categorical per action entry: sb3-contrib names the list `distributions`.
-        parts = getattr(distribution, "distributions", None) or distribution.distribution
-        actions = torch.as_tensor(demonstrations.actions[index], device=policy.device)
-        weights = torch.as_tensor(
-            demonstrations.relevant[index], dtype=torch.float32, device=policy.device
-        )
-        per_entry = torch.stack(
-            [part.log_prob(actions[:, i]) for i, part in enumerate(parts)],
-            dim=1,
-        )
-        nll = -(per_entry * weights).sum(dim=1).mean()
-        best = torch.stack([part.probs.argmax(dim=1) for part in parts], dim=1)
-        correct = ((best == actions) | (weights == 0)).all(dim=1).float().mean()
-        values = policy.predict_values(obs_tensor).flatten()
-        targets = torch.as_tensor(demonstrations.returns[index], device=policy.device)
-        value_loss = torch.nn.functional.mse_loss(values, targets)
-        return nll, value_loss, correct
-
-    def evaluate() -> tuple[float, float]:
-        policy.set_training_mode(False)
-        with torch.no_grad():
-            totals = np.zeros(2)
-            for start in range(0, n, batch_size):
-                index = np.arange(start, min(start + batch_size, n))
-                nll, _, correct = batch_loss(index)
-                totals += np.array([float(nll), float(correct)]) * index.size
-        return float(totals[0] / n), float(totals[1] / n)
-
     assert len(nvec) == demonstrations.actions.shape[1]
-    nll_before, _ = evaluate()
+    nll_before, _ = _evaluate(policy, demonstrations, maskable, batch_size)
     policy.set_training_mode(True)
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
-            nll, value_loss, _ = batch_loss(index)
+            nll, value_loss, _ = _batch_figures(policy, demonstrations, index, maskable)
             loss = nll + value_coef * value_loss
             policy.optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
             policy.optimizer.step()
-    nll_after, accuracy = evaluate()
+    nll_after, accuracy = _evaluate(policy, demonstrations, maskable, batch_size)
     policy.set_training_mode(False)
     return {"nll_before": nll_before, "nll_after": nll_after, "accuracy_after": accuracy}
 
 
-__all__ = ["Demonstrations", "clone", "collect_demonstrations"]
+__all__ = ["Demonstrations", "agreement", "clone", "collect_demonstrations"]

@@ -14,7 +14,14 @@ move        dx, dy             ``Move(move_steps[dx] * fov, move_steps[dy] * fov
 spectrum    x, y               ``Spectrum((x + 0.5) / grid, (y + 0.5) / grid, exposure_ms)``
 tune        aberration, delta  ``Tune(aberrations[aberration], delta_steps[delta] * scale)``
 ronchigram  (none)             ``Ronchigram(ronchigram_exposure_ms, frame_px)``
+shift       dx, dy             ``Shift(shift_steps[dx] * fov, shift_steps[dy] * fov)``
 ==========  =================  ===========================================================
+
+``shift`` (electronic beam/image shift: no backlash, a bounded range) is offered only by tasks
+that list it; no registered id does yet. It reads the same ``dx`` and ``dy`` entries as
+``move``, so adding it to a task does not change the layout of the action. Where a task offers
+both, an entry's mask allows a bin when either verb may use it (as the tune entries allow a
+step that some aberration may take), and the instrument refuses the other combinations.
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from scopegym.instrument import (
     Move,
     Ronchigram,
     Scan,
+    Shift,
     Spectrum,
     Tune,
     Zoom,
 )
 
-VERBS = ("scan", "zoom", "move", "spectrum", "tune", "ronchigram")
+#: Verbs a task gets when it names none: every verb but ``shift``, which tasks opt into.
+DEFAULT_VERBS = ("scan", "zoom", "move", "spectrum", "tune", "ronchigram")
+VERBS = (*DEFAULT_VERBS, "shift")
 ARGUMENTS = ("dwell", "fov", "dx", "dy", "x", "y", "aberration", "delta")
 #: Argument entries each verb reads; the codec ignores the others.
 VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
@@ -46,6 +56,7 @@ VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "spectrum": ("x", "y"),
     "tune": ("aberration", "delta"),
     "ronchigram": (),
+    "shift": ("dx", "dy"),
 }
 
 #: Default scale of one tune step per aberration [nm]: coma and trefoil need larger steps.
@@ -71,6 +82,8 @@ class ActionConfig:
         dwell_us: Dwell-time bins of a scan [µs].
         fov_levels_nm: Absolute field-of-view bins of a zoom [nm].
         move_steps: Relative stage-move bins per axis [fraction of the field of view].
+        shift_steps: Relative beam-shift bins per axis [fraction of the field of view]; as many
+            as ``move_steps`` when a task offers both (they share the ``dx``/``dy`` entries).
         spectrum_grid: Spectrum positions per axis across the field of view.
         exposure_ms: Exposure of every spectrum [ms].
         aberrations: Tunable coefficients, by Krivanek name.
@@ -80,11 +93,12 @@ class ActionConfig:
             ``frame_px`` pixels per side.
     """
 
-    verbs: tuple[str, ...] = VERBS
+    verbs: tuple[str, ...] = DEFAULT_VERBS
     frame_px: int = 96
     dwell_us: tuple[float, ...] = (1.0, 4.0, 16.0)
     fov_levels_nm: tuple[float, ...] = (4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0)
     move_steps: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
+    shift_steps: tuple[float, ...] = (-1.0, -0.5, 0.0, 0.5, 1.0)
     spectrum_grid: int = 8
     exposure_ms: float = 20.0
     aberrations: tuple[str, ...] = ("C10", "C12a", "C12b")
@@ -96,15 +110,28 @@ class ActionConfig:
         unknown = set(self.verbs) - set(VERBS)
         if unknown or not self.verbs:
             raise ValueError(f"verbs must be a non-empty subset of {VERBS}, got {self.verbs}")
+        uses = set(self.verbs)
+        if {"move", "shift"} <= uses and len(self.shift_steps) != len(self.move_steps):
+            raise ValueError(
+                "move and shift share the dx and dy entries: give as many shift_steps "
+                f"({len(self.shift_steps)}) as move_steps ({len(self.move_steps)})"
+            )
 
     def sizes(self) -> dict[str, int]:
         """Number of bins of each argument (1 where the task does not use it)."""
         uses = set(self.verbs)
+        steps = (
+            len(self.move_steps)
+            if "move" in uses
+            else len(self.shift_steps)
+            if "shift" in uses
+            else 1
+        )
         return {
             "dwell": len(self.dwell_us) if "scan" in uses else 1,
             "fov": len(self.fov_levels_nm) if "zoom" in uses else 1,
-            "dx": len(self.move_steps) if "move" in uses else 1,
-            "dy": len(self.move_steps) if "move" in uses else 1,
+            "dx": steps,
+            "dy": steps,
             "x": self.spectrum_grid if "spectrum" in uses else 1,
             "y": self.spectrum_grid if "spectrum" in uses else 1,
             "aberration": len(self.aberrations) if "tune" in uses else 1,
@@ -156,6 +183,12 @@ class ActionCodec:
                 cfg.move_steps[self._argument(action, "dx")] * fov,
                 cfg.move_steps[self._argument(action, "dy")] * fov,
             )
+        if verb == "shift":
+            fov = state.fov_nm
+            return Shift(
+                cfg.shift_steps[self._argument(action, "dx")] * fov,
+                cfg.shift_steps[self._argument(action, "dy")] * fov,
+            )
         if verb == "ronchigram":
             return Ronchigram(cfg.ronchigram_exposure_ms, cfg.frame_px)
         if verb == "spectrum":
@@ -175,7 +208,8 @@ class ActionCodec:
         """Flat boolean mask over all bins, in sb3-contrib's MultiDiscrete layout.
 
         Masked: zoom levels outside the field-of-view limits, moves that would leave the stage,
-        tune steps that would leave the aberration bounds, and spectra before any frame.
+        shifts that would leave the shift range, tune steps that would leave the aberration
+        bounds, and spectra before any frame.
 
         Args:
             state: The instrument's reported state.
@@ -194,16 +228,43 @@ class ActionCodec:
             verbs[cfg.verbs.index("spectrum")] = False
         if "zoom" in cfg.verbs:
             mask[entry("fov")] = [f in limits.fov_nm for f in cfg.fov_levels_nm]
+        moves_ok = shifts_ok = None
         if "move" in cfg.verbs:
             steps = np.asarray(cfg.move_steps) * state.fov_nm
-            mask[entry("dx")] = [
-                (state.stage_x_nm + d) in limits.stage_x_nm and abs(d) in limits.move_nm
-                for d in steps
-            ]
-            mask[entry("dy")] = [
-                (state.stage_y_nm + d) in limits.stage_y_nm and abs(d) in limits.move_nm
-                for d in steps
-            ]
+            moves_ok = (
+                np.array(
+                    [
+                        (state.stage_x_nm + d) in limits.stage_x_nm and abs(d) in limits.move_nm
+                        for d in steps
+                    ]
+                ),
+                np.array(
+                    [
+                        (state.stage_y_nm + d) in limits.stage_y_nm and abs(d) in limits.move_nm
+                        for d in steps
+                    ]
+                ),
+            )
+            # A verb none of whose bins fits on some axis cannot be sent at all.
+            if not (moves_ok[0].any() and moves_ok[1].any()):
+                verbs[cfg.verbs.index("move")] = False
+                moves_ok = None
+        if "shift" in cfg.verbs:
+            steps = np.asarray(cfg.shift_steps) * state.fov_nm
+            shifts_ok = (
+                np.array([(state.shift_x_nm + d) in limits.shift_nm for d in steps]),
+                np.array([(state.shift_y_nm + d) in limits.shift_nm for d in steps]),
+            )
+            if not (shifts_ok[0].any() and shifts_ok[1].any()):
+                verbs[cfg.verbs.index("shift")] = False
+                shifts_ok = None
+        if moves_ok is not None or shifts_ok is not None:
+            for axis, name in enumerate(("dx", "dy")):
+                allowed = np.zeros(int(self.nvec[1 + ARGUMENTS.index(name)]), dtype=bool)
+                for verb_bins in (moves_ok, shifts_ok):
+                    if verb_bins is not None:
+                        allowed |= verb_bins[axis]
+                mask[entry(name)] = allowed
         if "tune" in cfg.verbs:
             # A step is allowed when it is allowed for at least one aberration; the aberration
             # entry then excludes coefficients that no step can move.
@@ -229,7 +290,9 @@ class ActionCodec:
                 if name in ("fov",):
                     verbs[cfg.verbs.index("zoom")] = False
                 elif name in ("dx", "dy"):
-                    verbs[cfg.verbs.index("move")] = False
+                    for verb in ("move", "shift"):
+                        if verb in cfg.verbs:
+                            verbs[cfg.verbs.index(verb)] = False
                 else:
                     verbs[cfg.verbs.index("tune")] = False
         if not verbs.any():

@@ -30,6 +30,7 @@ from scopegym.instrument import (
     Frame,
     Instrument,
     InstrumentState,
+    Move,
     Result,
     RonchigramImage,
     SampleSpec,
@@ -48,6 +49,8 @@ STATE_FEATURES = (
     *TUNABLE_ABERRATIONS,
     "have_frame",
 )
+#: Entries of the optional ``odometry`` observation (``odometry=True``).
+ODOMETRY_FEATURES = ("commanded_x", "commanded_y", "last_move_x", "last_move_y")
 #: Frames with pixels at most this size resolve atoms [nm]; rendering marks defects in them.
 ATOMIC_PIXEL_NM = 0.05
 #: Reward for a command the instrument refused (only reachable without action masks).
@@ -133,6 +136,12 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         instrument_kwargs: Keyword arguments for that instrument.
         samples: Sample set name ("train", "validation", "heldout") or a SampleSet.
         render_mode: None or "rgb_array".
+        odometry: Add an ``odometry`` observation (off by default; the registered ids'
+            observations stay as documented): the agent's own stage moves, which the reported
+            position hides under encoder noise and which a policy without memory cannot
+            recall. Entries (:data:`ODOMETRY_FEATURES`): the sum of the Move commands carried
+            out since the episode start, per axis [stage half range, as ``state``'s stage
+            offset], and the last Move per axis (see :func:`odometry_observation`).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -145,6 +154,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         instrument_kwargs: Mapping[str, Any] | None = None,
         samples: str | SampleSet = "train",
         render_mode: str | None = None,
+        odometry: bool = False,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
@@ -154,6 +164,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             instrument_name, **dict(instrument_kwargs or {})
         )
         self.render_mode = render_mode
+        self.odometry = bool(odometry)
         self.codec = ActionCodec(task.action_config)
         self.reward_module = task.make_reward()
         if self.reward_module.requires_ground_truth and self.truth is None:
@@ -162,6 +173,13 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 "not have; choose observation-only reward modules"
             )
         n = task.action_config.frame_px
+        sizes = self.instrument.limits.size_px
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n not in sizes:
+            # Before the observation space: its arrays hold frame_px² entries each.
+            raise ValueError(
+                f"frame_px={n!r} is not a frame size this instrument takes: every step's frame "
+                f"is a Scan of frame_px x frame_px pixels, allowed {sizes.describe()}"
+            )
         obs: dict[str, spaces.Space[Any]] = {
             "frame": spaces.Box(0, 255, (1, n, n), np.uint8),
             "state": spaces.Box(-1.0, 1.0, (len(STATE_FEATURES),), np.float32),
@@ -170,6 +188,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             obs["spectrum"] = spaces.Box(0.0, 1.0, (SPECTRUM_BINS,), np.float32)
         if task.uses_ronchigram:
             obs["ronchigram"] = spaces.Box(0, 255, (1, n, n), np.uint8)
+        if self.odometry:
+            obs["odometry"] = spaces.Box(-1.0, 1.0, (len(ODOMETRY_FEATURES),), np.float32)
         self.observation_space = spaces.Dict(obs)  # type: ignore[assignment]
         self.action_space = spaces.MultiDiscrete(self.codec.nvec)
         self._fov_range = (
@@ -205,6 +225,9 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._overview_view: tuple[float, float, float, float] | None = None
         # True fields of view of atomic-resolution frames (twin only), for rendering.
         self._atomic_views: list[tuple[float, float, float, float]] = []
+        # The agent's Move commands carried out this episode: their sum and the last one [nm].
+        self._commanded_nm = np.zeros(2)
+        self._last_move_nm = np.zeros(2)
 
     def _used(self, state: InstrumentState) -> tuple[float, float]:
         start = self._start_state or state
@@ -269,6 +292,15 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             obs["spectrum"] = self._spectrum.copy()
         if self.task.uses_ronchigram:
             obs["ronchigram"] = self._ronchigram.copy()
+        if self.odometry:
+            cfg = self.task.action_config
+            steps = [abs(s) for s in cfg.move_steps if s != 0.0] or [1.0]
+            obs["odometry"] = odometry_observation(
+                self._commanded_nm,
+                self._last_move_nm,
+                reach,
+                (min(steps) * min(cfg.fov_levels_nm), max(steps) * max(cfg.fov_levels_nm)),
+            )
         return obs
 
     def _view_bounds(self) -> tuple[float, float, float, float] | None:
@@ -354,6 +386,9 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         reward = float(self.reward_module(ctx))
         self._observe_result(result, view)
         self.trajectory.append((command, after))
+        if isinstance(command, Move):
+            self._last_move_nm = np.array([command.dx_nm, command.dy_nm])
+            self._commanded_nm = self._commanded_nm + self._last_move_nm
         time_used, dose_used = self._used(after)
         terminated = bool(self.task.terminated(self, ctx))
         truncated = (
@@ -370,7 +405,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return self._observation(), reward, terminated, bool(truncated and not terminated), info
 
     def render(self) -> np.ndarray | None:
-        """An RGB picture: overview with visited fields, current frame, latest spectrum."""
+        """An RGB picture: overview, current frame, the task's Ronchigram and spectrum panels."""
         if self.render_mode != "rgb_array":
             return None
         from scopegym.envs.render import render_panels
@@ -380,6 +415,42 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def close(self) -> None:
         """Close the instrument."""
         self.instrument.close()
+
+
+def odometry_observation(
+    commanded_nm: np.ndarray,
+    last_move_nm: np.ndarray,
+    reach_nm: float,
+    move_range_nm: tuple[float, float],
+) -> np.ndarray:
+    """The ``odometry`` observation: where the agent's own moves took it, and the last one.
+
+    The last move is encoded per axis as its sign times a log scale of its length, so that
+    the direction (which sets which side the stage's play is taken up on) is the largest part
+    of the signal: 0 when the last Move did not drive the axis (or there was none), else
+    ``sign · (0.5 + 0.5 · t)`` with ``t`` from 0 at the shortest move the action bins make to
+    1 at the longest.
+
+    Args:
+        commanded_nm: Sum of the Move commands since the episode start, (x, y) [nm].
+        last_move_nm: The last Move, (dx, dy) [nm]; zeros before the first.
+        reach_nm: Scale of the commanded offset: half the stage range [nm].
+        move_range_nm: Shortest and longest move the action bins make [nm].
+
+    Returns:
+        float32 array (commanded x, commanded y, last move x, last move y), in [-1, 1].
+    """
+    shortest, longest = move_range_nm
+    span = math.log(longest / shortest) if longest > shortest else 1.0
+    last = []
+    for step in np.asarray(last_move_nm, dtype=np.float64):
+        if step == 0.0:
+            last.append(0.0)
+            continue
+        scale = min(max(math.log(abs(step) / shortest) / span, 0.0), 1.0)
+        last.append(math.copysign(0.5 + 0.5 * scale, step))
+    offset = np.asarray(commanded_nm, dtype=np.float64) / reach_nm
+    return np.clip(np.concatenate([offset, last]), -1.0, 1.0).astype(np.float32)
 
 
 def spectrum_observation(counts: np.ndarray) -> np.ndarray:
@@ -492,6 +563,7 @@ class TaskEnv(MicroscopeEnv):
         instrument_name: Registered instrument to make when ``instrument`` is None.
         instrument_kwargs: Keyword arguments for that instrument.
         render_mode: None or "rgb_array".
+        odometry: Add the ``odometry`` observation (see :class:`MicroscopeEnv`).
         **task_kwargs: Arguments of the task (``frame_px``, ``budget``, ``reward_weights``,
             ``reward_params``).
     """
@@ -505,6 +577,7 @@ class TaskEnv(MicroscopeEnv):
         instrument_name: str = "twin",
         instrument_kwargs: Mapping[str, Any] | None = None,
         render_mode: str | None = None,
+        odometry: bool = False,
         **task_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -514,7 +587,16 @@ class TaskEnv(MicroscopeEnv):
             instrument_kwargs,
             samples,
             render_mode,
+            odometry,
         )
 
 
-__all__ = ["STATE_FEATURES", "EpisodeStart", "MicroscopeEnv", "Task", "TaskEnv"]
+__all__ = [
+    "ODOMETRY_FEATURES",
+    "STATE_FEATURES",
+    "EpisodeStart",
+    "MicroscopeEnv",
+    "Task",
+    "TaskEnv",
+    "odometry_observation",
+]

@@ -121,7 +121,10 @@ class DefectSearchEnv(TaskEnv):
     ## Arguments
     ``samples`` ("train", "validation", "heldout"), ``frame_px`` (64–128, default 96),
     ``budget``, ``reward_weights``, ``reward_params``, ``instrument`` (any Instrument),
-    ``instrument_name``/``instrument_kwargs``, ``render_mode`` ("rgb_array").
+    ``instrument_name``/``instrument_kwargs``, ``render_mode`` ("rgb_array"), ``odometry``
+    (default False; True adds an ``odometry`` entry to the observation: the sum of the agent's
+    Move commands since the start and the last one, see
+    :class:`~scopegym.envs.core.MicroscopeEnv`).
     """
 
     task_class = DefectSearchTask
@@ -224,7 +227,7 @@ class AutotuneEnv(TaskEnv):
 
     ## Arguments
     ``samples``, ``frame_px`` (default 64), ``budget``, ``reward_weights``, ``reward_params``,
-    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``.
+    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``.
     """
 
     task_class = AutotuneTask
@@ -299,7 +302,7 @@ class AutotuneRonchigramEnv(TaskEnv):
     ## Arguments
     ``samples``, ``frame_px`` (default 64; also the Ronchigram's size), ``budget``,
     ``reward_weights``, ``reward_params``, ``instrument``, ``instrument_name``/
-    ``instrument_kwargs``, ``render_mode``.
+    ``instrument_kwargs``, ``render_mode``, ``odometry``.
     """
 
     task_class = AutotuneRonchigramTask
@@ -374,7 +377,7 @@ class SpectrumDiscoveryEnv(TaskEnv):
 
     ## Arguments
     ``samples``, ``frame_px`` (default 64), ``budget``, ``reward_weights``, ``reward_params``,
-    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``.
+    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``.
     """
 
     task_class = SpectrumDiscoveryTask
@@ -464,7 +467,7 @@ class SurveyEnv(TaskEnv):
 
     ## Arguments
     ``samples``, ``frame_px`` (default 96), ``budget``, ``reward_weights``, ``reward_params``,
-    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``.
+    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``.
     """
 
     task_class = SurveyTask
