@@ -61,6 +61,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+# The same abTEM settings (CPU, FFTW, float32, two threads) as the graphene references.
+from make_abtem_reference import configure_abtem
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RAW_OUTPUT = REPO_ROOT / "tests" / "data" / "abtem_srtio3_frozen_phonon.npz"
 TABLE_OUTPUT = REPO_ROOT / "src" / "scopegym" / "sim" / "data" / "column_thickness.json"
@@ -121,24 +124,6 @@ def unfold(values: NDArray[np.float64], offset: float) -> NDArray[np.float64]:
             x, y = max(fx, fy), min(fx, fy)
             image[row, col] = table[(round(x - offset), round(y - offset))]
     return image
-
-
-def configure_abtem() -> Any:
-    """Pin abTEM to the CPU and two threads in total."""
-    import abtem
-    import dask
-
-    abtem.config.set(
-        {
-            "device": "cpu",
-            "fft": "fftw",
-            "fftw.threads": 1,
-            "precision": "float32",
-            "diagnostics.progress_bar": False,
-        }
-    )
-    dask.config.set(scheduler="threads", num_workers=2)
-    return abtem
 
 
 def simulate_one(
