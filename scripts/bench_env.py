@@ -96,7 +96,7 @@ def main() -> None:
         double = two_processes(env_id, args.steps)
         results[env_id] = {"one_process": single, "subproc_2": double}
         note = ""
-        if env_id == "scopegym/DefectSearch-v0":
+        if env_id == "scopegym/DefectSearch-v1":
             note = f"  (target 300: {'met' if single >= 300 else 'MISSED'})"
         print(f"{env_id:32} {single:>20.0f} {double:>28.0f}{note}")
     if args.json:

@@ -28,11 +28,11 @@ from scopegym.envs.tasks import DefectSearchTask
 from scopegym.instrument import Ronchigram, SampleSpec, Tune
 
 SUPPORTED = [
-    ("scopegym/DefectSearch-v0", "random"),
-    ("scopegym/DefectSearch-v0", "raster"),
-    ("scopegym/DefectSearch-v0", "greedy"),
-    ("scopegym/DefectSearch-v0", "backlash_raster"),
-    ("scopegym/DefectSearch-v0", "overview_expert"),
+    ("scopegym/DefectSearch-v1", "random"),
+    ("scopegym/DefectSearch-v1", "raster"),
+    ("scopegym/DefectSearch-v1", "greedy"),
+    ("scopegym/DefectSearch-v1", "backlash_raster"),
+    ("scopegym/DefectSearch-v1", "overview_expert"),
     ("scopegym/Autotune-v0", "random"),
     ("scopegym/Autotune-v0", "autofocus"),
     ("scopegym/AutotuneRonchigram-v0", "random"),
@@ -40,12 +40,12 @@ SUPPORTED = [
     ("scopegym/AutotuneRonchigram-v0", "ronchigram_autofocus"),
     ("scopegym/SpectrumDiscovery-v0", "random"),
     ("scopegym/SpectrumDiscovery-v0", "raster"),
-    ("scopegym/Survey-v0", "random"),
-    ("scopegym/Survey-v0", "raster"),
-    ("scopegym/Survey-v0", "greedy"),
-    ("scopegym/Survey-v0", "autofocus"),
-    ("scopegym/Survey-v0", "backlash_raster"),
-    ("scopegym/Survey-v0", "overview_expert"),
+    ("scopegym/Survey-v1", "random"),
+    ("scopegym/Survey-v1", "raster"),
+    ("scopegym/Survey-v1", "greedy"),
+    ("scopegym/Survey-v1", "autofocus"),
+    ("scopegym/Survey-v1", "backlash_raster"),
+    ("scopegym/Survey-v1", "overview_expert"),
 ]
 
 
@@ -73,6 +73,38 @@ def test_baseline_sends_only_accepted_commands_and_is_deterministic(env_id: str,
     assert first == second
 
 
+SEARCH_BASELINES = ["random", "raster", "greedy", "backlash_raster", "overview_expert"]
+
+
+def _whole_v1_episode(env_id: str, name: str) -> None:
+    from scopegym.agents.evaluation import evaluate
+    from scopegym.envs import ENV_IDS
+
+    made = []
+
+    def factory(env: Any) -> Any:
+        made.append(env.unwrapped)
+        return make_baseline(name, env)
+
+    (result,) = evaluate(factory, env_id, samples="validation", episodes=1)
+    budget = made[0].task.budget
+    # The budgets end the episode, not the step cap, and the run is scored like any policy's.
+    assert result.truncated and not result.terminated
+    assert result.time_s >= budget.time_s or result.dose_e_per_A2 >= budget.dose_e_per_A2
+    assert result.steps < ENV_IDS[env_id] and result.n_scans > 0
+    assert "defects_found" in result.metrics
+
+
+@pytest.mark.parametrize("name", SEARCH_BASELINES)
+def test_search_baselines_run_whole_defect_search_v1_episodes_through_the_harness(name: str):
+    _whole_v1_episode("scopegym/DefectSearch-v1", name)
+
+
+@pytest.mark.parametrize("name", SEARCH_BASELINES)
+def test_search_baselines_run_whole_survey_v1_episodes_through_the_harness(name: str) -> None:
+    _whole_v1_episode("scopegym/Survey-v1", name)
+
+
 def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
     assert set(BASELINES) == {
         "random",
@@ -83,13 +115,13 @@ def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
         "autofocus",
         "ronchigram_autofocus",
     }
-    env = gym.make("scopegym/DefectSearch-v0")
+    env = gym.make("scopegym/DefectSearch-v1")
     with pytest.raises(KeyError, match="known"):
         make_baseline("oracle", env)
 
 
 def test_raster_reaches_atomic_resolution_and_moves() -> None:
-    commands, env = _episode("scopegym/DefectSearch-v0", "raster", 20)
+    commands, env = _episode("scopegym/DefectSearch-v1", "raster", 20)
     state = env.unwrapped.instrument.state()
     frame_px = env.unwrapped.codec.config.frame_px
     assert state.fov_nm / frame_px <= 0.05
@@ -100,7 +132,7 @@ def test_raster_reaches_atomic_resolution_and_moves() -> None:
 
 
 def test_greedy_visits_overview_anomalies_at_atomic_resolution() -> None:
-    commands, env = _episode("scopegym/DefectSearch-v0", "greedy", 60)
+    commands, env = _episode("scopegym/DefectSearch-v1", "greedy", 60)
     zooms = [c["fov_nm"] for c in commands if c["command"] == "Zoom"]
     assert 4.0 in zooms
     assert any(c["command"] == "Move" for c in commands)
@@ -111,7 +143,7 @@ def test_autofocus_reduces_defocus_and_astigmatism_in_survey() -> None:
     # Survey's residuals (C10 within 4 nm, C12 within 2 nm) are what a coordinate search on
     # sharpness handles; on Autotune's larger, coma-coupled residuals it helps only about 6
     # seeds in 10 (a known limit of this first baseline).
-    env = gym.make("scopegym/Survey-v0")
+    env = gym.make("scopegym/Survey-v1")
     policy = make_baseline("autofocus", env)
     starts, ends = [], []
     for seed in range(3):
@@ -227,7 +259,7 @@ def _full_episode(env: Any, name: str, sample: SampleSpec = HELDOUT_SAMPLE) -> d
 
 
 def test_raster_rescans_its_tiles_under_backlash_and_the_backlash_aware_one_does_not() -> None:
-    env = gym.make("scopegym/DefectSearch-v0", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
     old = _full_episode(env, "raster")
     new = _full_episode(env, "backlash_raster")
     # The serpentine's reversed rows are swallowed by the stage's 15 nm of lost motion.
@@ -260,14 +292,14 @@ def test_backlash_raster_rasters_with_the_beam_shift_where_the_task_offers_it() 
     assert "Move" not in kinds[first_scan:] and kinds.count("Shift") >= 70
     assert shifted["distinct"] == shifted["frames"] >= 70
     stage = _full_episode(
-        gym.make("scopegym/DefectSearch-v0", samples="heldout"), "backlash_raster"
+        gym.make("scopegym/DefectSearch-v1", samples="heldout"), "backlash_raster"
     )
     # A shift takes 5 ms where a stage move takes half a second.
     assert shifted["time_s"] < 0.7 * stage["time_s"]
 
 
 def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() -> None:
-    env = gym.make("scopegym/DefectSearch-v0", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
     expert = _full_episode(env, "overview_expert")
     raster = _full_episode(env, "backlash_raster")
     specimen = env.unwrapped.truth.specimen

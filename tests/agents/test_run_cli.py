@@ -284,7 +284,7 @@ def _bare_copy(tmp_path: Path) -> Path:
         (["checkpoint={tmp}/empty.zip"], "is not a MaskablePPO, PPO or SAC model"),
         (
             ["env=autotune", f"checkpoint={SHIPPED}"],
-            "was trained on scopegym/DefectSearch-v0, not scopegym/Autotune-v0",
+            "was trained on scopegym/DefectSearch-v1, not scopegym/Autotune-v0",
         ),
         (["env.kwargs.frame_px=64", f"checkpoint={SHIPPED}"], "env.kwargs.frame_px=96, not 64"),
         (
@@ -696,3 +696,60 @@ def test_a_frame_size_the_instrument_cannot_scan_is_refused_before_anything_is_a
         result, f"frame_px={frame_px} is not a frame size this instrument takes", code=1
     )
     assert "allowed [16, 2048] px" in result.stderr
+
+
+def test_a_macro_is_printed_and_recorded_as_its_commands(tmp_path, monkeypatch):
+    """scopegym-run on DefectSearch-v1: one step of a macro verb, several commands, each kept."""
+    from hydra import compose, initialize_config_module
+
+    from scopegym.agents.baselines import BASELINES, ScriptedPolicy
+    from scopegym.agents.run_cli import run as run_in_process
+
+    class Inspector(ScriptedPolicy):
+        name = "inspector"
+
+        def _script(self):
+            yield self.action("inspect", x=0, y=11)  # 480 nm away: beyond the beam shift
+            while True:
+                yield self.action("tile", dx=3, dy=2)
+
+    monkeypatch.setitem(BASELINES, "inspector", Inspector)
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        cfg = compose("run", overrides=["env=defect_search", "policy=inspector", "max_steps=3"])
+    printed = io.StringIO()
+    outcome = run_in_process(cfg, printed, run_dir=tmp_path)
+    assert outcome.exit_code == 0 and outcome.steps == 3
+    lines = printed.getvalue().splitlines()
+    # One line per command; the step's first carries its number, as a primitive verb's does.
+    steps = [line for line in lines if STEP in line]
+    assert len(steps) == 3 and "(macro inspect x=0 y=11: 1 of " in steps[0]
+    assert all("(macro tile dx=3 dy=2: 1 of 2)" in line for line in steps[1:])
+    sent = [line.split("-> ", 1)[1].split("  (macro ")[0] for line in lines if "(macro " in line]
+    record = read_record(tmp_path / "record.h5")
+    recorded = [step.command.to_dict() for step in record.commands()[3:]]  # after the opening
+    assert [str(command) for command in recorded] == sent
+    kinds = [command["command"] for command in recorded]
+    assert kinds[-4:] == ["Shift", "Scan", "Shift", "Scan"]  # two tiles of 2 nm by the beam
+    assert set(kinds[:-4]) == {"Move", "Zoom", "Scan"} and kinds[:-4][-2:] == ["Zoom", "Scan"]
+
+
+def test_the_shipped_v0_policy_runs_in_the_legacy_config_and_is_refused_by_v1(tmp_path):
+    from hydra import compose, initialize_config_module
+
+    from scopegym.agents.run_cli import RunConfigError
+    from scopegym.agents.run_cli import run as run_in_process
+
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        legacy = compose(
+            "run", overrides=["env=defect_search_v0", f"checkpoint={SHIPPED}", "max_steps=3"]
+        )
+        current = compose("run", overrides=["env=defect_search", f"checkpoint={SHIPPED}"])
+    printed = io.StringIO()
+    outcome = run_in_process(legacy, printed, run_dir=tmp_path / "legacy")
+    assert outcome.exit_code == 0 and outcome.steps == 3
+    assert "MaskablePPO:defect_search_maskable_ppo on scopegym/DefectSearch-v1" in (
+        printed.getvalue()
+    )
+    with pytest.raises(RunConfigError, match=r"trained on observations frame \(1, 96, 96\), "
+                                             r"state \(14,\), the environment has"):
+        run_in_process(current, io.StringIO(), run_dir=tmp_path / "current")

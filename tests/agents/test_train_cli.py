@@ -108,7 +108,7 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("instrument=replay", "instrument.kwargs.path must be given (instrument=replay"),
         (
             f"env=autotune resume={ROOT / 'policies' / 'defect_search_maskable_ppo.zip'}",
-            "was trained on scopegym/DefectSearch-v0, not scopegym/Autotune-v0",
+            "was trained on scopegym/DefectSearch-v1, not scopegym/Autotune-v0",
         ),
     ],
 )
@@ -223,7 +223,14 @@ def test_train_prints_its_plan_and_warnings(tmp_path):
 def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     result = run_cli(
-        "agent=maskable_ppo", *TINY, *PPO_TINY, "vec_normalize=true", f"hydra.run.dir={first}"
+        "agent=maskable_ppo",
+        *TINY,
+        *PPO_TINY,
+        "vec_normalize=true",
+        # DefectSearch-v1's episodes end with its budgets, hundreds of steps in: a short step
+        # limit ends some inside the 256 trained steps, so the per-episode scalars are written.
+        "+env.kwargs.max_episode_steps=100",
+        f"hydra.run.dir={first}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     checkpoint = first / "checkpoints" / "model_256_steps.zip"
@@ -255,6 +262,7 @@ def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
         *PPO_TINY,
         "vec_normalize=true",
         "total_timesteps=384",
+        "+env.kwargs.max_episode_steps=100",
         f"resume={checkpoint}",
         f"hydra.run.dir={second}",
     )

@@ -1,4 +1,4 @@
-"""The action codec's shift verb: offered to tasks that ask for it, no registered id changed."""
+"""The action codec: the shift verb tasks opt into, and the registered ids' action spaces."""
 
 from __future__ import annotations
 
@@ -14,13 +14,15 @@ from scopegym.envs.actions import ARGUMENTS, DEFAULT_VERBS, VERB_ARGUMENTS, VERB
 from scopegym.envs.tasks import DefectSearchTask
 from scopegym.instrument import InstrumentLimits, InstrumentState, Move, Range, Shift
 
-#: The action spaces the registered ids had before the shift verb existed (their docstrings).
+#: The registered ids' action spaces (their docstrings). The v1 ids add the macro verbs
+#: inspect and tile to their v0 verbs (DefectSearch-v0 was [3, 3, 9, 5, 5, 1, 1, 1, 1], with
+#: inspect reading a 16 x 16 grid; Survey's shares its 8 x 8 grid with the spectra).
 REGISTERED_NVEC = {
-    "scopegym/DefectSearch-v0": [3, 3, 9, 5, 5, 1, 1, 1, 1],
+    "scopegym/DefectSearch-v1": [5, 3, 9, 5, 5, 16, 16, 1, 1],
     "scopegym/Autotune-v0": [2, 1, 1, 1, 1, 1, 1, 5, 6],
     "scopegym/AutotuneRonchigram-v0": [3, 1, 1, 1, 1, 1, 1, 5, 6],
     "scopegym/SpectrumDiscovery-v0": [1, 1, 1, 1, 1, 12, 12, 1, 1],
-    "scopegym/Survey-v0": [5, 3, 9, 5, 5, 8, 8, 3, 4],
+    "scopegym/Survey-v1": [7, 3, 9, 5, 5, 8, 8, 3, 4],
 }
 
 
@@ -44,10 +46,19 @@ def test_no_registered_id_offers_shift_or_changed_its_action_space(env_id):
     env.close()
 
 
-def test_shift_is_a_verb_tasks_opt_into():
-    assert VERBS == (*DEFAULT_VERBS, "shift")
-    assert "shift" not in ActionConfig().verbs
-    assert VERB_ARGUMENTS["shift"] == ("dx", "dy")
+def test_shift_and_the_macros_are_verbs_tasks_opt_into():
+    assert VERBS == (*DEFAULT_VERBS, "shift", "inspect", "tile")
+    assert not {"shift", "inspect", "tile"} & set(ActionConfig().verbs)
+    assert VERB_ARGUMENTS["shift"] == ("dx", "dy") == VERB_ARGUMENTS["tile"]
+    assert VERB_ARGUMENTS["inspect"] == ("x", "y")
+
+
+def test_the_legacy_v0_interface_keeps_its_action_space():
+    for task, nvec in (("DefectSearch", [3, 3, 9, 5, 5, 1, 1, 1, 1]),
+                       ("Survey", [5, 3, 9, 5, 5, 8, 8, 3, 4])):
+        env = gym.make(f"scopegym/{task}-v1", version=0)
+        assert env.action_space.nvec.tolist() == nvec
+        env.close()
 
 
 def test_shift_decodes_to_one_shift_in_fields_of_view_on_the_move_layout():

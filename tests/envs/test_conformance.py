@@ -8,6 +8,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import scopegym  # noqa: F401  (registers the ids)
 from scopegym.envs import ENV_IDS, BoxActions
+from scopegym.envs.actions import MACRO_VERBS
 from scopegym.instrument import COMMAND_TYPES
 
 IDS = sorted(ENV_IDS)
@@ -71,17 +72,26 @@ def test_different_seeds_give_different_episodes(env_id):
 
 
 @pytest.mark.parametrize("env_id", IDS)
-def test_every_action_decodes_to_one_command(env_id):
+def test_every_action_decodes_to_its_verbs_commands(env_id):
     env = gym.make(env_id)
     env.reset(seed=0)
-    state = env.unwrapped.instrument.state()
-    rng = np.random.default_rng(0)
+    env.action_space.seed(0)
+    codec = env.unwrapped.codec
+    state, limits = env.unwrapped.instrument.state(), env.unwrapped.instrument.limits
     for _ in range(200):
         action = env.action_space.sample()
-        command = env.unwrapped.codec.decode(action, state)
-        assert type(command).__name__ in COMMAND_TYPES
-        assert command.name.lower() == env.unwrapped.codec.verb(action)  # the verb's command
-    del rng
+        commands = codec.plan(action, state, limits)
+        assert all(type(command).__name__ in COMMAND_TYPES for command in commands)
+        verb = codec.verb(action)
+        if verb in MACRO_VERBS:
+            # A macro: the moves that bring its target to the centre, a zoom, then one scan.
+            names = [command.name for command in commands]
+            assert names[-1] == "Scan" and set(names[:-1]) <= {"Shift", "Move", "Zoom"}
+            with pytest.raises(ValueError, match="macro"):
+                codec.decode(action, state)
+        else:
+            assert commands == (codec.decode(action, state),)
+            assert commands[0].name.lower() == verb  # the verb's one command
     env.close()
 
 
@@ -102,18 +112,18 @@ def test_info_carries_command_time_and_dose(env_id):
 def test_observations_hold_no_ground_truth(env_id):
     env = gym.make(env_id)
     obs, _ = env.reset(seed=0)
-    assert set(obs) <= {"frame", "state", "spectrum", "ronchigram"}
+    assert set(obs) <= {"frame", "state", "spectrum", "ronchigram", "odometry", "map"}
     assert obs["frame"].dtype == np.uint8
     env.close()
 
 
 #: Panels after the overview and the frame: only what the task observes.
 EXTRA_PANELS = {
-    "scopegym/DefectSearch-v0": 0,
+    "scopegym/DefectSearch-v1": 0,
     "scopegym/Autotune-v0": 0,
     "scopegym/AutotuneRonchigram-v0": 1,  # Ronchigram
     "scopegym/SpectrumDiscovery-v0": 1,  # spectrum
-    "scopegym/Survey-v0": 1,  # spectrum
+    "scopegym/Survey-v1": 1,  # spectrum
 }
 
 
@@ -156,7 +166,7 @@ def test_scale_bars_match_the_fields_of_view():
 
     from scopegym.agents.baselines import make_baseline
 
-    env = gym.make("scopegym/DefectSearch-v0", render_mode="rgb_array", frame_px=64)
+    env = gym.make("scopegym/DefectSearch-v1", render_mode="rgb_array", frame_px=64)
     obs, _ = env.reset(seed=0)
     unwrapped = env.unwrapped
     raster = make_baseline("raster", env)
@@ -176,7 +186,7 @@ def test_scale_bars_match_the_fields_of_view():
 
 
 def test_masks_forbid_spectra_before_a_frame_and_moves_off_the_stage():
-    env = gym.make("scopegym/Survey-v0")
+    env = gym.make("scopegym/Survey-v1")
     env.reset(seed=0)
     unwrapped = env.unwrapped
     unwrapped._have_frame = False
@@ -198,7 +208,7 @@ def test_masks_forbid_spectra_before_a_frame_and_moves_off_the_stage():
 
 
 def test_box_wrapper_maps_every_box_action_to_a_valid_discrete_one():
-    env = BoxActions(gym.make("scopegym/Survey-v0").unwrapped)
+    env = BoxActions(gym.make("scopegym/Survey-v1").unwrapped)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(50):

@@ -9,7 +9,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import scopegym  # noqa: F401  (registers the ids)
 from scopegym.envs import ENV_IDS
 from scopegym.envs.actions import ARGUMENTS
-from scopegym.envs.core import ODOMETRY_FEATURES, odometry_observation
+from scopegym.envs.core import MOTION_FEATURES, ODOMETRY_FEATURES, odometry_observation
 from scopegym.instrument import Move
 
 
@@ -21,20 +21,26 @@ def _move(env, dx_bin, dy_bin):
     return action
 
 
+#: Ids whose observation holds the odometry (with the play and the beam shift) by default.
+ON_BY_DEFAULT = {"scopegym/DefectSearch-v1", "scopegym/Survey-v1"}
+
+
 @pytest.mark.parametrize("env_id", sorted(ENV_IDS))
-def test_odometry_is_off_by_default_and_passes_the_checkers_when_on(env_id):
-    assert "odometry" not in gym.make(env_id).observation_space.spaces
+def test_odometry_is_on_for_the_v1_search_ids_and_passes_the_checkers_when_on(env_id):
+    default = gym.make(env_id).observation_space.spaces
+    assert ("odometry" in default) == (env_id in ON_BY_DEFAULT)
     env = gym.make(env_id, odometry=True)
-    assert env.observation_space["odometry"].shape == (len(ODOMETRY_FEATURES),)
+    features = MOTION_FEATURES if env_id in ON_BY_DEFAULT else ODOMETRY_FEATURES
+    assert env.observation_space["odometry"].shape == (len(features),)
     gym_check_env(env.unwrapped, skip_render_check=True)
     sb3_check_env(env.unwrapped, warn=True)
     env.close()
 
 
 def test_odometry_sums_the_commanded_moves_and_keeps_the_last_one():
-    env = gym.make("scopegym/DefectSearch-v0", frame_px=64, odometry=True)
+    env = gym.make("scopegym/DefectSearch-v1", frame_px=64, odometry=True)
     obs, _ = env.reset(seed=4)
-    np.testing.assert_array_equal(obs["odometry"], np.zeros(4, np.float32))
+    np.testing.assert_array_equal(obs["odometry"][:4], np.zeros(4, np.float32))
     core = env.unwrapped
     reach = 0.5 * (core.instrument.limits.stage_x_nm.high - core.instrument.limits.stage_x_nm.low)
     fov = core.instrument.state().fov_nm  # the 1024 nm overview
@@ -45,7 +51,7 @@ def test_odometry_sums_the_commanded_moves_and_keeps_the_last_one():
         obs, _, _, _, info = env.step(_move(env, dx_bin, dy_bin))
         assert info["refused"] is None
         commanded += (steps[dx_bin] * fov, steps[dy_bin] * fov)
-    odometry = obs["odometry"]
+    odometry = obs["odometry"][:4]
     # The commanded offset is exact, unlike the reported one (encoder noise, scale error).
     np.testing.assert_allclose(odometry[:2], commanded / reach, atol=1e-6)
     assert odometry[2] == 0.0 and odometry[3] < -0.5  # the last move drove y only, backwards
@@ -55,10 +61,10 @@ def test_odometry_sums_the_commanded_moves_and_keeps_the_last_one():
         action = np.zeros(len(env.action_space.nvec), dtype=np.int64)
         action[0] = verbs.index(verb)
         obs, _, _, _, _ = env.step(action)
-        np.testing.assert_array_equal(obs["odometry"], odometry)
+        np.testing.assert_array_equal(obs["odometry"][:4], odometry)
     # A new episode starts from zero.
     obs, _ = env.reset(seed=5)
-    np.testing.assert_array_equal(obs["odometry"], np.zeros(4, np.float32))
+    np.testing.assert_array_equal(obs["odometry"][:4], np.zeros(4, np.float32))
     env.close()
 
 
@@ -77,7 +83,7 @@ def test_last_move_encoding_puts_direction_first_and_length_on_a_log_scale():
 
 
 def test_a_refused_move_does_not_count():
-    env = gym.make("scopegym/DefectSearch-v0", frame_px=64, odometry=True)
+    env = gym.make("scopegym/DefectSearch-v1", frame_px=64, odometry=True)
     env.reset(seed=0)
     core = env.unwrapped
     # 1 µm moves in +x from the 1 µm overview soon leave the 2 µm stage; the twin refuses

@@ -6,10 +6,14 @@ Example::
         checkpoint=outputs/2024-01-01/12-00-00/final.zip
 
 Every policy runs through :func:`~scopegym.agents.evaluation.evaluate` on the same samples. The
-Hydra run directory receives ``results.json`` (per-episode figures and the summary),
-``report.md`` (one row per policy, mean and 95 % CI of each task metric), a bar chart per main
-metric and one example trajectory per policy drawn on its episode's overview frame. The report
-table is also printed.
+Hydra run directory receives ``results.json`` (per-episode values, and per metric its summary and
+interval method), ``report.md`` (one row per policy with its number of episodes; success rates
+as k/n with Wilson score intervals, other metrics with seeded percentile bootstrap intervals and
+the median where the distribution is skewed; see :mod:`scopegym.agents.statistics`), a bar chart
+per metric with unit-labelled axes, and one example trajectory per policy: for the tuning tasks
+the phase error and each aberration against step, otherwise the scanned fields on the episode's
+overview frame with an inset at the scale of the smallest tiles. The report table is also
+printed.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import gymnasium as gym
 import hydra
@@ -38,14 +42,30 @@ from scopegym.agents.cli_checks import (
     quiet_absent_user_config_dir,
 )
 from scopegym.agents.evaluation import EpisodeResult, Policy, evaluate, summarise
+from scopegym.agents.statistics import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    METHOD_NAMES,
+    MetricSummary,
+    describe_method,
+    format_cell,
+    metric_spec,
+)
 from scopegym.agents.train import env_factory
 from scopegym.instrument import InstrumentError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 quiet_absent_user_config_dir()
 
 #: Figures reported for every task besides its own task metrics.
 GENERAL_METRICS = ("return", "time_s", "dose_e_per_A2")
+#: Side of the trajectory plot's inset, in tiles (the task's smallest field of view).
+INSET_TILES = 6
+#: {policy: {metric: summary}}, as :func:`~scopegym.agents.evaluation.summarise` returns it.
+Summary = dict[str, dict[str, MetricSummary]]
 
 
 class EvalConfigError(ValueError):
@@ -273,13 +293,15 @@ class PolicyRun:
         name: Policy name.
         results: One result per episode.
         overview: The last episode's overview frame (a Frame), or None.
-        states: Reported instrument states after each scan of the last episode.
+        frames: Every frame of the last episode, in order (the overview included).
+        tile_nm: The task's smallest field of view [nm] (NaN if unknown).
     """
 
     name: str
     results: list[EpisodeResult]
     overview: Any = None
-    states: tuple[Any, ...] = ()
+    frames: tuple[Any, ...] = ()
+    tile_nm: float = math.nan
 
 
 def run_policy(
@@ -315,48 +337,73 @@ def run_policy(
     )
     for result in results:
         result.policy = name
+    from scopegym.instrument import Frame
+
     core: Any = made[0].unwrapped if made else None
     overview = getattr(core, "_overview", None)
-    states = tuple(
-        state
-        for command, state in getattr(core, "trajectory", [])
-        if getattr(command, "name", "") == "Scan"
-    )
-    return PolicyRun(name, results, overview, states)
+    frames = tuple(item for item in getattr(core, "history", ()) if isinstance(item, Frame))
+    config = getattr(getattr(core, "task", None), "action_config", None)
+    levels = tuple(getattr(config, "fov_levels_nm", ()))
+    return PolicyRun(name, results, overview, frames, float(min(levels)) if levels else math.nan)
 
 
 def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def results_document(runs: Sequence[PolicyRun]) -> dict[str, Any]:
-    """Per-episode figures and the summary as JSON-ready data (NaN becomes null).
+def summarise_runs(runs: Sequence[PolicyRun], seed: int = 0) -> Summary:
+    """Every policy's metrics with their intervals (:func:`~scopegym.agents.evaluation.summarise`).
 
     Args:
         runs: One entry per policy.
+        seed: The evaluation's seed; the bootstrap resamples derive from it.
     """
-    episodes = [
-        {
-            "env_id": result.env_id,
-            "policy": result.policy,
-            "sample_family": result.sample_family,
-            "sample_seed": result.sample_seed,
-            "terminated": result.terminated,
-            "truncated": result.truncated,
-            "scalars": {key: _finite(value) for key, value in result.scalars().items()},
-            "commands": result.trajectory,
-        }
-        for run in runs
-        for result in run.results
-    ]
-    summary = summarise([result for run in runs for result in run.results])
+    return summarise([result for run in runs for result in run.results], seed=seed)
+
+
+def results_document(runs: Sequence[PolicyRun], summary: Summary, seed: int) -> dict[str, Any]:
+    """Per-episode values, the summary and each metric's interval method, JSON-ready.
+
+    NaN becomes null. Each summary entry names its method (``wilson`` or
+    ``bootstrap-percentile``), unit, n and the per-episode values it was computed from.
+
+    Args:
+        runs: One entry per policy.
+        summary: :func:`summarise_runs` of the same runs.
+        seed: The evaluation's seed.
+    """
+    episodes = []
+    for run in runs:
+        for result in run.results:
+            episode: dict[str, Any] = {
+                "env_id": result.env_id,
+                "policy": result.policy,
+                "sample_family": result.sample_family,
+                "sample_seed": result.sample_seed,
+                "terminated": result.terminated,
+                "truncated": result.truncated,
+                "scalars": {key: _finite(value) for key, value in result.scalars().items()},
+                "commands": result.trajectory,
+            }
+            if result.twin_trace:
+                episode["twin_trace"] = result.twin_trace
+            episodes.append(episode)
     return {
+        "statistics": {
+            "confidence": CONFIDENCE,
+            "seed": seed,
+            "bootstrap_resamples": BOOTSTRAP_RESAMPLES,
+            "methods": {
+                "wilson": "rate k/n of a 0/1 metric with its Wilson score interval",
+                "bootstrap-percentile": (
+                    "mean and median with percentile bootstrap intervals; NumPy Generator "
+                    "seeded from (seed, CRC-32 of the metric name)"
+                ),
+            },
+        },
         "episodes": episodes,
         "summary": {
-            policy: {
-                metric: {key: _finite(value) for key, value in interval.items()}
-                for metric, interval in metrics.items()
-            }
+            policy: {metric: entry.as_dict() for metric, entry in metrics.items()}
             for policy, metrics in summary.items()
         },
     }
@@ -371,124 +418,345 @@ def report_metrics(runs: Sequence[PolicyRun]) -> list[str]:
     return names
 
 
-def _cell(interval: dict[str, float] | None) -> str:
-    if interval is None or not math.isfinite(interval["mean"]):
-        return "n/a"
-    return f"{interval['mean']:.4g} [{interval['low']:.4g}, {interval['high']:.4g}]"
+def markdown_table(runs: Sequence[PolicyRun], summary: Summary) -> str:
+    """A Markdown table: one row per policy with its episodes, one column per metric.
 
-
-def markdown_table(runs: Sequence[PolicyRun]) -> str:
-    """A Markdown table: one row per policy, each metric as mean [95 % CI].
+    Headers give each metric's unit. Cells: ``rate (k/n) [interval]`` for 0/1 metrics, else
+    the mean (or median) and its interval, the median beside skewed means, and ``(n = m)``
+    where the metric is defined on only m of the row's episodes (see
+    :func:`~scopegym.agents.statistics.format_cell`).
 
     Args:
         runs: One entry per policy.
+        summary: :func:`summarise_runs` of the same runs.
     """
-    summary = summarise([result for run in runs for result in run.results])
     metrics = report_metrics(runs)
+    headers = [metric_spec(metric).axis_label for metric in metrics]
     lines = [
-        "| policy | episodes | " + " | ".join(metrics) + " |",
+        "| policy | n (episodes) | " + " | ".join(headers) + " |",
         "|---" * (len(metrics) + 2) + "|",
     ]
     for run in runs:
         row = summary.get(run.name, {})
-        cells = [_cell(row.get(metric)) for metric in metrics]
+        cells = [format_cell(row.get(metric)) for metric in metrics]
         lines.append(f"| {run.name} | {len(run.results)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def plot_bars(runs: Sequence[PolicyRun], directory: Path) -> list[Path]:
-    """One bar chart per reported metric with 95 % CI error bars.
+def report_legend(runs: Sequence[PolicyRun], summary: Summary) -> str:
+    """What each column of :func:`markdown_table` shows, one Markdown bullet per metric.
+
+    Args:
+        runs: One entry per policy.
+        summary: :func:`summarise_runs` of the same runs.
+    """
+    lines = [
+        "n (episodes): episodes per policy; a metric defined on fewer episodes (e.g. "
+        "acquisitions to tolerance, only where the tolerance was reached) shows its own n. "
+        "n/a: defined in no episode.",
+        "",
+    ]
+    for metric in report_metrics(runs):
+        entry = next((row[metric] for row in summary.values() if metric in row), None)
+        if entry is not None:
+            lines.append(f"- {entry.spec.axis_label} (`{metric}`): {describe_method(entry)}")
+    return "\n".join(lines) + "\n"
+
+
+def _tick_label(run_name: str, entry: MetricSummary | None) -> str:
+    # Checkpoint names are long (MaskablePPO:<file>:stochastic): one part per line.
+    name = run_name.replace(":", "\n")
+    if entry is None:
+        return f"{name}\nn = 0"
+    if entry.successes is not None:
+        return f"{name}\n{entry.successes}/{entry.n}"
+    return f"{name}\nn = {entry.n}"
+
+
+def bar_figure(runs: Sequence[PolicyRun], metric: str, summary: Summary) -> Figure | None:
+    """One metric's bar chart: each policy's rate, mean or median with its interval.
+
+    The y axis is labelled with the metric's unit; each bar's tick names the policy and its
+    n (k/n for rates).
+
+    Args:
+        runs: One entry per policy.
+        metric: Metric name.
+        summary: :func:`summarise_runs` of the same runs.
+
+    Returns:
+        The figure, or None where no policy has a value.
+    """
+    from matplotlib.figure import Figure
+
+    entries = [summary.get(run.name, {}).get(metric) for run in runs]
+    defined = [entry for entry in entries if entry is not None and entry.n > 0]
+    if not defined:
+        return None
+    first = defined[0]
+    values = np.array([np.nan if e is None or e.n == 0 else e.value for e in entries])
+    lows = np.array([np.nan if e is None or e.n == 0 else e.low for e in entries])
+    highs = np.array([np.nan if e is None or e.n == 0 else e.high for e in entries])
+    errors = np.clip(np.nan_to_num(np.vstack([values - lows, highs - values])), 0.0, None)
+    figure = Figure(figsize=(1.3 * len(runs) + 2.5, 3.8))
+    axes = figure.subplots()
+    positions = np.arange(len(runs))
+    axes.bar(positions, np.nan_to_num(values), yerr=errors, capsize=4, color="tab:blue")
+    ticks = [_tick_label(run.name, entry) for run, entry in zip(runs, entries, strict=True)]
+    axes.set_xticks(positions, ticks)
+    axes.tick_params(axis="x", labelsize=8)
+    axes.set_xlabel("policy")
+    axes.set_ylabel(first.spec.axis_label)
+    if first.spec.binary:
+        axes.set_ylim(0.0, 1.0)
+    share = f"{first.confidence:.0%}".replace("%", " %")
+    axes.set_title(
+        f"{first.spec.label}: {first.centre}, {share} {METHOD_NAMES[first.method]} interval",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    return figure
+
+
+def plot_bars(runs: Sequence[PolicyRun], directory: Path, summary: Summary) -> list[Path]:
+    """One bar chart per reported metric (:func:`bar_figure`), as ``bar_<metric>.png``.
 
     Args:
         runs: One entry per policy.
         directory: Where the PNGs go.
+        summary: :func:`summarise_runs` of the same runs.
 
     Returns:
         Paths of the written files.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    summary = summarise([result for run in runs for result in run.results])
     written = []
     for metric in report_metrics(runs):
-        intervals = [summary.get(run.name, {}).get(metric) for run in runs]
-        means = np.array([np.nan if i is None else i["mean"] for i in intervals])
-        if not np.isfinite(means).any():
+        figure = bar_figure(runs, metric, summary)
+        if figure is None:
             continue
-        lows = np.array([np.nan if i is None else i["low"] for i in intervals])
-        highs = np.array([np.nan if i is None else i["high"] for i in intervals])
-        errors = np.nan_to_num(np.vstack([means - lows, highs - means]))
-        figure, axes = plt.subplots(figsize=(1.2 * len(runs) + 2.5, 3.5))
-        positions = np.arange(len(runs))
-        axes.bar(positions, np.nan_to_num(means), yerr=errors, capsize=4, color="tab:blue")
-        # Checkpoint names are long (MaskablePPO:<file>:stochastic): one part per line.
-        axes.set_xticks(positions, [run.name.replace(":", "\n") for run in runs], fontsize=8)
-        axes.set_ylabel(metric)
-        axes.set_title(f"{metric} (mean, 95 % CI)")
-        figure.tight_layout()
         path = directory / f"bar_{metric}.png"
         figure.savefig(path, dpi=100)
-        plt.close(figure)
         written.append(path)
     return written
 
 
-def plot_trajectory(run: PolicyRun, directory: Path) -> Path | None:
-    """The last episode's scanned fields as rectangles on its overview frame.
+def _aberration_order(name: str) -> str:
+    # Krivanek notation: the first digit of C<n><m> is the order (C10, C12a: 1; C21a, C23b: 2).
+    match = re.fullmatch(r"C(\d)\d[ab]?", name)
+    return match.group(1) if match else "other"
 
-    Positions are the instrument's reported stage states [nm]; the overview's row 0 is its top
-    edge, so the y axis points down.
+
+def tuning_figure(run_name: str, result: EpisodeResult) -> Figure:
+    """A tuning episode against step: the RMS phase error, then each aberration by order.
+
+    Step 0 is the state after the reset; the phase error's markers are the steps that
+    acquired a frame or a Ronchigram. The dashed line is the Maréchal tolerance.
+
+    Args:
+        run_name: Policy name for the title.
+        result: An episode with a ``twin_trace``.
+    """
+    from matplotlib.figure import Figure
+
+    from scopegym.rewards.spectra_probe import MARECHAL_PHASE_RMS_RAD
+
+    trace = result.twin_trace
+    steps = np.arange(len(trace))
+    names = list(dict.fromkeys(k for point in trace for k in point if k != "phase_error_rms_rad"))
+    orders = list(dict.fromkeys(_aberration_order(name) for name in names))
+    figure = Figure(figsize=(6.5, 2.3 * (1 + len(orders)) + 0.4))
+    panels = figure.subplots(1 + len(orders), 1, sharex=True, squeeze=False)[:, 0]
+    phase = np.array([point.get("phase_error_rms_rad", np.nan) for point in trace])
+    panels[0].plot(steps, phase, color="black", label="RMS phase error")
+    panels[0].axhline(
+        MARECHAL_PHASE_RMS_RAD, color="tab:green", linestyle="--", label="Maréchal tolerance"
+    )
+    # Command i of the trajectory produced trace point i + 1.
+    for kind, marker in (("Scan", "o"), ("Ronchigram", "s")):
+        taken = [i + 1 for i, c in enumerate(result.trajectory) if c.get("command") == kind]
+        taken = [step for step in taken if step < len(trace)]
+        if taken:
+            label = "frame" if kind == "Scan" else "Ronchigram"
+            panels[0].plot(taken, phase[taken], marker, color="tab:orange", ms=4, label=label)
+    panels[0].set_ylabel("RMS phase error [rad]")
+    panels[0].legend(fontsize=7, loc="best")
+    for axes, order in zip(panels[1:], orders, strict=True):
+        for name in (name for name in names if _aberration_order(name) == order):
+            axes.plot(steps, [point.get(name, np.nan) for point in trace], label=name)
+        axes.axhline(0.0, color="0.6", linewidth=0.8)
+        what = f"C{order}x aberrations" if order != "other" else "aberrations"
+        axes.set_ylabel(f"{what} [nm]")
+        axes.legend(fontsize=7, loc="best", ncol=2)
+    panels[-1].set_xlabel("step (0: after the reset)")
+    outcome = "reached tolerance" if result.terminated else "did not reach tolerance"
+    figure.suptitle(
+        f"{run_name}: {result.sample_family} (seed {result.sample_seed}), {outcome} "
+        f"after {result.steps} steps",
+        fontsize=9,
+    )
+    figure.tight_layout()
+    return figure
+
+
+def _view(frame: Any) -> tuple[float, float, float]:
+    """Centre x, centre y and side of a frame's field of view [nm] (reported position)."""
+    return (
+        float(frame.stage_x_nm) + float(frame.shift_x_nm),
+        float(frame.stage_y_nm) + float(frame.shift_y_nm),
+        float(frame.fov_nm),
+    )
+
+
+def _draw_fields(axes: Any, fields: Sequence[Any], linewidth: float) -> None:
+    from matplotlib.patches import Rectangle
+
+    for index, frame in enumerate(fields):
+        x, y, fov = _view(frame)
+        colour = "yellow" if index == len(fields) - 1 else "tab:cyan"
+        axes.add_patch(
+            Rectangle(
+                (x - fov / 2, y - fov / 2),
+                fov,
+                fov,
+                fill=False,
+                edgecolor=colour,
+                linewidth=linewidth,
+            )
+        )
+
+
+def _densest_window(centres: np.ndarray, window: float, tile: float) -> tuple[float, float]:
+    """Centre of a ``window``-wide square holding the most frame centres (tiles kept whole)."""
+    reach = 0.5 * max(window - tile, 0.0)
+    # Chebyshev distance: a square window, like the plot's.
+    near = np.abs(centres[:, None, :] - centres[None, :, :]).max(axis=2) <= reach
+    members = centres[near[int(np.argmax(near.sum(axis=1)))]]
+    low, high = members.min(axis=0), members.max(axis=0)
+    return float(0.5 * (low[0] + high[0])), float(0.5 * (low[1] + high[1]))
+
+
+def _inset_bounds(
+    centre: tuple[float, float], extent: tuple[float, float, float, float]
+) -> tuple[float, float, float, float]:
+    """Axes-fraction bounds of the inset: the corner of the map farthest from the zoomed window.
+
+    The inset's tick labels sit left of and below it, so its left and bottom edges keep clear
+    of the map's own.
+    """
+    fx = (centre[0] - extent[0]) / (extent[1] - extent[0])
+    fy = (centre[1] - extent[3]) / (extent[2] - extent[3])  # 0 at the top edge (y points down)
+    left = 0.55 if fx < 0.5 else 0.1
+    bottom = 0.1 if fy < 0.5 else 0.55
+    return (left, bottom, 0.42, 0.42)
+
+
+def map_figure(run: PolicyRun) -> Figure | None:
+    """The last episode's frames as rectangles on its overview, with an inset at tile scale.
+
+    Positions are reported (stage plus beam shift) [nm]; the overview's row 0 is its top edge,
+    so the y axis points down. The inset shows a window :data:`INSET_TILES` tiles wide around
+    the densest group of atomic-resolution frames, each drawn with its own image, with a tick
+    per tile.
+
+    Args:
+        run: One policy's evaluation.
+
+    Returns:
+        The figure, or None without an overview.
+    """
+    if run.overview is None:
+        return None
+    from matplotlib import patheffects
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MultipleLocator
+
+    from scopegym.envs.core import ATOMIC_PIXEL_NM
+
+    overview = run.overview
+    ox, oy, side = _view(overview)
+    extent = (ox - side / 2, ox + side / 2, oy + side / 2, oy - side / 2)
+    figure = Figure(figsize=(6.0, 6.0))
+    axes = figure.subplots()
+    axes.imshow(np.asarray(overview.counts), cmap="gray", origin="upper", extent=extent)
+    fields = [frame for frame in run.frames if float(frame.fov_nm) < side]
+    _draw_fields(axes, fields, 1.0)
+    axes.set_xlim(extent[0], extent[1])
+    axes.set_ylim(extent[2], extent[3])
+    axes.set_xlabel("stage x [nm]")
+    axes.set_ylabel("stage y [nm]")
+    atomic = [frame for frame in fields if float(frame.pixel_nm) <= ATOMIC_PIXEL_NM]
+    title = f"{run.name}: {len(fields)} frames, {len(atomic)} at atomic resolution"
+    if atomic:
+        tile = run.tile_nm if math.isfinite(run.tile_nm) else min(f.fov_nm for f in atomic)
+        window = INSET_TILES * float(tile)
+        centres = np.array([_view(frame)[:2] for frame in atomic])
+        cx, cy = _densest_window(centres, window, float(tile))
+        inset = axes.inset_axes(_inset_bounds((cx, cy), extent))
+        inset.imshow(np.asarray(overview.counts), cmap="gray", origin="upper", extent=extent)
+        for frame in atomic:
+            x, y, fov = _view(frame)
+            if abs(x - cx) < (window + fov) / 2 and abs(y - cy) < (window + fov) / 2:
+                inset.imshow(
+                    np.asarray(frame.counts),
+                    cmap="gray",
+                    origin="upper",
+                    extent=(x - fov / 2, x + fov / 2, y + fov / 2, y - fov / 2),
+                )
+        _draw_fields(inset, [f for f in fields if float(f.fov_nm) <= window], 0.8)
+        inset.set_xlim(cx - window / 2, cx + window / 2)
+        inset.set_ylim(cy + window / 2, cy - window / 2)
+        for axis in (inset.xaxis, inset.yaxis):
+            axis.set_major_locator(MultipleLocator(float(tile)))
+        # White text with a dark outline reads over any part of the overview.
+        outline: list[patheffects.AbstractPathEffect] = [
+            patheffects.withStroke(linewidth=2, foreground="black")
+        ]
+        inset.tick_params(labelsize=6, colors="white")
+        for text in (*inset.get_xticklabels(), *inset.get_yticklabels()):
+            text.set_path_effects(outline)
+        inset.set_xlabel("x [nm]", fontsize=7, color="white", path_effects=outline)
+        inset.set_ylabel("y [nm]", fontsize=7, color="white", path_effects=outline)
+        axes.indicate_inset_zoom(inset, edgecolor="white")
+        title += f"\ninset: {window:g} nm square, a tick per {tile:g} nm tile"
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    return figure
+
+
+def trajectory_figure(run: PolicyRun) -> Figure | None:
+    """The last episode of a policy, as a tuning or a map figure.
+
+    :func:`tuning_figure` where the episode has a twin trace of the phase error (Autotune,
+    AutotuneRonchigram), else :func:`map_figure`.
+
+    Args:
+        run: One policy's evaluation.
+
+    Returns:
+        The figure, or None with nothing to draw.
+    """
+    if run.results and run.results[-1].twin_trace:
+        return tuning_figure(run.name, run.results[-1])
+    return map_figure(run)
+
+
+def plot_trajectory(run: PolicyRun, directory: Path) -> Path | None:
+    """Write :func:`trajectory_figure` as ``trajectory_<policy>.png``.
 
     Args:
         run: One policy's evaluation.
         directory: Where the PNG goes.
 
     Returns:
-        Path of the written file, or None without an overview.
+        Path of the written file, or None with nothing to draw.
     """
-    if run.overview is None:
+    figure = trajectory_figure(run)
+    if figure is None:
         return None
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    overview = run.overview
-    half = 0.5 * float(overview.fov_nm)
-    x0, y0 = float(overview.stage_x_nm) - half, float(overview.stage_y_nm) - half
-    figure, axes = plt.subplots(figsize=(5, 5))
-    axes.imshow(
-        np.asarray(overview.counts),
-        cmap="gray",
-        origin="upper",
-        extent=(x0, x0 + 2 * half, y0 + 2 * half, y0),
-    )
-    for index, state in enumerate(run.states):
-        fov = float(state.fov_nm)
-        colour = "yellow" if index == len(run.states) - 1 else "tab:cyan"
-        axes.add_patch(
-            Rectangle(
-                (float(state.stage_x_nm) - fov / 2, float(state.stage_y_nm) - fov / 2),
-                fov,
-                fov,
-                fill=False,
-                edgecolor=colour,
-                linewidth=1.0,
-            )
-        )
-    axes.set_xlabel("stage x [nm]")
-    axes.set_ylabel("stage y [nm]")
-    axes.set_title(f"{run.name}: {len(run.states)} scans on the overview")
-    figure.tight_layout()
     # Policy names hold ':' (MaskablePPO:final), which some file systems refuse.
     safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", run.name)
     path = directory / f"trajectory_{safe_name}.png"
     figure.savefig(path, dpi=100)
-    plt.close(figure)
     return path
 
 
@@ -564,14 +832,16 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, progress: TextIO | None = Non
             log.info("evaluating %s", name)
             bar.set_description(name)
             runs.append(run_policy(name, factory, cfg, on_episode=lambda _: bar.update()))
-    (run_dir / "results.json").write_text(json.dumps(results_document(runs), indent=2))
-    table = markdown_table(runs)
-    header = (
-        f"# scopegym-eval: {cfg.env.id} on samples={cfg.samples.name}\n\n"
-        "Each cell: mean [95 % CI, Student's t] over episodes; n/a where undefined.\n\n"
-    )
-    (run_dir / "report.md").write_text(header + table + "\n")
-    plot_bars(runs, run_dir)
+    seed = int(cfg.seed)
+    summary = summarise_runs(runs, seed)
+    document = results_document(runs, summary, seed)
+    text = json.dumps(document, indent=2, ensure_ascii=False)
+    (run_dir / "results.json").write_text(text, encoding="utf-8")
+    table = markdown_table(runs, summary)
+    header = f"# scopegym-eval: {cfg.env.id} on samples={cfg.samples.name}\n\n"
+    report = header + table + "\n\n" + report_legend(runs, summary)
+    (run_dir / "report.md").write_text(report, encoding="utf-8")
+    plot_bars(runs, run_dir, summary)
     for run in runs:
         plot_trajectory(run, run_dir)
     return table

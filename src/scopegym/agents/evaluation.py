@@ -3,8 +3,10 @@
 :func:`run_episode` calls ``policy.predict(obs, action_masks=..., deterministic=True)`` at every
 step, exactly the call an sb3-contrib ``MaskablePPO`` model accepts, so a trained model and a
 :class:`~scopegym.agents.baselines.ScriptedPolicy` are scored by the same code.
-:func:`evaluate` visits every sample of a sample set in order; :func:`summarise` gives means
-and 95 % confidence intervals (Student's t) per policy and metric.
+:func:`evaluate` visits every sample of a sample set in order; :func:`summarise` gives, per
+policy and metric, a rate with its Wilson score interval (0/1 metrics such as success) or the
+mean and median with seeded percentile bootstrap intervals (everything else); see
+:mod:`scopegym.agents.statistics`.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from typing import Any, Protocol
 
 import gymnasium as gym
 import numpy as np
-from scipy import stats
 
+from scopegym.agents.statistics import (
+    BOOTSTRAP_RESAMPLES,
+    CONFIDENCE,
+    MetricSummary,
+    summarise_metric,
+)
 from scopegym.envs.samples import SampleSet, sample_set
 from scopegym.instrument import SampleSpec
 
@@ -60,6 +67,9 @@ class EpisodeResult:
         truncated: Whether a budget or step limit ended the episode.
         metrics: Task metrics (see :func:`task_metrics`).
         trajectory: The commands sent, as dictionaries, in order.
+        twin_trace: Tuning tasks on the twin: after the reset and after each step, the probe's
+            RMS phase error (``phase_error_rms_rad`` [rad]) and each true aberration (by name
+            [nm]); empty elsewhere. Ground truth, for plots and analysis only.
     """
 
     env_id: str
@@ -78,6 +88,7 @@ class EpisodeResult:
     truncated: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     trajectory: list[dict[str, Any]] = field(default_factory=list)
+    twin_trace: list[dict[str, float]] = field(default_factory=list)
 
     def scalars(self) -> dict[str, float]:
         """Every numeric figure of the episode, for :func:`summarise`."""
@@ -99,6 +110,11 @@ class EpisodeResult:
 def _per_feature(env: Any, part: str, attribute: str) -> float:
     module = getattr(env.unwrapped.reward_module, "parts", {}).get(part)
     return float(getattr(module, attribute, 1.0)) or 1.0
+
+
+def _is_tuning(core: Any) -> bool:
+    """Whether the task is Autotune or AutotuneRonchigram."""
+    return str(getattr(core.task, "name", "")).startswith("Autotune")
 
 
 def task_metrics(env: gym.Env[Any, Any], result: EpisodeResult) -> dict[str, float]:
@@ -124,7 +140,7 @@ def task_metrics(env: gym.Env[Any, Any], result: EpisodeResult) -> dict[str, flo
         hours = result.time_s / SECONDS_PER_HOUR
         metrics["defects_per_hour"] = found / hours if hours > 0 else math.nan
         metrics["dose_per_defect"] = result.dose_e_per_A2 / found if found > 0 else math.nan
-    if str(getattr(core.task, "name", "")).startswith("Autotune"):
+    if _is_tuning(core):
         reached = result.terminated
         acquisitions = result.n_scans + result.n_ronchigrams
         metrics["success"] = float(reached)
@@ -138,6 +154,15 @@ def task_metrics(env: gym.Env[Any, Any], result: EpisodeResult) -> dict[str, flo
             found / result.n_spectra if result.n_spectra > 0 else math.nan
         )
     return metrics
+
+
+def _tuning_point(twin: Any) -> dict[str, float] | None:
+    """The phase error and aberrations of a twin diagnostic, or None if it has none."""
+    if not isinstance(twin, dict) or "phase_error_rms_rad" not in twin:
+        return None
+    point = {"phase_error_rms_rad": float(twin["phase_error_rms_rad"])}
+    point.update({name: float(v) for name, v in twin.get("aberrations_nm", {}).items()})
+    return point
 
 
 def _policy_name(policy: Any) -> str:
@@ -173,10 +198,17 @@ def run_episode(
         sample_family=str(info["sample"]["family"]),
         sample_seed=int(info["sample"]["seed"]),
     )
+    core: Any = env.unwrapped
+    # Reset's info carries no twin diagnostics, so a tuning task's starting point is asked for;
+    # other tasks' diagnostics (defects in view) are no trace and are not worth the work.
+    if core.truth is not None and _is_tuning(core):
+        start = _tuning_point(core.task.twin_info(core))
+        if start is not None:
+            result.twin_trace.append(start)
     recurrent: Any = None
     first = True
     while max_steps is None or result.steps < max_steps:
-        masks = env.unwrapped.action_masks()  # type: ignore[attr-defined]
+        masks = core.action_masks()
         action, recurrent = policy.predict(
             observation,
             state=recurrent,
@@ -199,6 +231,9 @@ def run_episode(
         result.time_s = float(info.get("elapsed_s", result.time_s))
         result.dose_e_per_A2 = float(info.get("dose_e_per_A2", result.dose_e_per_A2))
         result.terminated, result.truncated = bool(terminated), bool(truncated)
+        point = _tuning_point(info.get("twin"))
+        if point is not None:
+            result.twin_trace.append(point)
         if terminated or truncated:
             break
     result.metrics = task_metrics(env, result)
@@ -248,59 +283,55 @@ def evaluate(
         env.close()
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> dict[str, float]:
-    """Mean and Student-t confidence interval of finite values (NaNs are left out).
-
-    Args:
-        values: Samples [any units].
-        confidence: Coverage of the interval.
-
-    Returns:
-        ``{"mean", "low", "high", "n"}``; with one value the interval is that value, with none
-        everything is NaN.
-    """
-    data = np.asarray([v for v in values if math.isfinite(v)], dtype=np.float64)
-    if data.size == 0:
-        return {"mean": math.nan, "low": math.nan, "high": math.nan, "n": 0.0}
-    mean = float(data.mean())
-    sem = float(stats.sem(data)) if data.size > 1 else 0.0
-    if sem == 0.0:
-        return {"mean": mean, "low": mean, "high": mean, "n": float(data.size)}
-    low, high = stats.t.interval(confidence, data.size - 1, loc=mean, scale=sem)
-    return {"mean": mean, "low": float(low), "high": float(high), "n": float(data.size)}
-
-
 def summarise(
-    results: Sequence[EpisodeResult], confidence: float = 0.95
-) -> dict[str, dict[str, dict[str, float]]]:
-    """Mean and confidence interval of every metric, per policy (and environment).
+    results: Sequence[EpisodeResult],
+    confidence: float = CONFIDENCE,
+    seed: int = 0,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+) -> dict[str, dict[str, MetricSummary]]:
+    """Every metric's estimate and interval, per policy (and environment).
+
+    0/1 metrics get the rate k/n and a Wilson score interval; the others the mean and median
+    with percentile bootstrap intervals (:func:`~scopegym.agents.statistics.summarise_metric`).
+    An episode that lacks a metric, or where it is NaN, counts towards ``episodes`` but not
+    ``n``.
 
     Args:
         results: Episodes, from any number of policies and environments.
         confidence: Coverage of the intervals.
+        seed: Seed the bootstrap resamples derive from (the evaluation's seed): the same
+            results and seed give the same intervals.
+        resamples: Bootstrap resamples per interval.
 
     Returns:
-        ``{policy: {metric: {"mean", "low", "high", "n"}}}``; where several environments are
-        mixed the key is ``"env_id/policy"``.
+        ``{policy: {metric: MetricSummary}}``; where several environments are mixed the key is
+        ``"env_id/policy"``.
     """
     mixed = len({r.env_id for r in results}) > 1
-    grouped: dict[str, dict[str, list[float]]] = {}
+    grouped: dict[str, list[dict[str, float]]] = {}
     for result in results:
         key = f"{result.env_id}/{result.policy}" if mixed else result.policy
-        metrics = grouped.setdefault(key, {})
-        for name, value in result.scalars().items():
-            metrics.setdefault(name, []).append(float(value))
-    return {
-        key: {name: mean_interval(values, confidence) for name, values in metrics.items()}
-        for key, metrics in grouped.items()
-    }
+        grouped.setdefault(key, []).append(result.scalars())
+    summary: dict[str, dict[str, MetricSummary]] = {}
+    for key, episodes in grouped.items():
+        names = list(dict.fromkeys(name for scalars in episodes for name in scalars))
+        summary[key] = {
+            name: summarise_metric(
+                name,
+                [scalars.get(name, math.nan) for scalars in episodes],
+                confidence,
+                seed,
+                resamples,
+            )
+            for name in names
+        }
+    return summary
 
 
 __all__ = [
     "EpisodeResult",
     "Policy",
     "evaluate",
-    "mean_interval",
     "run_episode",
     "summarise",
     "task_metrics",

@@ -26,6 +26,7 @@ Usage:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import sys
 from collections.abc import Callable
@@ -85,7 +86,6 @@ EXIT_ABORTED = 130
 EXIT_INSTRUMENT_FAILURE = 4
 
 _CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-_NOT_TASK_KWARGS = ("samples", "render_mode", "instrument", "instrument_name", "instrument_kwargs")
 
 
 class RunConfigError(ValueError):
@@ -225,7 +225,10 @@ def _reward_needs_truth(env_id: str, kwargs: dict[str, Any]) -> bool:
     task_class = getattr(creator, "task_class", None)
     if task_class is None:
         return False  # not a scopegym TaskEnv: let the environment decide
-    task_kwargs = {k: v for k, v in {**spec.kwargs, **kwargs}.items() if k not in _NOT_TASK_KWARGS}
+    # Only the task's own arguments: the env's (samples, odometry, ...) and gymnasium.make's
+    # (max_episode_steps of a legacy config) are not the task's.
+    accepted = inspect.signature(task_class).parameters
+    task_kwargs = {k: v for k, v in {**spec.kwargs, **kwargs}.items() if k in accepted}
     return bool(task_class(**task_kwargs).make_reward().requires_ground_truth)
 
 
@@ -400,7 +403,22 @@ def run(
                 obs, reward, terminated, truncated, info = env.step(action)
                 step += 1
                 total += float(reward)
-                print(f"[{step:4d}] -> {info['command']}", file=out)
+                macro = info.get("macro")
+                if macro is not None:
+                    # A macro verb: one step, several commands, each sent (and recorded) alone.
+                    sent = list(info.get("commands", []))
+                    if info["refused"] is not None:
+                        sent.append(info["command"])
+                    label = " ".join(f"{k}={v}" for k, v in macro.items() if k != "verb")
+                    for index, command in enumerate(sent):
+                        lead = f"[{step:4d}]" if index == 0 else "      "
+                        print(
+                            f"{lead} -> {command}  (macro {macro['verb']} {label}: "
+                            f"{index + 1} of {len(sent)})",
+                            file=out,
+                        )
+                else:
+                    print(f"[{step:4d}] -> {info['command']}", file=out)
                 outcome = info.get("result") or {"refused": info["refused"]}
                 dry = "  (dry run: not sent)" if safe.dry_run and info.get("result") else ""
                 print(

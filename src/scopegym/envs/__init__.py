@@ -1,8 +1,13 @@
 """Gymnasium environments: an instrument plus a task, registered on import of scopegym.
 
-Ids: ``scopegym/DefectSearch-v0``, ``scopegym/Autotune-v0``,
-``scopegym/AutotuneRonchigram-v0``, ``scopegym/SpectrumDiscovery-v0``, ``scopegym/Survey-v0``.
+Ids: ``scopegym/DefectSearch-v1``, ``scopegym/Autotune-v0``,
+``scopegym/AutotuneRonchigram-v0``, ``scopegym/SpectrumDiscovery-v0``, ``scopegym/Survey-v1``.
 Held-out samples are a keyword: ``gymnasium.make(id, samples="heldout")``.
+
+DefectSearch and Survey are at v1 (the episode map and motion odometry in the observation,
+macro verbs, masks of scans that cannot score, episodes ended by the budgets); their v0 ids
+are dropped. ``version=0`` (with ``max_episode_steps`` of :data:`V0_MAX_EPISODE_STEPS`)
+restores the v0 interface for policies trained on it (config ``env=defect_search_v0``).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from scopegym.envs.actions import ActionCodec, ActionConfig
 from scopegym.envs.core import EpisodeStart, MicroscopeEnv, Task
 from scopegym.envs.samples import SAMPLE_SETS, SampleSet, sample_set
 from scopegym.envs.tasks import (
+    V0_MAX_EPISODE_STEPS,
     AutotuneEnv,
     AutotuneRonchigramEnv,
     DefectSearchEnv,
@@ -21,20 +27,28 @@ from scopegym.envs.tasks import (
 )
 from scopegym.envs.wrappers import BoxActions
 
+#: Safety step cap of the ids whose episodes the budgets end. The cheapest command either task
+#: offers takes 0.2 s of instrument time (a Zoom; a macro always ends with a scan of at least
+#: 0.38 s), so DefectSearch's 600 s allow at most 3001 steps; Survey's spectra take 22 ms but
+#: deliver 1.1e6 e/Å² each, so its 5e7 e/Å² and 900 s allow at most ~4540 (43 spectra, then
+#: Zooms). The cap, more than twice either, ends only an episode of refused commands (a
+#: policy without masks), which cost no instrument time.
+BUDGET_BOUND_STEP_CAP = 10_000
+
 #: Registered ids and their step limits.
 ENV_IDS: dict[str, int] = {
-    "scopegym/DefectSearch-v0": 200,
+    "scopegym/DefectSearch-v1": BUDGET_BOUND_STEP_CAP,
     "scopegym/Autotune-v0": 60,
     "scopegym/AutotuneRonchigram-v0": 60,
     "scopegym/SpectrumDiscovery-v0": 24,
-    "scopegym/Survey-v0": 300,
+    "scopegym/Survey-v1": BUDGET_BOUND_STEP_CAP,
 }
 _ENTRY_POINTS = {
-    "scopegym/DefectSearch-v0": "scopegym.envs.tasks:DefectSearchEnv",
+    "scopegym/DefectSearch-v1": "scopegym.envs.tasks:DefectSearchEnv",
     "scopegym/Autotune-v0": "scopegym.envs.tasks:AutotuneEnv",
     "scopegym/AutotuneRonchigram-v0": "scopegym.envs.tasks:AutotuneRonchigramEnv",
     "scopegym/SpectrumDiscovery-v0": "scopegym.envs.tasks:SpectrumDiscoveryEnv",
-    "scopegym/Survey-v0": "scopegym.envs.tasks:SurveyEnv",
+    "scopegym/Survey-v1": "scopegym.envs.tasks:SurveyEnv",
 }
 
 
@@ -48,6 +62,7 @@ def register_envs() -> None:
 register_envs()
 
 __all__ = [
+    "BUDGET_BOUND_STEP_CAP",
     "ENV_IDS",
     "SAMPLE_SETS",
     "ActionCodec",
@@ -62,6 +77,7 @@ __all__ = [
     "SpectrumDiscoveryEnv",
     "SurveyEnv",
     "Task",
+    "V0_MAX_EPISODE_STEPS",
     "register_envs",
     "sample_set",
 ]

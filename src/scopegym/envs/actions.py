@@ -22,11 +22,35 @@ that list it; no registered id does yet. It reads the same ``dx`` and ``dy`` ent
 ``move``, so adding it to a task does not change the layout of the action. Where a task offers
 both, an entry's mask allows a bin when either verb may use it (as the tune entries allow a
 step that some aberration may take), and the instrument refuses the other combinations.
+
+Macro verbs (offered by ``scopegym/DefectSearch-v1`` and ``scopegym/Survey-v1``) compile to a
+short sequence of the commands above, what an operator does with one click; the environment
+sends them one by one (:meth:`ActionCodec.plan`) and reports each:
+
+==========  =================  ===========================================================
+macro       arguments read     commands
+==========  =================  ===========================================================
+inspect     x, y               bring the point ((x + 0.5) / grid, (y + 0.5) / grid) of the
+                               present field to the centre (see below), ``Zoom`` to the
+                               finest field (unless there), ``Scan(frame_px, d)``
+tile        dx, dy             move the view by ``move_steps[dx, dy] * fov`` (see below),
+                               ``Scan(frame_px, d)``
+==========  =================  ===========================================================
+
+The view is moved by one ``Shift`` when the accumulated beam shift stays within the
+instrument's range (no backlash, 5 ms on the twin); otherwise the beam is shifted back onto
+the axis and the stage carries the whole offset, with its last leg on every axis it drives
+running in + for at least ``backlash_margin_nm`` (one extra ``Move`` back and forward where the
+move would otherwise reverse the axis or run too short), so that every field a macro reaches by
+stage is approached from the same side and sits where the encoders say. A target outside the
+stage's range is clamped into it. ``d`` is the *scoring dwell*: the shortest dwell bin whose
+frame at the finest field earns discovery credit (:class:`ScoringCriterion`), else the longest.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,10 +67,14 @@ from scopegym.instrument import (
     Tune,
     Zoom,
 )
+from scopegym.instrument.safety import frame_dose_e_per_A2
 
-#: Verbs a task gets when it names none: every verb but ``shift``, which tasks opt into.
+#: Verbs a task gets when it names none: every verb but ``shift`` and the macros, which tasks
+#: opt into.
 DEFAULT_VERBS = ("scan", "zoom", "move", "spectrum", "tune", "ronchigram")
-VERBS = (*DEFAULT_VERBS, "shift")
+#: Verbs that compile to a sequence of commands (see the module docstring).
+MACRO_VERBS = ("inspect", "tile")
+VERBS = (*DEFAULT_VERBS, "shift", *MACRO_VERBS)
 ARGUMENTS = ("dwell", "fov", "dx", "dy", "x", "y", "aberration", "delta")
 #: Argument entries each verb reads; the codec ignores the others.
 VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
@@ -57,6 +85,8 @@ VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "tune": ("aberration", "delta"),
     "ronchigram": (),
     "shift": ("dx", "dy"),
+    "inspect": ("x", "y"),
+    "tile": ("dx", "dy"),
 }
 
 #: Default scale of one tune step per aberration [nm]: coma and trefoil need larger steps.
@@ -91,6 +121,12 @@ class ActionConfig:
         tune_scale_nm: Scale of one tune step per aberration [nm].
         ronchigram_exposure_ms: Exposure of every Ronchigram [ms]; its camera image has
             ``frame_px`` pixels per side.
+        inspect_grid: Points per axis across the field of view that ``inspect`` can centre;
+            as many as ``spectrum_grid`` when a task offers both (they share the ``x``/``y``
+            entries).
+        backlash_margin_nm: Forward travel of the last stage leg of a macro, which takes up the
+            stage's play [nm]; more than the lost motion of a side-entry stage (the twin's is
+            15 nm).
     """
 
     verbs: tuple[str, ...] = DEFAULT_VERBS
@@ -105,16 +141,24 @@ class ActionConfig:
     delta_steps: tuple[float, ...] = (-4.0, -1.0, -0.25, 0.25, 1.0, 4.0)
     tune_scale_nm: Mapping[str, float] = field(default_factory=lambda: dict(TUNE_SCALE_NM))
     ronchigram_exposure_ms: float = 1.0
+    inspect_grid: int = 16
+    backlash_margin_nm: float = 32.0
 
     def __post_init__(self) -> None:
         unknown = set(self.verbs) - set(VERBS)
         if unknown or not self.verbs:
             raise ValueError(f"verbs must be a non-empty subset of {VERBS}, got {self.verbs}")
         uses = set(self.verbs)
-        if {"move", "shift"} <= uses and len(self.shift_steps) != len(self.move_steps):
+        if {"shift"} <= uses and {"move", "tile"} & uses:
+            if len(self.shift_steps) != len(self.move_steps):
+                raise ValueError(
+                    "move and shift share the dx and dy entries: give as many shift_steps "
+                    f"({len(self.shift_steps)}) as move_steps ({len(self.move_steps)})"
+                )
+        if {"spectrum", "inspect"} <= uses and self.spectrum_grid != self.inspect_grid:
             raise ValueError(
-                "move and shift share the dx and dy entries: give as many shift_steps "
-                f"({len(self.shift_steps)}) as move_steps ({len(self.move_steps)})"
+                "spectrum and inspect share the x and y entries: give the same spectrum_grid "
+                f"({self.spectrum_grid}) and inspect_grid ({self.inspect_grid})"
             )
 
     def sizes(self) -> dict[str, int]:
@@ -122,9 +166,16 @@ class ActionConfig:
         uses = set(self.verbs)
         steps = (
             len(self.move_steps)
-            if "move" in uses
+            if {"move", "tile"} & uses
             else len(self.shift_steps)
             if "shift" in uses
+            else 1
+        )
+        points = (
+            self.spectrum_grid
+            if "spectrum" in uses
+            else self.inspect_grid
+            if "inspect" in uses
             else 1
         )
         return {
@@ -132,8 +183,8 @@ class ActionConfig:
             "fov": len(self.fov_levels_nm) if "zoom" in uses else 1,
             "dx": steps,
             "dy": steps,
-            "x": self.spectrum_grid if "spectrum" in uses else 1,
-            "y": self.spectrum_grid if "spectrum" in uses else 1,
+            "x": points,
+            "y": points,
             "aberration": len(self.aberrations) if "tune" in uses else 1,
             "delta": len(self.delta_steps) if "tune" in uses else 1,
         }
@@ -143,15 +194,45 @@ class ActionConfig:
         return np.array([len(self.verbs), *self.sizes().values()], dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class ScoringCriterion:
+    """When a frame can earn discovery credit (the ``discovery`` reward's own thresholds).
+
+    Attributes:
+        max_pixel_nm: Largest pixel of a frame that resolves defects [nm].
+        min_dose_e_per_A2: Smallest areal dose of a frame that shows them [e/Å²].
+    """
+
+    max_pixel_nm: float
+    min_dose_e_per_A2: float
+
+    def resolves(self, fov_nm: float, size_px: int) -> bool:
+        """Whether a frame of this field and size has atomic-resolution pixels."""
+        return fov_nm / size_px <= self.max_pixel_nm
+
+    def scores(self, state: InstrumentState, fov_nm: float, size_px: int, dwell_us: float) -> bool:
+        """Whether a scan can earn credit: fine enough pixels and enough predicted dose.
+
+        The dose is predicted from the reported beam current (``I * dwell / (e * pixel
+        area)``, as the safety layer predicts it), so this reads no ground truth.
+        """
+        dose = frame_dose_e_per_A2(state.beam_current_pA, dwell_us, fov_nm, size_px)
+        return self.resolves(fov_nm, size_px) and dose >= self.min_dose_e_per_A2
+
+
 class ActionCodec:
     """Decodes MultiDiscrete actions to commands and computes action masks.
 
     Args:
         config: Verbs and bins.
+        scoring: When a frame earns discovery credit; with it, the masks exclude scans that
+            can never earn it (see :meth:`masks`) and macros scan at the scoring dwell. None
+            (a reward without discovery credit) masks no dwell.
     """
 
-    def __init__(self, config: ActionConfig) -> None:
+    def __init__(self, config: ActionConfig, scoring: ScoringCriterion | None = None) -> None:
         self.config = config
+        self.scoring = scoring
         self.nvec = config.nvec()
         self._offsets = np.concatenate([[0], np.cumsum(self.nvec)])
 
@@ -163,16 +244,26 @@ class ActionCodec:
         """The verb an action selects."""
         return self.config.verbs[int(np.clip(action[0], 0, len(self.config.verbs) - 1))]
 
+    def is_macro(self, action: np.ndarray) -> bool:
+        """Whether an action selects a macro verb (several commands)."""
+        return self.verb(np.asarray(action).reshape(-1)) in MACRO_VERBS
+
     def decode(self, action: np.ndarray, state: InstrumentState) -> Command:
-        """The one command an action stands for, given the present instrument state.
+        """The one command an action of a primitive verb stands for, given the present state.
 
         Args:
             action: A MultiDiscrete action (out-of-range entries are clipped).
             state: The instrument's reported state (moves scale with its field of view).
+
+        Raises:
+            ValueError: The action selects a macro verb, which stands for several commands
+                (see :meth:`plan`).
         """
         cfg = self.config
         action = np.asarray(action).reshape(-1)
         verb = self.verb(action)
+        if verb in MACRO_VERBS:
+            raise ValueError(f"{verb!r} is a macro verb: ActionCodec.plan() gives its commands")
         if verb == "scan":
             return Scan(cfg.frame_px, cfg.dwell_us[self._argument(action, "dwell")])
         if verb == "zoom":
@@ -202,6 +293,115 @@ class ActionCodec:
         step = cfg.delta_steps[self._argument(action, "delta")]
         return Tune(name, step * cfg.tune_scale_nm.get(name, 1.0))
 
+    # -- macros -------------------------------------------------------------------------
+
+    def finest_fov_nm(self, limits: InstrumentLimits) -> float:
+        """The smallest zoom level the instrument allows [nm] (the present one without zoom)."""
+        allowed = [f for f in self.config.fov_levels_nm if f in limits.fov_nm]
+        return float(min(allowed or self.config.fov_levels_nm))
+
+    def scoring_dwell_us(self, state: InstrumentState, fov_nm: float) -> float:
+        """The dwell a macro scans at: the shortest bin that earns discovery credit at this field.
+
+        Without a scoring criterion, or when no bin reaches it, the longest bin.
+
+        Args:
+            state: The reported state (its beam current sets the dose).
+            fov_nm: Field of view of the scan [nm].
+        """
+        dwells = sorted(self.config.dwell_us)
+        if self.scoring is not None:
+            for dwell in dwells:
+                if self.scoring.scores(state, fov_nm, self.config.frame_px, dwell):
+                    return float(dwell)
+        return float(dwells[-1])
+
+    def plan(
+        self,
+        action: np.ndarray,
+        state: InstrumentState,
+        limits: InstrumentLimits,
+        play: Sequence[int] = (0, 0),
+    ) -> tuple[Command, ...]:
+        """The commands an action stands for: one for a primitive verb, a sequence for a macro.
+
+        Args:
+            action: A MultiDiscrete action (out-of-range entries are clipped).
+            state: The instrument's reported state.
+            limits: The instrument's limits (shift range, stage range, zoom levels).
+            play: Per axis, the direction of the last stage move that drove it (+1, -1, or 0
+                when unknown): the side the stage's play is taken up on.
+
+        Returns:
+            The commands, in the order they are to be sent.
+        """
+        action = np.asarray(action).reshape(-1)
+        verb = self.verb(action)
+        if verb not in MACRO_VERBS:
+            return (self.decode(action, state),)
+        cfg = self.config
+        fov = state.fov_nm
+        if verb == "inspect":
+            grid = cfg.inspect_grid if "spectrum" not in cfg.verbs else cfg.spectrum_grid
+            offset = (
+                ((self._argument(action, "x") + 0.5) / grid - 0.5) * fov,
+                ((self._argument(action, "y") + 0.5) / grid - 0.5) * fov,
+            )
+            commands = self._bring_to_centre(offset, state, limits, play)
+            finest = self.finest_fov_nm(limits)
+            if not math.isclose(fov, finest):
+                commands.append(Zoom(finest))
+            commands.append(Scan(cfg.frame_px, self.scoring_dwell_us(state, finest)))
+            return tuple(commands)
+        offset = (
+            cfg.move_steps[self._argument(action, "dx")] * fov,
+            cfg.move_steps[self._argument(action, "dy")] * fov,
+        )
+        commands = self._bring_to_centre(offset, state, limits, play)
+        commands.append(Scan(cfg.frame_px, self.scoring_dwell_us(state, fov)))
+        return tuple(commands)
+
+    def _bring_to_centre(
+        self,
+        offset_nm: tuple[float, float],
+        state: InstrumentState,
+        limits: InstrumentLimits,
+        play: Sequence[int],
+    ) -> list[Command]:
+        """Commands that move the view's centre by ``offset_nm`` (see the module docstring)."""
+        if not any(offset_nm):
+            return []
+        shift = (state.shift_x_nm, state.shift_y_nm)
+        if all((s + d) in limits.shift_nm for s, d in zip(shift, offset_nm, strict=True)):
+            return [Shift(*offset_nm)]
+        margin = self.config.backlash_margin_nm
+        commands: list[Command] = []
+        if any(shift):
+            commands.append(Shift(-shift[0], -shift[1]))  # the stage takes over the whole offset
+        first, second = [], []
+        for axis, (position, carried, wanted, sense) in enumerate(
+            zip(
+                (state.stage_x_nm, state.stage_y_nm),
+                shift,
+                offset_nm,
+                play,
+                strict=True,
+            )
+        ):
+            stage_range = limits.stage_x_nm if axis == 0 else limits.stage_y_nm
+            low, high = stage_range.low + margin, stage_range.high
+            target = position + carried + wanted
+            delta = min(max(target, low), high) - position if low <= high else 0.0
+            # Already taken up in +, or a forward move long enough to take it up: one leg.
+            straight = delta == 0.0 or (delta > 0 and (delta >= margin or sense > 0))
+            first.append(delta if straight else delta - margin)
+            second.append(0.0 if straight else margin)
+        if any(first):
+            commands.append(Move(first[0], first[1]))
+        if any(second):
+            commands.append(Move(second[0], second[1]))
+        return commands
+
     def masks(
         self, state: InstrumentState, limits: InstrumentLimits, *, have_frame: bool
     ) -> np.ndarray:
@@ -209,7 +409,13 @@ class ActionCodec:
 
         Masked: zoom levels outside the field-of-view limits, moves that would leave the stage,
         shifts that would leave the shift range, tune steps that would leave the aberration
-        bounds, and spectra before any frame.
+        bounds, and spectra before any frame. With a scoring criterion, scans that can never
+        earn discovery credit: at a field whose pixels resolve atoms, the dwell bins whose
+        predicted dose falls short of the criterion (provided one bin reaches it). Scans at
+        coarser fields cannot earn credit either, but they are the only way to look at the
+        specimen at low magnification (overviews, localisation frames), so they stay. Macros:
+        ``inspect`` points and ``tile`` steps whose target the stage cannot reach (they would
+        be clamped into its range).
 
         Args:
             state: The instrument's reported state.
@@ -228,6 +434,32 @@ class ActionCodec:
             verbs[cfg.verbs.index("spectrum")] = False
         if "zoom" in cfg.verbs:
             mask[entry("fov")] = [f in limits.fov_nm for f in cfg.fov_levels_nm]
+        if (
+            "scan" in cfg.verbs
+            and self.scoring is not None
+            and self.scoring.resolves(state.fov_nm, cfg.frame_px)
+        ):
+            scoring = [
+                self.scoring.scores(state, state.fov_nm, cfg.frame_px, d) for d in cfg.dwell_us
+            ]
+            if any(scoring):
+                mask[entry("dwell")] = scoring
+        points_ok = tiles_ok = None
+        if "inspect" in cfg.verbs:
+            grid = int(self.nvec[1 + ARGUMENTS.index("x")])
+            points_ok = self._reachable(((np.arange(grid) + 0.5) / grid - 0.5), state, limits)
+            if "spectrum" in cfg.verbs:
+                points_ok = None  # every point takes a spectrum; a far inspect is clamped
+            elif not (points_ok[0].any() and points_ok[1].any()):
+                verbs[cfg.verbs.index("inspect")] = False
+                points_ok = None
+            else:
+                mask[entry("x")], mask[entry("y")] = points_ok
+        if "tile" in cfg.verbs:
+            tiles_ok = self._reachable(np.asarray(cfg.move_steps), state, limits)
+            if not (tiles_ok[0].any() and tiles_ok[1].any()):
+                verbs[cfg.verbs.index("tile")] = False
+                tiles_ok = None
         moves_ok = shifts_ok = None
         if "move" in cfg.verbs:
             steps = np.asarray(cfg.move_steps) * state.fov_nm
@@ -258,10 +490,10 @@ class ActionCodec:
             if not (shifts_ok[0].any() and shifts_ok[1].any()):
                 verbs[cfg.verbs.index("shift")] = False
                 shifts_ok = None
-        if moves_ok is not None or shifts_ok is not None:
+        if moves_ok is not None or shifts_ok is not None or tiles_ok is not None:
             for axis, name in enumerate(("dx", "dy")):
                 allowed = np.zeros(int(self.nvec[1 + ARGUMENTS.index(name)]), dtype=bool)
-                for verb_bins in (moves_ok, shifts_ok):
+                for verb_bins in (moves_ok, shifts_ok, tiles_ok):
                     if verb_bins is not None:
                         allowed |= verb_bins[axis]
                 mask[entry(name)] = allowed
@@ -290,7 +522,7 @@ class ActionCodec:
                 if name in ("fov",):
                     verbs[cfg.verbs.index("zoom")] = False
                 elif name in ("dx", "dy"):
-                    for verb in ("move", "shift"):
+                    for verb in ("move", "shift", "tile"):
                         if verb in cfg.verbs:
                             verbs[cfg.verbs.index(verb)] = False
                 else:
@@ -298,3 +530,24 @@ class ActionCodec:
         if not verbs.any():
             verbs[cfg.verbs.index("scan") if "scan" in cfg.verbs else 0] = True
         return mask
+
+    def _reachable(
+        self, fractions: np.ndarray, state: InstrumentState, limits: InstrumentLimits
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per axis, whether a macro can bring the view's centre ``fractions`` of a field away.
+
+        By the beam shift within its range, or by the stage within its range less the
+        backlash margin (room for the leg that runs back before the last one).
+        """
+        offsets = np.asarray(fractions, dtype=np.float64) * state.fov_nm
+        margin = self.config.backlash_margin_nm
+        reachable = []
+        for stage, shift, stage_range in (
+            (state.stage_x_nm, state.shift_x_nm, limits.stage_x_nm),
+            (state.stage_y_nm, state.shift_y_nm, limits.stage_y_nm),
+        ):
+            target = stage + shift + offsets
+            by_stage = (target >= stage_range.low + margin) & (target <= stage_range.high)
+            by_shift = np.array([(shift + d) in limits.shift_nm for d in offsets])
+            reachable.append(by_stage | by_shift)
+        return reachable[0], reachable[1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,7 +20,15 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from scopegym.envs.actions import ActionCodec, ActionConfig
+from scopegym.envs.actions import (
+    ARGUMENTS,
+    MACRO_VERBS,
+    VERB_ARGUMENTS,
+    ActionCodec,
+    ActionConfig,
+    ScoringCriterion,
+)
+from scopegym.envs.episode_map import MAP_CHANNELS, MAP_PX, EpisodeMap
 from scopegym.envs.samples import SampleSet, sample_set
 from scopegym.instrument import (
     TUNABLE_ABERRATIONS,
@@ -34,10 +42,17 @@ from scopegym.instrument import (
     Result,
     RonchigramImage,
     SampleSpec,
+    Shift,
     SupportsSampleLoading,
     make_instrument,
 )
-from scopegym.rewards import Budget, RewardModule, StepContext, make_composite
+from scopegym.rewards import (
+    Budget,
+    DiscoveryReward,
+    RewardModule,
+    StepContext,
+    make_composite,
+)
 
 SPECTRUM_BINS = 256
 STATE_FEATURES = (
@@ -51,6 +66,12 @@ STATE_FEATURES = (
 )
 #: Entries of the optional ``odometry`` observation (``odometry=True``).
 ODOMETRY_FEATURES = ("commanded_x", "commanded_y", "last_move_x", "last_move_y")
+#: Entries of the ``odometry`` observation of tasks with memory (DefectSearch-v1, Survey-v1):
+#: the above, then per axis the side the stage's play is taken up on and the beam shift.
+MOTION_FEATURES = (*ODOMETRY_FEATURES, "play_x", "play_y", "shift_x", "shift_y")
+#: Reward parts that never reward a frame: spectra, tunes, and the budget penalties (<= 0).
+_PARTS_BLIND_TO_FRAMES = ("signatures", "spectral_novelty", "probe_correction")
+_PENALTIES = ("time_penalty", "dose_penalty")
 #: Frames with pixels at most this size resolve atoms [nm]; rendering marks defects in them.
 ATOMIC_PIXEL_NM = 0.05
 #: Reward for a command the instrument refused (only reachable without action masks).
@@ -81,6 +102,15 @@ class Task(ABC):
     uses_spectrum: ClassVar[bool] = False
     uses_ronchigram: ClassVar[bool] = False
     twin_info_max_fov_nm: ClassVar[float] = 16.0
+    #: The observation holds the episode map (:mod:`scopegym.envs.episode_map`).
+    uses_map: bool = False
+    #: Entries of the ``odometry`` observation, and whether it is on unless the env says.
+    odometry_features: tuple[str, ...] = ODOMETRY_FEATURES
+    odometry_default: bool = False
+    #: Masks exclude scans that can never earn discovery credit (see ``ActionCodec.masks``).
+    scoring_masks: bool = False
+    #: The registered id whose observation, actions and dynamics this task presents.
+    interface_id: str | None = None
 
     def __init__(
         self,
@@ -136,12 +166,14 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         instrument_kwargs: Keyword arguments for that instrument.
         samples: Sample set name ("train", "validation", "heldout") or a SampleSet.
         render_mode: None or "rgb_array".
-        odometry: Add an ``odometry`` observation (off by default; the registered ids'
-            observations stay as documented): the agent's own stage moves, which the reported
-            position hides under encoder noise and which a policy without memory cannot
-            recall. Entries (:data:`ODOMETRY_FEATURES`): the sum of the Move commands carried
-            out since the episode start, per axis [stage half range, as ``state``'s stage
-            offset], and the last Move per axis (see :func:`odometry_observation`).
+        odometry: Add an ``odometry`` observation: the agent's own stage moves, which the
+            reported position hides under encoder noise and which a policy without memory
+            cannot recall. Entries (:data:`ODOMETRY_FEATURES`): the sum of the Move (and Shift)
+            commands carried out since the episode start, per axis [stage half range, as
+            ``state``'s stage offset], and the last Move per axis (see
+            :func:`odometry_observation`); tasks with memory add the play and the beam shift
+            (:data:`MOTION_FEATURES`, :func:`motion_observation`). None: the task's default
+            (on for DefectSearch-v1 and Survey-v1, off elsewhere).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -154,7 +186,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         instrument_kwargs: Mapping[str, Any] | None = None,
         samples: str | SampleSet = "train",
         render_mode: str | None = None,
-        odometry: bool = False,
+        odometry: bool | None = None,
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be one of {self.metadata['render_modes']}")
@@ -164,9 +196,12 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             instrument_name, **dict(instrument_kwargs or {})
         )
         self.render_mode = render_mode
-        self.odometry = bool(odometry)
-        self.codec = ActionCodec(task.action_config)
+        self.odometry = task.odometry_default if odometry is None else bool(odometry)
         self.reward_module = task.make_reward()
+        self.codec = ActionCodec(
+            task.action_config,
+            scoring_criterion(self.reward_module) if task.scoring_masks else None,
+        )
         if self.reward_module.requires_ground_truth and self.truth is None:
             raise ValueError(
                 f"{task.name}'s reward needs the twin's ground truth, which this instrument does "
@@ -189,7 +224,12 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if task.uses_ronchigram:
             obs["ronchigram"] = spaces.Box(0, 255, (1, n, n), np.uint8)
         if self.odometry:
-            obs["odometry"] = spaces.Box(-1.0, 1.0, (len(ODOMETRY_FEATURES),), np.float32)
+            size = len(task.odometry_features)
+            obs["odometry"] = spaces.Box(-1.0, 1.0, (size,), np.float32)
+        self.episode_map: EpisodeMap | None = None
+        if task.uses_map:
+            self.episode_map = EpisodeMap(self.instrument.limits, atomic_pixel_nm=ATOMIC_PIXEL_NM)
+            obs["map"] = spaces.Box(0, 255, (len(MAP_CHANNELS), MAP_PX, MAP_PX), np.uint8)
         self.observation_space = spaces.Dict(obs)  # type: ignore[assignment]
         self.action_space = spaces.MultiDiscrete(self.codec.nvec)
         self._fov_range = (
@@ -199,6 +239,15 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._clear_episode()
 
     # -- helpers ------------------------------------------------------------------------
+
+    @property
+    def interface_id(self) -> str | None:
+        """The id whose observation, actions and dynamics this env presents.
+
+        ``scopegym/DefectSearch-v0`` for ``gym.make("scopegym/DefectSearch-v1", version=0)``:
+        results should name it, not the id the env was made with.
+        """
+        return self.task.interface_id
 
     @property
     def truth(self) -> Any | None:
@@ -225,9 +274,14 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._overview_view: tuple[float, float, float, float] | None = None
         # True fields of view of atomic-resolution frames (twin only), for rendering.
         self._atomic_views: list[tuple[float, float, float, float]] = []
-        # The agent's Move commands carried out this episode: their sum and the last one [nm].
+        # The agent's Move (and Shift) commands carried out this episode: their sum and the
+        # last Move [nm]; per axis, the direction of the last Move that drove it (the side the
+        # stage's play is taken up on; 0 before any).
         self._commanded_nm = np.zeros(2)
         self._last_move_nm = np.zeros(2)
+        self._play = [0, 0]
+        if self.episode_map is not None:
+            self.episode_map.reset()
 
     def _used(self, state: InstrumentState) -> tuple[float, float]:
         start = self._start_state or state
@@ -246,6 +300,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 self._overview, self._overview_view = result, view
             if view is not None and result.pixel_nm <= ATOMIC_PIXEL_NM:
                 self._atomic_views.append(view)
+            if self.episode_map is not None:
+                self.episode_map.add_frame(result)
             self.history.append(result)
         elif isinstance(result, EELSSpectrum):
             self._spectrum = spectrum_observation(result.counts)
@@ -295,12 +351,27 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if self.odometry:
             cfg = self.task.action_config
             steps = [abs(s) for s in cfg.move_steps if s != 0.0] or [1.0]
-            obs["odometry"] = odometry_observation(
-                self._commanded_nm,
-                self._last_move_nm,
-                reach,
-                (min(steps) * min(cfg.fov_levels_nm), max(steps) * max(cfg.fov_levels_nm)),
+            move_range = (
+                min(steps) * min(cfg.fov_levels_nm),
+                max(steps) * max(cfg.fov_levels_nm),
             )
+            if self.task.odometry_features == MOTION_FEATURES:
+                shift_range = self.instrument.limits.shift_nm
+                obs["odometry"] = motion_observation(
+                    self._commanded_nm,
+                    self._last_move_nm,
+                    reach,
+                    move_range,
+                    self._play,
+                    (state.shift_x_nm, state.shift_y_nm),
+                    max(abs(shift_range.low), abs(shift_range.high), 1e-9),
+                )
+            else:
+                obs["odometry"] = odometry_observation(
+                    self._commanded_nm, self._last_move_nm, reach, move_range
+                )
+        if self.episode_map is not None:
+            obs["map"] = self.episode_map.observation(state)
         return obs
 
     def _view_bounds(self) -> tuple[float, float, float, float] | None:
@@ -340,6 +411,10 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         for command in start.commands:
             view = self._view_bounds()
             self._observe_result(self.instrument.execute(command), view)
+            if isinstance(command, Move):
+                # The opening's moves are not the agent's (the odometry leaves them out), but
+                # they set the side the stage's play is taken up on.
+                self._note_play(command)
         self.history.clear()  # the opening is context, not something the agent earned
         self._start_state = self.instrument.state()
         info = {"sample": {"family": start.sample.family, "seed": start.sample.seed}}
@@ -348,7 +423,13 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def step(
         self, action: np.ndarray
     ) -> tuple[dict[str, np.ndarray], float, bool, bool, dict[str, Any]]:
-        """Decode the action to one command, run it, and score it.
+        """Decode the action to its command (or a macro's commands), run them, and score them.
+
+        ``info["command"]`` is the last command sent (the refused one, if the instrument
+        refused it), ``info["commands"]`` every command carried out in this step, in order
+        (one for a primitive verb, a macro's sequence otherwise), and ``info["macro"]`` the
+        macro's verb and arguments (None for a primitive verb). A macro stops early when a
+        budget runs out or the task is done; its reward is the sum over its commands.
 
         Raises:
             ValueError: The action is not an integer array inside the action space; nothing is
@@ -360,49 +441,89 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 f"{type(self).__name__}.step: action {action.tolist()!r} is not in "
                 f"{self.action_space} (integers, one per entry, each below its nvec)"
             )
-        before = self.instrument.state()
-        command = self.codec.decode(action, before)
-        view = self._view_bounds()
-        info: dict[str, Any] = {"command": command.to_dict(), "refused": None}
-        try:
-            result: Result = self.instrument.execute(command)
-        except CommandLimitError as error:
-            info["refused"] = str(error)
-            after = self.instrument.state()
-            time_used, dose_used = self._used(after)
-            info.update(elapsed_s=time_used, dose_e_per_A2=dose_used)
-            return self._observation(), REFUSED_REWARD, False, False, info
-        after = self.instrument.state()
-        ctx = StepContext(
-            command=command,
-            result=result,
-            state_before=before,
-            state_after=after,
-            budget=self.task.budget,
-            history=tuple(self.history),
-            truth=self.truth,
-            view_bounds_nm=view,
+        commands = self.codec.plan(
+            action, self.instrument.state(), self.instrument.limits, self._play
         )
-        reward = float(self.reward_module(ctx))
-        self._observe_result(result, view)
-        self.trajectory.append((command, after))
+        info: dict[str, Any] = {
+            "command": commands[0].to_dict() if commands else None,
+            "commands": [],
+            "macro": self._describe_macro(action),
+            "refused": None,
+        }
+        reward = 0.0
+        parts: dict[str, float] = {}
+        terminated = truncated = False
+        result: Result | None = None
+        for command in commands:
+            before = self.instrument.state()
+            view = self._view_bounds()
+            try:
+                outcome: Result = self.instrument.execute(command)
+            except CommandLimitError as error:
+                info["command"] = command.to_dict()
+                info["refused"] = str(error)
+                reward += REFUSED_REWARD
+                break
+            result = outcome
+            after = self.instrument.state()
+            ctx = StepContext(
+                command=command,
+                result=result,
+                state_before=before,
+                state_after=after,
+                budget=self.task.budget,
+                history=tuple(self.history),
+                truth=self.truth,
+                view_bounds_nm=view,
+            )
+            reward += float(self.reward_module(ctx))
+            for name, value in getattr(self.reward_module, "last_parts", {}).items():
+                parts[name] = parts.get(name, 0.0) + float(value)
+            self._observe_result(result, view)
+            self.trajectory.append((command, after))
+            self._count_motion(command)
+            info["command"] = command.to_dict()
+            info["commands"].append(info["command"])
+            time_used, dose_used = self._used(after)
+            terminated = bool(self.task.terminated(self, ctx))
+            truncated = (
+                time_used >= self.task.budget.time_s
+                or dose_used >= self.task.budget.dose_e_per_A2
+            )
+            if terminated or truncated:
+                break
+        time_used, dose_used = self._used(self.instrument.state())
+        info.update(elapsed_s=time_used, dose_e_per_A2=dose_used)
+        if result is None:  # refused before anything was sent: nothing changed
+            return self._observation(), float(reward), False, False, info
+        info.update(result=describe_result(result), reward_parts=parts)
+        if self.truth is not None:
+            info["twin"] = self.task.twin_info(self)
+        truncated = bool(truncated and not terminated)
+        return self._observation(), float(reward), terminated, truncated, info
+
+    def _count_motion(self, command: Command) -> None:
+        """Keep the odometry: the commanded view offset, the last Move and the play's side."""
         if isinstance(command, Move):
             self._last_move_nm = np.array([command.dx_nm, command.dy_nm])
             self._commanded_nm = self._commanded_nm + self._last_move_nm
-        time_used, dose_used = self._used(after)
-        terminated = bool(self.task.terminated(self, ctx))
-        truncated = (
-            time_used >= self.task.budget.time_s or dose_used >= self.task.budget.dose_e_per_A2
-        )
-        info.update(
-            result=describe_result(result),
-            elapsed_s=time_used,
-            dose_e_per_A2=dose_used,
-            reward_parts=dict(getattr(self.reward_module, "last_parts", {})),
-        )
-        if self.truth is not None:
-            info["twin"] = self.task.twin_info(self)
-        return self._observation(), reward, terminated, bool(truncated and not terminated), info
+            self._note_play(command)
+        elif isinstance(command, Shift):
+            self._commanded_nm = self._commanded_nm + np.array([command.dx_nm, command.dy_nm])
+
+    def _note_play(self, move: Move) -> None:
+        for axis, step in enumerate((move.dx_nm, move.dy_nm)):
+            if step != 0.0:
+                self._play[axis] = 1 if step > 0 else -1
+
+    def _describe_macro(self, action: np.ndarray) -> dict[str, Any] | None:
+        verb = self.codec.verb(action)
+        if verb not in MACRO_VERBS:
+            return None
+        return {
+            "verb": verb,
+            **{name: int(action[1 + ARGUMENTS.index(name)]) for name in VERB_ARGUMENTS[verb]},
+        }
 
     def render(self) -> np.ndarray | None:
         """An RGB picture: overview, current frame, the task's Ronchigram and spectrum panels."""
@@ -451,6 +572,71 @@ def odometry_observation(
         last.append(math.copysign(0.5 + 0.5 * scale, step))
     offset = np.asarray(commanded_nm, dtype=np.float64) / reach_nm
     return np.clip(np.concatenate([offset, last]), -1.0, 1.0).astype(np.float32)
+
+
+def motion_observation(
+    commanded_nm: np.ndarray,
+    last_move_nm: np.ndarray,
+    reach_nm: float,
+    move_range_nm: tuple[float, float],
+    play: Sequence[int],
+    shift_nm: tuple[float, float],
+    shift_reach_nm: float,
+) -> np.ndarray:
+    """The ``odometry`` observation of tasks with memory (:data:`MOTION_FEATURES`).
+
+    :func:`odometry_observation`'s four entries, then per axis the direction of the last Move
+    that drove it (+1 or -1; 0 before any), which is the side the stage's play is taken up on
+    and so whether the next move along that axis loses the backlash, and the accumulated beam
+    shift as a fraction of its range, which says how much further a macro can shift before it
+    moves the stage.
+
+    Args:
+        commanded_nm: Sum of the Move and Shift commands since the episode start, (x, y) [nm].
+        last_move_nm: The last Move, (dx, dy) [nm]; zeros before the first.
+        reach_nm: Scale of the commanded offset: half the stage range [nm].
+        move_range_nm: Shortest and longest move the action bins make [nm].
+        play: Direction of the last Move that drove each axis (+1, -1 or 0).
+        shift_nm: The reported beam shift, (x, y) [nm].
+        shift_reach_nm: The shift range's largest magnitude [nm].
+
+    Returns:
+        float32 array of 8 entries in [-1, 1].
+    """
+    moves = odometry_observation(commanded_nm, last_move_nm, reach_nm, move_range_nm)
+    extra = np.array([*play, shift_nm[0] / shift_reach_nm, shift_nm[1] / shift_reach_nm])
+    return np.clip(np.concatenate([moves, extra]), -1.0, 1.0).astype(np.float32)
+
+
+def scoring_criterion(reward: RewardModule) -> ScoringCriterion | None:
+    """When a scan can score under this reward, or None when that is not only discovery's say.
+
+    A scan earns reward only through ``discovery`` when that part has a positive weight and
+    every other part ignores frames (spectra, tunes) or can only cost (the budget penalties
+    with weights >= 0). Then a scan that ``discovery`` cannot credit can never score, and the
+    masks may exclude it. Any other part (novelty, quality, defect_count, ...) may reward any
+    frame, and nothing is masked.
+
+    Args:
+        reward: The environment's reward module (a composite, or one module).
+    """
+    parts = getattr(reward, "parts", None)
+    weights = getattr(reward, "weights", None)
+    if parts is None or weights is None:
+        parts, weights = {"single": reward}, {"single": 1.0}
+    discovery = None
+    for name, part in parts.items():
+        weight = float(weights.get(name, 0.0))
+        if isinstance(part, DiscoveryReward):
+            if weight > 0:
+                discovery = part
+            continue
+        if name in _PARTS_BLIND_TO_FRAMES or (name in _PENALTIES and weight >= 0) or weight == 0:
+            continue
+        return None
+    if discovery is None:
+        return None
+    return ScoringCriterion(float(discovery.max_pixel_nm), float(discovery.min_dose_e_per_A2))
 
 
 def spectrum_observation(counts: np.ndarray) -> np.ndarray:
@@ -563,9 +749,10 @@ class TaskEnv(MicroscopeEnv):
         instrument_name: Registered instrument to make when ``instrument`` is None.
         instrument_kwargs: Keyword arguments for that instrument.
         render_mode: None or "rgb_array".
-        odometry: Add the ``odometry`` observation (see :class:`MicroscopeEnv`).
+        odometry: Add the ``odometry`` observation (see :class:`MicroscopeEnv`); None: the
+            task's default.
         **task_kwargs: Arguments of the task (``frame_px``, ``budget``, ``reward_weights``,
-            ``reward_params``).
+            ``reward_params``, and ``version`` for DefectSearch and Survey).
     """
 
     task_class: ClassVar[type[Task]]
@@ -577,7 +764,7 @@ class TaskEnv(MicroscopeEnv):
         instrument_name: str = "twin",
         instrument_kwargs: Mapping[str, Any] | None = None,
         render_mode: str | None = None,
-        odometry: bool = False,
+        odometry: bool | None = None,
         **task_kwargs: Any,
     ) -> None:
         super().__init__(
@@ -592,11 +779,14 @@ class TaskEnv(MicroscopeEnv):
 
 
 __all__ = [
+    "MOTION_FEATURES",
     "ODOMETRY_FEATURES",
     "STATE_FEATURES",
     "EpisodeStart",
     "MicroscopeEnv",
     "Task",
     "TaskEnv",
+    "motion_observation",
     "odometry_observation",
+    "scoring_criterion",
 ]

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from scopegym.envs.actions import ActionConfig
-from scopegym.envs.core import EpisodeStart, MicroscopeEnv, Task, TaskEnv
+from scopegym.envs.actions import MACRO_VERBS, ActionConfig
+from scopegym.envs.core import MOTION_FEATURES, EpisodeStart, MicroscopeEnv, Task, TaskEnv
 from scopegym.envs.samples import SampleSet
 from scopegym.instrument import Move, Ronchigram, SampleSpec, Scan, Zoom
 from scopegym.rewards import Budget, StepContext
@@ -35,6 +35,37 @@ RONCHIGRAM_EXPOSURE_MS = 2.0
 #: Largest random offset of the episode's starting position from the specimen centre [nm].
 START_OFFSET_NM = 500.0
 
+#: Interface versions of DefectSearch and Survey: 1 is registered; 0 is the dropped v0 one,
+#: kept for policies trained on it (``env=defect_search_v0``).
+INTERFACE_VERSIONS = (0, 1)
+#: Step limits the dropped v0 ids had; a config that restores v0 passes them as
+#: ``max_episode_steps``.
+V0_MAX_EPISODE_STEPS = {"DefectSearch": 200, "Survey": 300}
+
+
+def _check_version(name: str, version: int) -> int:
+    if isinstance(version, bool) or version not in INTERFACE_VERSIONS:
+        raise ValueError(
+            f"{name}: version must be one of {INTERFACE_VERSIONS} (1: scopegym/{name}-v1; 0: "
+            f"the dropped scopegym/{name}-v0 interface, for policies trained on it), "
+            f"got {version!r}"
+        )
+    return int(version)
+
+
+def _with_memory(task: Task, version: int) -> None:
+    """Version 1: the episode map, the motion odometry, scoring masks and macro verbs."""
+    task.interface_id = f"scopegym/{task.name}-v{version}"
+    if version == 0:
+        return
+    task.uses_map = True
+    task.odometry_features = MOTION_FEATURES
+    task.odometry_default = True
+    task.scoring_masks = True
+    task.action_config = dataclasses.replace(
+        task.action_config, verbs=(*task.action_config.verbs, *MACRO_VERBS)
+    )
+
 
 def _random_offset(rng: np.random.Generator, reach_nm: float = START_OFFSET_NM) -> Move:
     dx, dy = rng.uniform(-reach_nm, reach_nm, 2)
@@ -55,6 +86,7 @@ class DefectSearchTask(Task):
         budget: Budget = DEFECT_SEARCH_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
+        version: int = 1,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -63,11 +95,14 @@ class DefectSearchTask(Task):
                 dwell_us=(4.0, 16.0, 64.0),
                 fov_levels_nm=(4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0),
                 move_steps=(-1.0, -0.5, 0.0, 0.5, 1.0),
+                inspect_grid=16,
             ),
             budget,
             reward_weights or {"discovery": 1.0, "time_penalty": 1.0, "dose_penalty": 1.0},
             reward_params,
         )
+        self.version = _check_version(self.name, version)
+        _with_memory(self, self.version)
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
         """A random sample and position, then a 1 µm overview at 16 µs dwell."""
@@ -81,6 +116,9 @@ class DefectSearchTask(Task):
 class DefectSearchEnv(TaskEnv):
     """Find and resolve as many distinct defects as possible on a large specimen.
 
+    Registered as ``scopegym/DefectSearch-v1``; ``version=0`` restores the dropped v0
+    interface (see Arguments).
+
     ## Description
     The "needle in a haystack" survey of Kalinin et al. (seed 001): the episode starts with a
     1 µm overview of a 2 µm × 2 µm specimen (graphene or hBN in training). Point defects
@@ -89,42 +127,56 @@ class DefectSearchEnv(TaskEnv):
     within budgets of instrument time and electron dose.
 
     ## Action Space
-    ``MultiDiscrete([3, 3, 9, 5, 5, 1, 1, 1, 1])`` = [verb, dwell, fov, dx, dy, x, y, aberration,
-    delta]. Verb 0 = ``Scan(frame_px, dwell_us ∈ {4, 16, 64}[dwell])``; verb 1 =
+    ``MultiDiscrete([5, 3, 9, 5, 5, 16, 16, 1, 1])`` = [verb, dwell, fov, dx, dy, x, y,
+    aberration, delta]. Verb 0 = ``Scan(frame_px, dwell_us ∈ {4, 16, 64}[dwell])``; verb 1 =
     ``Zoom(fov_nm ∈ {4, 8, 16, 32, 64, 128, 256, 512, 1024}[fov])``; verb 2 =
-    ``Move(s[dx]·fov, s[dy]·fov)`` with s ∈ {−1, −0.5, 0, 0.5, 1}. Each action decodes to
-    exactly one command (:mod:`scopegym.envs.actions`); ``action_masks()`` excludes zooms
-    outside the limits and moves off the stage. ``scopegym.envs.BoxActions`` gives a Box
+    ``Move(s[dx]·fov, s[dy]·fov)`` with s ∈ {−1, −0.5, 0, 0.5, 1}; verb 3 = the macro
+    ``inspect``: bring the point ((x + 0.5)/16, (y + 0.5)/16) of the present field to the centre,
+    ``Zoom(4)``, ``Scan(frame_px, 64 µs)``; verb 4 = the macro ``tile``: move the view by
+    (s[dx]·fov, s[dy]·fov), ``Scan(frame_px, 64 µs)``. A macro moves the view by one ``Shift``
+    within the beam shift's range, otherwise by the stage with every approach ending in + (the
+    stage's play taken up); each of its commands is sent and reported on its own
+    (:mod:`scopegym.envs.actions`). ``action_masks()`` excludes zooms outside the limits, moves
+    off the stage, macro targets the stage cannot reach, and scans that can never earn
+    discovery credit: at a 4 nm field (0.042 nm pixels at 96 px) the 4 and 16 µs dwells, whose
+    dose falls short of discovery's 5·10⁴ e/Å². ``scopegym.envs.BoxActions`` gives a Box
     encoding for SAC/TD3.
 
     ## Observation Space
-    ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32))``: the last
-    frame, contrast-stretched, and the reported field of view (log scale), stage offset from the
+    ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32),
+    odometry=Box(-1, 1, (8,), float32), map=Box(0, 255, (3, 128, 128), uint8))``: the last
+    frame, contrast-stretched; the reported field of view (log scale), stage offset from the
     episode start, fractions of the time and dose budgets used, the corrector settings and
     whether the frame shows the present view (+1), an earlier one (0, after a zoom, move or
-    tune) or nothing yet (−1). Nothing comes from the twin's ground truth.
+    tune) or nothing yet (−1); the odometry (commanded view offset, last move, the side the
+    stage's play is on and the beam shift, per axis; :data:`~scopegym.envs.core.MOTION_FEATURES`)
+    and the episode map (overview as acquired, atomic-resolution visits, present field; in a
+    fixed frame of reported stage coordinates, :mod:`scopegym.envs.episode_map`). Nothing comes
+    from the twin's ground truth.
 
     ## Rewards
     ``discovery`` (+1 per defect resolved for the first time: inside an atomic-resolution frame,
     pixel ≤ 0.05 nm, with enough dose to see it; needs the twin's ground truth) minus
-    ``time_penalty`` and ``dose_penalty`` (the fraction of each budget a command used).
-    Composable via ``reward_weights``.
+    ``time_penalty`` and ``dose_penalty`` (the fraction of each budget a command used; a macro's
+    reward is the sum over its commands). Composable via ``reward_weights``.
 
     ## Starting State
     A sample drawn from the chosen sample set, a random position within ±500 nm of the specimen
     centre, and a 1024 nm overview at 16 µs dwell.
 
     ## Episode End
-    Truncated when the time (600 s) or dose (5·10⁶ e/Å²) budget is spent or after 200 steps.
+    Truncated when the time (600 s) or dose (5·10⁶ e/Å²) budget is spent. The step cap of
+    10 000 is a safety net above the at most 3001 steps the time budget allows (0.2 s zooms).
     Never terminated.
 
     ## Arguments
     ``samples`` ("train", "validation", "heldout"), ``frame_px`` (64–128, default 96),
     ``budget``, ``reward_weights``, ``reward_params``, ``instrument`` (any Instrument),
     ``instrument_name``/``instrument_kwargs``, ``render_mode`` ("rgb_array"), ``odometry``
-    (default False; True adds an ``odometry`` entry to the observation: the sum of the agent's
-    Move commands since the start and the last one, see
-    :class:`~scopegym.envs.core.MicroscopeEnv`).
+    (default on; False drops the entry), ``version`` (1; 0 restores the dropped
+    ``scopegym/DefectSearch-v0`` interface: frame and state only, verbs scan, zoom and move, no
+    scoring masks; pass ``max_episode_steps=200`` for its step limit, as the config
+    ``env=defect_search_v0`` does).
     """
 
     task_class = DefectSearchTask
@@ -137,6 +189,7 @@ class AutotuneTask(Task):
     """Correct random residual aberrations using tune and scan commands."""
 
     name = "Autotune"
+    interface_id = "scopegym/Autotune-v0"
 
     #: Residual aberrations drawn uniformly in ±these [nm] at every reset.
     RESIDUALS_NM: Mapping[str, float] = {
@@ -237,6 +290,7 @@ class AutotuneRonchigramTask(AutotuneTask):
     """Autotune with a Ronchigram camera: the probe's far-field image shows its aberrations."""
 
     name = "AutotuneRonchigram"
+    interface_id = "scopegym/AutotuneRonchigram-v0"
     uses_ronchigram = True
 
     def __init__(
@@ -315,6 +369,7 @@ class SpectrumDiscoveryTask(Task):
     """Choose where to acquire EELS spectra to find distinct spectral signatures."""
 
     name = "SpectrumDiscovery"
+    interface_id = "scopegym/SpectrumDiscovery-v0"
     uses_spectrum = True
 
     def __init__(
@@ -400,6 +455,7 @@ class SurveyTask(Task):
         budget: Budget = SURVEY_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
+        version: int = 1,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -412,6 +468,7 @@ class SurveyTask(Task):
                 exposure_ms=20.0,
                 aberrations=("C10", "C12a", "C12b"),
                 delta_steps=(-2.0, -0.5, 0.5, 2.0),
+                inspect_grid=8,  # shares the x and y entries with the spectra
             ),
             budget,
             reward_weights
@@ -424,6 +481,8 @@ class SurveyTask(Task):
             },
             reward_params,
         )
+        self.version = _check_version(self.name, version)
+        _with_memory(self, self.version)
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
         """A sample with small residual aberrations, a random position and an overview."""
@@ -439,20 +498,24 @@ class SurveyTask(Task):
 class SurveyEnv(TaskEnv):
     """The operator workflow of Kalinin et al. (seed 001, Fig. 5) under one budget.
 
+    Registered as ``scopegym/Survey-v1``; ``version=0`` restores the dropped v0 interface.
+
     ## Description
     Tune the probe, take an overview, zoom in and out, move, and take spectra, all under one
     budget of time and dose, scored by a composite reward: defects resolved, spectral signatures
     found and probe correction, minus the budget used.
 
     ## Action Space
-    ``MultiDiscrete([5, 3, 9, 5, 5, 8, 8, 3, 4])`` = [verb, dwell, fov, dx, dy, x, y,
+    ``MultiDiscrete([7, 3, 9, 5, 5, 8, 8, 3, 4])`` = [verb, dwell, fov, dx, dy, x, y,
     aberration, delta]: scan, zoom, move (as DefectSearch), ``Spectrum`` on an 8 × 8 grid at
-    20 ms, and ``Tune`` of C10, C12a, C12b by {−2, −0.5, 0.5, 2} nm. ``action_masks()``
-    excludes spectra before the first frame, zooms outside the limits, moves off the stage and
-    tunes past the corrector's range.
+    20 ms, ``Tune`` of C10, C12a, C12b by {−2, −0.5, 0.5, 2} nm, and the macros ``inspect``
+    (on the spectra's 8 × 8 grid) and ``tile`` as in DefectSearch. ``action_masks()`` excludes
+    spectra before the first frame, zooms outside the limits, moves off the stage, tunes past
+    the corrector's range and scans that can never earn discovery credit (4 and 16 µs at a
+    4 nm field: spectra and tunes never reward a frame).
 
     ## Observation Space
-    ``Dict(frame, state, spectrum)`` as in DefectSearch and SpectrumDiscovery.
+    ``Dict(frame, state, odometry, map, spectrum)`` as in DefectSearch and SpectrumDiscovery.
 
     ## Rewards
     ``discovery`` + 0.5 ``signatures`` + 0.5 ``probe_correction`` − ``time_penalty`` −
@@ -463,11 +526,15 @@ class SurveyEnv(TaskEnv):
     overview.
 
     ## Episode End
-    Truncated when the time (900 s) or dose (5·10⁷ e/Å²) budget is spent or after 300 steps.
+    Truncated when the time (900 s) or dose (5·10⁷ e/Å²) budget is spent. The step cap of
+    10 000 is a safety net above the ~4540 steps the budgets allow (43 spectra of
+    1.1·10⁶ e/Å², then 0.2 s zooms).
 
     ## Arguments
     ``samples``, ``frame_px`` (default 96), ``budget``, ``reward_weights``, ``reward_params``,
-    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``.
+    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``
+    (default on), ``version`` (1; 0 restores ``scopegym/Survey-v0``: its observation and
+    actions; pass ``max_episode_steps=300`` for its step limit).
     """
 
     task_class = SurveyTask

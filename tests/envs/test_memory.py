@@ -1,0 +1,217 @@
+"""DefectSearch-v1 and Survey-v1 observe with memory: the episode map, the frame, the motion."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import scopegym  # noqa: F401  (registers the ids)
+from scopegym.envs import ENV_IDS
+from scopegym.envs.actions import ARGUMENTS
+from scopegym.envs.core import MOTION_FEATURES, STATE_FEATURES
+from scopegym.envs.episode_map import MAP_CHANNELS, MAP_PX, EpisodeMap
+from scopegym.instrument import Move, SampleSpec, Scan
+
+MEMORY_IDS = ["scopegym/DefectSearch-v1", "scopegym/Survey-v1"]
+OVERVIEW, VISITS, POSITION = (MAP_CHANNELS.index(name) for name in MAP_CHANNELS)
+
+
+def action(env: gym.Env[Any, Any], verb: str, **bins: int) -> np.ndarray:
+    core: Any = env.unwrapped
+    chosen = np.zeros(len(core.codec.nvec), dtype=np.int64)
+    chosen[0] = core.codec.config.verbs.index(verb)
+    for name, index in bins.items():
+        chosen[1 + ARGUMENTS.index(name)] = index
+    return chosen
+
+
+def test_the_v0_ids_are_dropped_and_the_v1_ids_registered() -> None:
+    assert set(MEMORY_IDS) <= set(ENV_IDS)
+    assert not {"scopegym/DefectSearch-v0", "scopegym/Survey-v0"} & set(ENV_IDS)
+    with pytest.warns(DeprecationWarning, match="v1"), pytest.raises(gym.error.DeprecatedEnv):
+        gym.make("scopegym/DefectSearch-v0")
+
+
+@pytest.mark.parametrize("env_id", MEMORY_IDS)
+def test_the_observation_holds_the_map_the_frame_the_state_and_the_motion(env_id: str) -> None:
+    env = gym.make(env_id)
+    space = env.observation_space
+    expected = {"frame", "state", "odometry", "map"}
+    if "Survey" in env_id:
+        expected.add("spectrum")
+    assert set(space.spaces) == expected
+    assert space["map"].shape == (len(MAP_CHANNELS), MAP_PX, MAP_PX) == (3, 128, 128)
+    assert space["map"].dtype == np.uint8 == space["frame"].dtype
+    assert space["frame"].shape == (1, 96, 96)
+    assert space["state"].shape == (len(STATE_FEATURES),)
+    assert space["odometry"].shape == (len(MOTION_FEATURES),) == (8,)
+    obs, _ = env.reset(seed=0)
+    assert space.contains(obs)
+    # The opening overview is on the map, and the present field is marked over it.
+    assert (obs["map"][OVERVIEW] > 0).sum() > 1000
+    assert (obs["map"][POSITION] == 255).sum() > 1000
+    assert not obs["map"][VISITS].any()
+    env.close()
+
+
+def test_the_map_keeps_the_overview_after_zooming_in_and_marks_the_atomic_frames() -> None:
+    env = gym.make("scopegym/DefectSearch-v1", samples="validation")
+    obs, _ = env.reset(seed=1)
+    overview = obs["map"][OVERVIEW].copy()
+    obs, *_ = env.step(action(env, "zoom", fov=0))
+    obs, _, _, _, info = env.step(action(env, "scan", dwell=2))
+    assert info["result"]["fov_nm"] == 4.0
+    # The frame is now atomic; the map still holds the overview, and the present 4 nm field
+    # is one map pixel inside it.
+    np.testing.assert_array_equal(obs["map"][OVERVIEW], overview)
+    position = np.argwhere(obs["map"][POSITION] == 255)
+    assert len(position) == 1
+    row, col = position[0]
+    assert overview[row, col] > 0
+    # The atomic frame covers (4 / 16)² of the map pixel it fell in: a visit of 16/255.
+    visits = obs["map"][VISITS]
+    assert visits[row, col] == pytest.approx(255 * (4.0 / 16.0) ** 2, abs=1.5)
+    assert visits.sum() == pytest.approx(255 * (4.0 / 16.0) ** 2, abs=2.0)
+    # Moving one field on marks the next field; the visit stays where it was.
+    obs, *_ = env.step(action(env, "move", dx=4, dy=2))
+    obs, *_ = env.step(action(env, "scan", dwell=2))
+    assert obs["map"][VISITS].sum() == pytest.approx(2 * 255 * (4.0 / 16.0) ** 2, abs=3.0)
+    env.close()
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_frames_land_on_the_map_where_the_reported_stage_says(seed: int) -> None:
+    """Two overviews 320 nm apart paint matching content where they overlap."""
+    env = gym.make("scopegym/DefectSearch-v1", samples="validation")
+    env.reset(seed=seed)
+    instrument = env.unwrapped.instrument
+    first = instrument.execute(Scan(96, 64.0))
+    instrument.execute(Move(256.0, 192.0))
+    second = instrument.execute(Scan(96, 64.0))
+    painted = []
+    for frame in (first, second):
+        alone = EpisodeMap(instrument.limits)
+        alone.add_frame(frame)
+        painted.append(alone.overview)
+    scores = {}
+    for dy in range(-4, 5):
+        for dx in range(-4, 5):
+            moved = np.roll(painted[1], (dy, dx), axis=(0, 1))
+            both = (painted[0] > 0) & (moved > 0)
+            a = ndimage.gaussian_filter(painted[0].astype(float), 1.0)[both]
+            b = ndimage.gaussian_filter(moved.astype(float), 1.0)[both]
+            scores[dy, dx] = np.corrcoef(a, b)[0, 1]
+    best = max(scores, key=scores.__getitem__)
+    # Within a map pixel (16 nm: the stage's play and scale error), never mirrored or shifted.
+    assert max(abs(best[0]), abs(best[1])) <= 1, (best, scores[best])
+    assert scores[best] > 0.6
+    env.close()
+
+
+class _NoTruth:
+    """The twin seen through the Instrument protocol only, as a real instrument is."""
+
+    def __init__(self, twin: Any) -> None:
+        self._twin = twin
+
+    @property
+    def limits(self) -> Any:
+        return self._twin.limits
+
+    def state(self) -> Any:
+        return self._twin.state()
+
+    def execute(self, command: Any) -> Any:
+        return self._twin.execute(command)
+
+    def load_sample(self, sample: Any) -> None:
+        self._twin.load_sample(sample)
+
+    def close(self) -> None:
+        self._twin.close()
+
+
+OBSERVATION_ONLY = {"novelty": 1.0, "quality": 0.5, "time_penalty": 1.0, "dose_penalty": 1.0}
+
+
+@pytest.mark.parametrize("env_id", MEMORY_IDS)
+def test_the_observation_reads_no_ground_truth(env_id: str) -> None:
+    """The same commands give the same observations with and without the twin's truth."""
+    from scopegym.instrument import make_instrument
+
+    with_truth = gym.make(env_id, reward_weights=OBSERVATION_ONLY)
+    without = gym.make(
+        env_id, instrument=_NoTruth(make_instrument("twin")), reward_weights=OBSERVATION_ONLY
+    )
+    assert with_truth.unwrapped.truth is not None and without.unwrapped.truth is None
+    plan = [
+        action(with_truth, "inspect", x=2, y=5),
+        action(with_truth, "tile", dx=4, dy=2),
+        action(with_truth, "tile", dx=0, dy=3),
+        action(with_truth, "zoom", fov=6),
+        action(with_truth, "move", dx=1, dy=4),
+        action(with_truth, "scan", dwell=1),
+        action(with_truth, "inspect", x=7, y=7),
+    ]
+    observed = []
+    for env in (with_truth, without):
+        obs, _ = env.reset(seed=2, options={"sample": SampleSpec("graphene", 1_000_003)})
+        trace = [obs]
+        for chosen in plan:
+            obs, _, _, _, info = env.step(chosen)
+            assert info["refused"] is None
+            trace.append(obs)
+        observed.append(trace)
+    for a, b in zip(*observed, strict=True):
+        assert set(a) == set(b)
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    with_truth.close()
+    without.close()
+
+
+def test_the_motion_odometry_says_which_side_the_play_is_on_and_how_far_the_beam_is_shifted():
+    env = gym.make("scopegym/DefectSearch-v1", samples="validation")
+    env.reset(seed=0)
+    play = slice(MOTION_FEATURES.index("play_x"), MOTION_FEATURES.index("play_y") + 1)
+    shift = slice(MOTION_FEATURES.index("shift_x"), MOTION_FEATURES.index("shift_y") + 1)
+    obs, *_ = env.step(action(env, "zoom", fov=4))  # 64 nm
+    obs, *_ = env.step(action(env, "move", dx=0, dy=4))  # -64 nm in x, +64 nm in y
+    np.testing.assert_array_equal(obs["odometry"][play], [-1.0, 1.0])
+    obs, *_ = env.step(action(env, "move", dx=3, dy=2))  # +32 nm in x; y not driven
+    np.testing.assert_array_equal(obs["odometry"][play], [1.0, 1.0])
+    # A tile of half a field is within the beam shift's ±250 nm: no stage move, 32 nm of shift.
+    obs, _, _, _, info = env.step(action(env, "tile", dx=1, dy=2))
+    assert [c["command"] for c in info["commands"]] == ["Shift", "Scan"]
+    np.testing.assert_allclose(obs["odometry"][shift], [-32.0 / 250.0, 0.0], atol=1e-6)
+    np.testing.assert_array_equal(obs["odometry"][play], [1.0, 1.0])
+    env.close()
+
+
+def test_the_legacy_v0_interface_observes_as_v0_did_and_fits_the_shipped_policy() -> None:
+    from pathlib import Path
+
+    from sb3_contrib import MaskablePPO
+
+    legacy = gym.make("scopegym/DefectSearch-v1", version=0, max_episode_steps=200)
+    assert set(legacy.observation_space.spaces) == {"frame", "state"}
+    assert legacy.spec.max_episode_steps == 200
+    assert legacy.unwrapped.interface_id == "scopegym/DefectSearch-v0"
+    assert gym.make("scopegym/DefectSearch-v1").unwrapped.interface_id == "scopegym/DefectSearch-v1"
+    shipped = Path(__file__).resolve().parents[2] / "policies" / "defect_search_maskable_ppo.zip"
+    model = MaskablePPO.load(shipped, device="cpu")
+    assert model.observation_space == legacy.observation_space
+    assert model.action_space == legacy.action_space
+    obs, _ = legacy.reset(seed=0)
+    chosen, _ = model.predict(obs, action_masks=legacy.unwrapped.action_masks())
+    _, _, _, _, info = legacy.step(chosen)
+    assert info["refused"] is None
+    # The v1 interface is not what it was trained on.
+    assert model.observation_space != gym.make("scopegym/DefectSearch-v1").observation_space
+    with pytest.raises(ValueError, match="version must be one of"):
+        gym.make("scopegym/DefectSearch-v1", version=2)
+    legacy.close()
