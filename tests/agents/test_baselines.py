@@ -291,11 +291,18 @@ def test_backlash_raster_rasters_with_the_beam_shift_where_the_task_offers_it() 
     first_scan = kinds.index("Scan")
     assert "Move" not in kinds[first_scan:] and kinds.count("Shift") >= 70
     assert shifted["distinct"] == shifted["frames"] >= 70
+    # The v0 interface offers stage moves only.
     stage = _full_episode(
-        gym.make("scopegym/DefectSearch-v1", samples="heldout"), "backlash_raster"
+        gym.make("scopegym/DefectSearch-v1", samples="heldout", version=0), "backlash_raster"
     )
     # A shift takes 5 ms where a stage move takes half a second.
     assert shifted["time_s"] < 0.7 * stage["time_s"]
+    # DefectSearch-v1 offers the tile macro, whose moves are shifts: as fast, as distinct.
+    tiled = _full_episode(
+        gym.make("scopegym/DefectSearch-v1", samples="heldout"), "backlash_raster"
+    )
+    assert tiled["time_s"] < 0.7 * stage["time_s"]
+    assert tiled["distinct"] >= 0.9 * tiled["frames"] >= 0.9 * 70
 
 
 def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() -> None:

@@ -276,3 +276,35 @@ def test_autotune_ronchigram_counts_acquisitions_to_tolerance() -> None:
     assert result.metrics["acquisitions_to_tolerance"] == 2.0
     assert result.metrics["scans_to_tolerance"] == 1.0
     assert result.metrics["phase_error_final_rad"] <= 2 * np.pi / 14
+
+
+def test_results_name_the_interface_the_policy_acted_in() -> None:
+    # version=0 of DefectSearch-v1 presents the dropped v0 interface: results must say so, so
+    # that a v0 policy's figures are never published as v1's.
+    names = {}
+    for version in (0, 1):
+        env = gym.make("scopegym/DefectSearch-v1", frame_px=64, version=version)
+        result = run_episode(env, make_baseline("raster", env), seed=0, max_steps=2)
+        names[version] = result.env_id
+    assert names == {0: "scopegym/DefectSearch-v0", 1: "scopegym/DefectSearch-v1"}
+    autotune = gym.make("scopegym/Autotune-v0", frame_px=64)
+    result = run_episode(autotune, make_baseline("random", autotune), seed=0, max_steps=1)
+    assert result.env_id == "scopegym/Autotune-v0"
+
+
+def test_a_macro_steps_commands_are_all_in_the_trajectory() -> None:
+    env = gym.make("scopegym/DefectSearch-v1", frame_px=96)
+
+    class InspectCentre:
+        def predict(self, observation, state=None, episode_start=None, deterministic=True,
+                    action_masks=None):
+            action = np.zeros(9, dtype=np.int64)
+            action[0] = env.unwrapped.codec.config.verbs.index("inspect")
+            action[5] = action[6] = 3  # off centre: the view has to move
+            return action, state
+
+    result = run_episode(env, InspectCentre(), seed=0, max_steps=1)
+    kinds = [command["command"] for command in result.trajectory]
+    # From the 1 µm overview: the move to the point, the zoom to 4 nm, the scan.
+    assert kinds[-2:] == ["Zoom", "Scan"] and kinds[0] in ("Shift", "Move")
+    assert result.n_scans == 1

@@ -979,7 +979,10 @@ class BacklashAwareRasterPolicy(_Navigator):
     in +y only, and returns to the start of each row past it and forward again (see
     :class:`_Navigator`), so every tile is reached with the play taken up. Where the task
     offers the beam shift, it rasters with shifts instead (no backlash: a serpentine), and
-    moves the stage only when the shift range is spent.
+    moves the stage only when the shift range is spent. Where it offers the ``tile`` macro
+    (DefectSearch-v1, Survey-v1), the serpentine is one ``tile`` per field: the macro shifts the
+    beam by one field and scans (5 ms a field instead of a stage move), and carries the offset
+    to the stage, play taken up, when the shift range is spent.
 
     Args:
         env: The environment.
@@ -1009,6 +1012,9 @@ class BacklashAwareRasterPolicy(_Navigator):
         yield from self._zoom_finest()
         if "move" in cfg.verbs:
             yield from self._settle()
+        if "tile" in cfg.verbs:
+            yield from self._tile_raster()
+            return
         if "shift" in cfg.verbs:
             yield from self._shift_raster()
         if "move" in cfg.verbs:
@@ -1039,6 +1045,22 @@ class BacklashAwareRasterPolicy(_Navigator):
                 # The stage's edge: start a fresh block beside this one.
                 if not (yield from self._approach((self.side + 1) * tile, -8 * tile)):
                     return False
+
+    def _tile_raster(self) -> Plan:
+        """A serpentine of ``tile`` macros (each a shift of one field, then a scan)."""
+        steps = list(self.config.move_steps)
+        plus, minus, still = steps.index(1.0), steps.index(-1.0), steps.index(0.0)
+        yield self.longest_scan()
+        forward = True
+        while True:
+            for _ in range(self.side - 1):
+                yield self.action("tile", dx=plus if forward else minus, dy=still)
+                if self.replaced:
+                    return False
+            forward = not forward
+            yield self.action("tile", dx=still, dy=plus)
+            if self.replaced:
+                return False
 
     def _shift_raster(self) -> Plan:
         """A serpentine of shifts; returns when the next shift would leave the shift range."""

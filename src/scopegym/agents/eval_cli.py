@@ -838,7 +838,10 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, progress: TextIO | None = Non
     text = json.dumps(document, indent=2, ensure_ascii=False)
     (run_dir / "results.json").write_text(text, encoding="utf-8")
     table = markdown_table(runs, summary)
-    header = f"# scopegym-eval: {cfg.env.id} on samples={cfg.samples.name}\n\n"
+    # The interface the policies acted in (version=0 of a v1 id presents the dropped v0 one).
+    interfaces = sorted({result.env_id for run in runs for result in run.results})
+    named = ", ".join(interfaces) if interfaces else str(cfg.env.id)
+    header = f"# scopegym-eval: {named} on samples={cfg.samples.name}\n\n"
     report = header + table + "\n\n" + report_legend(runs, summary)
     (run_dir / "report.md").write_text(report, encoding="utf-8")
     plot_bars(runs, run_dir, summary)

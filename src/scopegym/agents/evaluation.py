@@ -51,7 +51,9 @@ class EpisodeResult:
     """What one episode achieved and cost.
 
     Attributes:
-        env_id: Gymnasium id (or class name) of the environment.
+        env_id: The interface the policy acted in: the environment's ``interface_id`` where it
+            has one (``scopegym/DefectSearch-v0`` for ``DefectSearch-v1`` made with
+            ``version=0``), else its Gymnasium id (or class name).
         policy: Name of the policy.
         sample_family: Specimen family of the episode's sample.
         sample_seed: Specimen seed of the episode's sample.
@@ -66,7 +68,8 @@ class EpisodeResult:
         terminated: Whether the task ended itself (e.g. Autotune reached tolerance).
         truncated: Whether a budget or step limit ended the episode.
         metrics: Task metrics (see :func:`task_metrics`).
-        trajectory: The commands sent, as dictionaries, in order.
+        trajectory: The commands sent, as dictionaries, in order: every command of a macro
+            verb's step, and a refused command too (it is not counted in ``n_scans`` etc.).
         twin_trace: Tuning tasks on the twin: after the reset and after each step, the probe's
             RMS phase error (``phase_error_rms_rad`` [rad]) and each true aberration (by name
             [nm]); empty elsewhere. Ground truth, for plots and analysis only.
@@ -192,8 +195,11 @@ def run_episode(
     if callable(reset):
         reset()
     spec = getattr(env, "spec", None)
+    interface = getattr(env.unwrapped, "interface_id", None)
+    if interface is None:
+        interface = spec.id if spec is not None else type(env.unwrapped).__name__
     result = EpisodeResult(
-        env_id=spec.id if spec is not None else type(env.unwrapped).__name__,
+        env_id=str(interface),
         policy=_policy_name(policy),
         sample_family=str(info["sample"]["family"]),
         sample_seed=int(info["sample"]["seed"]),
@@ -220,9 +226,15 @@ def run_episode(
         observation, reward, terminated, truncated, info = env.step(np.asarray(action))
         result.steps += 1
         result.episode_return += float(reward)
-        command = dict(info["command"])
-        result.trajectory.append(command)
-        if info.get("refused") is None:
+        # Every command the step sent: a macro verb sends several (info["commands"], those
+        # carried out), and a refused command is sent but not carried out.
+        carried = [dict(c) for c in info.get("commands", [info["command"]]) if c is not None]
+        if info.get("refused") is not None:
+            carried = [c for c in carried if c != info["command"]]
+            result.trajectory.extend([*carried, dict(info["command"])])
+        else:
+            result.trajectory.extend(carried)
+        for command in carried:
             result.n_scans += command["command"] == "Scan"
             result.n_spectra += command["command"] == "Spectrum"
             result.n_ronchigrams += command["command"] == "Ronchigram"
