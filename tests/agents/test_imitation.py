@@ -113,7 +113,8 @@ def test_a_clone_of_the_backlash_aware_raster_agrees_with_it_and_finds_its_defec
     held_out = collect_demonstrations(
         _odometry_env("validation"), [teacher], episodes=3, gamma=0.99, seed=500
     )
-    assert len(cloning) > 2000 and len(held_out) > 500
+    # On DefectSearch-v1 the raster tiles with the `tile` macro: one step a field (~75 an episode).
+    assert len(cloning) > 800 and len(held_out) > 200
     model = MaskablePPO("MultiInputPolicy", _odometry_env("train")(), learning_rate=2e-3,
                         policy_kwargs=CLONE_POLICY, seed=0, device="cpu")
     clone(model, cloning, epochs=20, batch_size=32)
