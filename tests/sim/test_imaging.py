@@ -1,6 +1,6 @@
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from scopegym.sim.imaging import (
@@ -166,6 +166,9 @@ def _asymmetry(image):
 
 @settings(max_examples=12, deadline=None)
 @given(odd=_coefficients(ODD_TERMS, _ODD_RANGE_NM), even=_coefficients(EVEN_TERMS, _EVEN_RANGE_NM))
+# Weak three-fold astigmatism: its asymmetry lies in the tails, not at the peak (found by CI).
+@example(odd={"C21a": 0.0, "C21b": 0.0, "C23a": 0.0, "C23b": 34.0},
+         even={"C10": 0.0, "C12a": 0.0, "C12b": 0.0})
 def test_image_of_a_lone_atom_is_the_probe_point_reflected(odd, even):
     """A probe at r meets the atom at r_i with P(r_i - r): the image is P(-r), not P(r)."""
     n, pixel = 255, 0.01  # odd: the atom sits on a pixel centre, the probe grid's centre
@@ -175,10 +178,12 @@ def test_image_of_a_lone_atom_is_the_probe_point_reflected(odd, even):
     probe = probe_intensity(optics, (n, n), pixel, centered=True)
     expected = probe[::-1, ::-1] * (image.sum() / probe.sum())
     np.testing.assert_allclose(image, expected, atol=0.02 * image.max())
-    if _asymmetry(probe) > 0.2:
-        # The unreflected probe is measurably wrong whenever the odd terms make it asymmetric.
+    asymmetry = _asymmetry(probe)
+    if asymmetry > 0.2:
+        # The unreflected probe is measurably wrong whenever the odd terms make it asymmetric,
+        # by the same summed measure (weak odd terms move the tails more than the peak).
         unreflected = probe * (image.sum() / probe.sum())
-        assert np.abs(image - unreflected).max() > 0.1 * image.max()
+        assert np.abs(image - unreflected).sum() / image.sum() > 0.5 * asymmetry
 
 
 @settings(max_examples=10, deadline=None)
