@@ -227,13 +227,13 @@ def run_episode(
         result.steps += 1
         result.episode_return += float(reward)
         # Every command the step sent: a macro verb sends several (info["commands"], those
-        # carried out), and a refused command is sent but not carried out.
-        carried = [dict(c) for c in info.get("commands", [info["command"]]) if c is not None]
-        if info.get("refused") is not None:
-            carried = [c for c in carried if c != info["command"]]
-            result.trajectory.extend([*carried, dict(info["command"])])
-        else:
-            result.trajectory.extend(carried)
+        # carried out; a refused command is never among them), and a refused one is sent too.
+        refused = info.get("refused") is not None
+        if "commands" in info:
+            carried = [dict(c) for c in info["commands"]]
+        else:  # an environment that reports one command per step
+            carried = [] if refused else [dict(info["command"])]
+        result.trajectory.extend([*carried, dict(info["command"])] if refused else carried)
         for command in carried:
             result.n_scans += command["command"] == "Scan"
             result.n_spectra += command["command"] == "Spectrum"
