@@ -33,11 +33,11 @@ SUPPORTED = [
     ("scopegym/DefectSearch-v1", "greedy"),
     ("scopegym/DefectSearch-v1", "backlash_raster"),
     ("scopegym/DefectSearch-v1", "overview_expert"),
-    ("scopegym/Autotune-v0", "random"),
-    ("scopegym/Autotune-v0", "autofocus"),
-    ("scopegym/AutotuneRonchigram-v0", "random"),
-    ("scopegym/AutotuneRonchigram-v0", "autofocus"),
-    ("scopegym/AutotuneRonchigram-v0", "ronchigram_autofocus"),
+    ("scopegym/Autotune-v1", "random"),
+    ("scopegym/Autotune-v1", "autofocus"),
+    ("scopegym/AutotuneRonchigram-v1", "random"),
+    ("scopegym/AutotuneRonchigram-v1", "autofocus"),
+    ("scopegym/AutotuneRonchigram-v1", "ronchigram_autofocus"),
     ("scopegym/SpectrumDiscovery-v0", "random"),
     ("scopegym/SpectrumDiscovery-v0", "raster"),
     ("scopegym/Survey-v1", "random"),
@@ -182,7 +182,7 @@ def test_ronchigram_flatness_peaks_at_the_corrected_probe(seed: int) -> None:
     # of astigmatism magnify the specimen into it.
     from scopegym.envs.core import ronchigram_observation
 
-    env = gym.make("scopegym/AutotuneRonchigram-v0", samples="validation").unwrapped
+    env = gym.make("scopegym/AutotuneRonchigram-v1", samples="validation").unwrapped
     env.reset(seed=seed)
     twin = env.instrument
     for name, value in env.truth.aberrations_nm().items():

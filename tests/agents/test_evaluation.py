@@ -287,9 +287,10 @@ def test_results_name_the_interface_the_policy_acted_in() -> None:
         result = run_episode(env, make_baseline("raster", env), seed=0, max_steps=2)
         names[version] = result.env_id
     assert names == {0: "scopegym/DefectSearch-v0", 1: "scopegym/DefectSearch-v1"}
-    autotune = gym.make("scopegym/Autotune-v0", frame_px=64)
-    result = run_episode(autotune, make_baseline("random", autotune), seed=0, max_steps=1)
-    assert result.env_id == "scopegym/Autotune-v0"
+    for version in (0, 1):
+        autotune = gym.make("scopegym/Autotune-v1", frame_px=64, version=version)
+        result = run_episode(autotune, make_baseline("random", autotune), seed=0, max_steps=1)
+        assert result.env_id == f"scopegym/Autotune-v{version}"
 
 
 def test_a_macro_steps_commands_are_all_in_the_trajectory() -> None:

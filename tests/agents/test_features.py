@@ -27,7 +27,11 @@ def _batch(space, size, rng):
     ("env_id", "images", "vectors"),
     [
         ("scopegym/DefectSearch-v1", ["frame", "map"], ["odometry", "state"]),
-        ("scopegym/AutotuneRonchigram-v0", ["frame", "ronchigram"], ["odometry", "state"]),
+        (
+            "scopegym/AutotuneRonchigram-v1",
+            ["frame", "ronchigram"],  # each with its _previous image stacked in
+            ["detector", "odometry", "ronchigram_detector", "ronchigram_tunes", "state", "tunes"],
+        ),
         ("scopegym/SpectrumDiscovery-v0", ["frame"], ["odometry", "spectrum", "state"]),
     ],
 )
@@ -58,6 +62,22 @@ def test_uint8_images_give_what_sb3s_scaled_floats_give_and_any_frame_size_fits(
         maps = extractor.feature_maps(large)
     assert list(maps) == ["frame", "map"] and maps["frame"].shape == (3, 64, 8, 8)
     assert maps["map"].shape == (3, 64, 8, 8)  # the 128 px episode map, for a spatial head
+
+
+def test_an_image_and_its_predecessor_share_one_encoder_that_reads_both():
+    space = gym.make("scopegym/Autotune-v1", frame_px=64).observation_space
+    extractor = ScopeFeaturesExtractor(space, cnn_output_dim=24, vector_output_dim=16).eval()
+    assert extractor.paired == {"frame": "frame_previous"}
+    assert "frame_previous" not in extractor.encoders
+    batch = {
+        key: torch.as_tensor(v) for key, v in _batch(space, 2, np.random.default_rng(2)).items()
+    }
+    other = dict(batch, frame_previous=torch.flip(batch["frame_previous"], dims=[-1]))
+    with torch.no_grad():
+        changed = (extractor(batch) - extractor(other)).abs()
+    # Sorted keys: detector (16 features), frame (24), state (16), tunes (16).
+    assert changed[:, 16:40].max() > 1e-3  # the frame's features see the previous frame
+    assert changed[:, :16].max() == 0.0 and changed[:, 40:].max() == 0.0  # the vectors' do not
 
 
 def test_fourier_features_keep_the_values_and_resolve_a_tile_on_the_stage():

@@ -284,7 +284,7 @@ def _bare_copy(tmp_path: Path) -> Path:
         (["checkpoint={tmp}/empty.zip"], "is not a MaskablePPO, PPO or SAC model"),
         (
             ["env=autotune", f"checkpoint={SHIPPED}"],
-            "was trained on scopegym/DefectSearch-v1, not scopegym/Autotune-v0",
+            "was trained on scopegym/DefectSearch-v1, not scopegym/Autotune-v1",
         ),
         (["env.kwargs.frame_px=64", f"checkpoint={SHIPPED}"], "env.kwargs.frame_px=96, not 64"),
         (

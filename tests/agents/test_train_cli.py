@@ -80,7 +80,7 @@ def test_observation_only_reward_reaches_the_environment():
 def test_env_factory_wraps_box_actions_for_sac():
     from gymnasium import spaces
 
-    env = EnvFactory("scopegym/Autotune-v0", {"frame_px": 64}, box_actions=True)()
+    env = EnvFactory("scopegym/Autotune-v1", {"frame_px": 64}, box_actions=True)()
     try:
         assert isinstance(env.action_space, spaces.Box)
     finally:
@@ -108,7 +108,7 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("instrument=replay", "instrument.kwargs.path must be given (instrument=replay"),
         (
             f"env=autotune resume={ROOT / 'policies' / 'defect_search_maskable_ppo.zip'}",
-            "was trained on scopegym/DefectSearch-v1, not scopegym/Autotune-v0",
+            "was trained on scopegym/DefectSearch-v1, not scopegym/Autotune-v1",
         ),
     ],
 )

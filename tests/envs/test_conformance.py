@@ -112,7 +112,16 @@ def test_info_carries_command_time_and_dose(env_id):
 def test_observations_hold_no_ground_truth(env_id):
     env = gym.make(env_id)
     obs, _ = env.reset(seed=0)
-    assert set(obs) <= {"frame", "state", "spectrum", "ronchigram", "odometry", "map"}
+    assert set(obs) <= {
+        "frame",
+        "state",
+        "spectrum",
+        "ronchigram",
+        "odometry",
+        "map",
+        *(f"{kind}_previous" for kind in ("frame", "ronchigram")),
+        *(f"{prefix}{entry}" for prefix in ("", "ronchigram_") for entry in ("tunes", "detector")),
+    }
     assert obs["frame"].dtype == np.uint8
     env.close()
 
@@ -120,8 +129,8 @@ def test_observations_hold_no_ground_truth(env_id):
 #: Panels after the overview and the frame: only what the task observes.
 EXTRA_PANELS = {
     "scopegym/DefectSearch-v1": 0,
-    "scopegym/Autotune-v0": 0,
-    "scopegym/AutotuneRonchigram-v0": 1,  # Ronchigram
+    "scopegym/Autotune-v1": 0,
+    "scopegym/AutotuneRonchigram-v1": 1,  # Ronchigram
     "scopegym/SpectrumDiscovery-v0": 1,  # spectrum
     "scopegym/Survey-v1": 1,  # spectrum
 }

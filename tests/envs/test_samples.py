@@ -47,7 +47,7 @@ def test_make_accepts_the_sample_set_by_name():
 def test_reset_can_pin_a_sample():
     from scopegym.instrument import SampleSpec
 
-    env = gym.make("scopegym/Autotune-v0", samples="heldout")
+    env = gym.make("scopegym/Autotune-v1", samples="heldout")
     _, info = env.reset(seed=0, options={"sample": SampleSpec("mos2", 3_000_007)})
     assert info["sample"] == {"family": "mos2", "seed": 3_000_007}
     assert env.unwrapped.instrument.specimen.family.name == "mos2"

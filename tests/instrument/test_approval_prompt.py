@@ -54,7 +54,7 @@ def test_an_environment_reset_inside_opening_marks_exactly_its_opening_commands(
     answers = Answers()
     approval = Approval("command", input_fn=answers, out=io.StringIO())
     safe = SafeInstrument(TwinMicroscope("graphene", seed=0), approval=approval)
-    env = gym.make("scopegym/Autotune-v0", instrument=safe, frame_px=64)
+    env = gym.make("scopegym/Autotune-v1", instrument=safe, frame_px=64)
     with approval.opening():
         env.reset(seed=0)
     opening = len(answers.prompts)

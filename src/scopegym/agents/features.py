@@ -9,13 +9,15 @@ is invisible to it altogether.
 
 :class:`ScopeFeaturesExtractor` gives every entry its own encoder and the same say:
 
-* each image entry (``frame``, ``ronchigram``, later a map) a small CNN with GroupNorm, pooled to
+* each image entry (``frame``, ``ronchigram``, ``map``) a small CNN with GroupNorm, pooled to
   a fixed grid so that any ``frame_px`` gives the same number of features, then projected and
-  layer-normalised to ``cnn_output_dim`` features;
-* each vector entry (``state``, ``spectrum``, ``odometry``) an MLP with LayerNorm to
-  ``vector_output_dim`` features, where vector entries named in ``fourier_octaves`` first get
-  multi-scale sine/cosine features (Tancik et al., NeurIPS 2020), so that positions on the scale
-  of a tile and of the whole stage are both easy to separate.
+  layer-normalised to ``cnn_output_dim`` features; an image observed with its predecessor
+  (``frame`` and ``frame_previous`` in Autotune-v1) shares one CNN with it, the two stacked as
+  channels, so that the change a known tune made is one convolution away;
+* each vector entry (``state``, ``spectrum``, ``odometry``, ``tunes``, ``detector``) an MLP
+  with LayerNorm to ``vector_output_dim`` features, where vector entries named in
+  ``fourier_octaves`` first get multi-scale sine/cosine features (Tancik et al., NeurIPS 2020),
+  so that positions on the scale of a tile and of the whole stage are both easy to separate.
 
 It is plain torch (an ``nn.Module``; SB3's :class:`BaseFeaturesExtractor` only adds the
 ``features_dim`` attribute), so another trainer can reuse it on the same observation space.
@@ -45,6 +47,9 @@ from torch import nn
 #: Octaves of sine/cosine features per vector entry by default: the odometry's commanded offset
 #: is normalised by the stage's half range (~1 µm) and must resolve a 4 nm tile.
 DEFAULT_FOURIER_OCTAVES: dict[str, int] = {"odometry": 10}
+#: Suffix of an image entry that holds the acquisition before another entry's (``frame`` and
+#: ``frame_previous``); the two are encoded together.
+PREVIOUS_SUFFIX = "_previous"
 #: Side of the grid every image encoder pools its feature map to [cells].
 POOLED_SIDE = 4
 
@@ -200,13 +205,26 @@ class ScopeFeaturesExtractor(BaseFeaturesExtractor):
             )
         octaves = dict(DEFAULT_FOURIER_OCTAVES if fourier_octaves is None else fourier_octaves)
         encoders: dict[str, nn.Module] = {}
+        # An image whose predecessor is observed too (``frame`` and ``frame_previous``) is
+        # encoded with it as one stack of channels, so that the first convolution can already
+        # take their difference: what a known tune changed is the signal, not either image.
+        self.paired: dict[str, str] = {}
+        for key, space in observation_space.spaces.items():
+            partner = observation_space.spaces.get(f"{key}{PREVIOUS_SUFFIX}")
+            if is_image_space(space) and partner is not None and partner.shape == space.shape:
+                self.paired[key] = f"{key}{PREVIOUS_SUFFIX}"
         total = 0
         for key in sorted(observation_space.spaces):
             space = observation_space.spaces[key]
             if not isinstance(space, spaces.Box):
                 raise TypeError(f"observation entry {key!r} is {space}; only Boxes are encoded")
+            if key in self.paired.values():
+                continue
             if is_image_space(space):
-                encoders[key] = ImageEncoder(int(space.shape[0]), channels, cnn_output_dim)
+                stacked = 2 if key in self.paired else 1
+                encoders[key] = ImageEncoder(
+                    stacked * int(space.shape[0]), channels, cnn_output_dim
+                )
                 total += cnn_output_dim
             else:
                 size = int(np.prod(space.shape))
@@ -220,8 +238,15 @@ class ScopeFeaturesExtractor(BaseFeaturesExtractor):
     def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Features of a batch of observations, (batch, features_dim)."""
         return torch.cat(
-            [encoder(observations[key]) for key, encoder in self.encoders.items()], dim=1
+            [encoder(self._input(observations, key)) for key, encoder in self.encoders.items()],
+            dim=1,
         )
+
+    def _input(self, observations: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
+        partner = self.paired.get(key)
+        if partner is None:
+            return observations[key]
+        return torch.cat([observations[key], observations[partner]], dim=1)
 
     def feature_maps(self, observations: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Each image entry's spatial feature map before pooling, by key.
@@ -230,7 +255,7 @@ class ScopeFeaturesExtractor(BaseFeaturesExtractor):
         policy's own features are :meth:`forward`'s.
         """
         return {
-            key: encoder.feature_map(observations[key])
+            key: encoder.feature_map(self._input(observations, key))
             for key, encoder in self.encoders.items()
             if isinstance(encoder, ImageEncoder)
         }
@@ -238,6 +263,7 @@ class ScopeFeaturesExtractor(BaseFeaturesExtractor):
 
 __all__ = [
     "DEFAULT_FOURIER_OCTAVES",
+    "PREVIOUS_SUFFIX",
     "FourierFeatures",
     "ImageEncoder",
     "ScopeFeaturesExtractor",

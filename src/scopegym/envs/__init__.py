@@ -1,13 +1,16 @@
 """Gymnasium environments: an instrument plus a task, registered on import of scopegym.
 
-Ids: ``scopegym/DefectSearch-v1``, ``scopegym/Autotune-v0``,
-``scopegym/AutotuneRonchigram-v0``, ``scopegym/SpectrumDiscovery-v0``, ``scopegym/Survey-v1``.
+Ids: ``scopegym/DefectSearch-v1``, ``scopegym/Autotune-v1``,
+``scopegym/AutotuneRonchigram-v1``, ``scopegym/SpectrumDiscovery-v0``, ``scopegym/Survey-v1``.
 Held-out samples are a keyword: ``gymnasium.make(id, samples="heldout")``.
 
 DefectSearch and Survey are at v1 (the episode map and motion odometry in the observation,
 macro verbs, masks of scans that cannot score, episodes ended by the budgets); their v0 ids
 are dropped. ``version=0`` (with ``max_episode_steps`` of :data:`V0_MAX_EPISODE_STEPS`)
 restores the v0 interface for policies trained on it (config ``env=defect_search_v0``).
+Autotune and AutotuneRonchigram are at v1 (each image kind's latest two acquisitions, the tunes
+between them and their raw detector statistics; episodes ended by the budgets); ``version=0``
+restores their v0 interface (config ``env=autotune_v0``).
 """
 
 from __future__ import annotations
@@ -29,24 +32,27 @@ from scopegym.envs.wrappers import BoxActions
 
 #: Safety step cap of the ids whose episodes the budgets end. The cheapest command either task
 #: offers takes 0.2 s of instrument time (a Zoom; a macro always ends with a scan of at least
-#: 0.38 s), so DefectSearch's 600 s allow at most 3001 steps; Survey's spectra take 22 ms but
+#: 0.38 s), so DefectSearch's 600 s allow at most 3001 steps; Autotune's cheapest command is a
+#: 0.46 s frame (a Tune takes 0.5 s), so its 120 s allow at most 261; a Ronchigram takes 12 ms
+#: but its parked probe delivers ~5e4 e/Å², so AutotuneRonchigram's 5e6 e/Å² allow ~100 of
+#: them besides 240 tunes; Survey's spectra take 22 ms but
 #: deliver 1.1e6 e/Å² each, so its 5e7 e/Å² and 900 s allow at most ~4540 (43 spectra, then
-#: Zooms). The cap, more than twice either, ends only an episode of refused commands (a
+#: Zooms). The cap, more than twice any of these, ends only an episode of refused commands (a
 #: policy without masks), which cost no instrument time.
 BUDGET_BOUND_STEP_CAP = 10_000
 
 #: Registered ids and their step limits.
 ENV_IDS: dict[str, int] = {
     "scopegym/DefectSearch-v1": BUDGET_BOUND_STEP_CAP,
-    "scopegym/Autotune-v0": 60,
-    "scopegym/AutotuneRonchigram-v0": 60,
+    "scopegym/Autotune-v1": BUDGET_BOUND_STEP_CAP,
+    "scopegym/AutotuneRonchigram-v1": BUDGET_BOUND_STEP_CAP,
     "scopegym/SpectrumDiscovery-v0": 24,
     "scopegym/Survey-v1": BUDGET_BOUND_STEP_CAP,
 }
 _ENTRY_POINTS = {
     "scopegym/DefectSearch-v1": "scopegym.envs.tasks:DefectSearchEnv",
-    "scopegym/Autotune-v0": "scopegym.envs.tasks:AutotuneEnv",
-    "scopegym/AutotuneRonchigram-v0": "scopegym.envs.tasks:AutotuneRonchigramEnv",
+    "scopegym/Autotune-v1": "scopegym.envs.tasks:AutotuneEnv",
+    "scopegym/AutotuneRonchigram-v1": "scopegym.envs.tasks:AutotuneRonchigramEnv",
     "scopegym/SpectrumDiscovery-v0": "scopegym.envs.tasks:SpectrumDiscoveryEnv",
     "scopegym/Survey-v1": "scopegym.envs.tasks:SurveyEnv",
 }

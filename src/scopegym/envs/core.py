@@ -28,6 +28,7 @@ from scopegym.envs.actions import (
     ActionConfig,
     ScoringCriterion,
 )
+from scopegym.envs.detector import DetectorStatistics, detector_statistics, encode_detector
 from scopegym.envs.episode_map import MAP_CHANNELS, MAP_PX, EpisodeMap
 from scopegym.envs.samples import SampleSet, sample_set
 from scopegym.instrument import (
@@ -111,6 +112,11 @@ class Task(ABC):
     scoring_masks: bool = False
     #: The registered id whose observation, actions and dynamics this task presents.
     interface_id: str | None = None
+    #: The observation pairs each image kind's latest acquisition with the one before it: the
+    #: earlier image (``frame_previous``, ``ronchigram_previous``), the corrector change between
+    #: the two (``tunes``, ``ronchigram_tunes``) and both images' raw detector statistics
+    #: (``detector``, ``ronchigram_detector``; :mod:`scopegym.envs.detector`).
+    acquisition_pairs: bool = False
 
     def __init__(
         self,
@@ -226,6 +232,17 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if self.odometry:
             size = len(task.odometry_features)
             obs["odometry"] = spaces.Box(-1.0, 1.0, (size,), np.float32)
+        if task.acquisition_pairs:
+            kinds = ("frame", "ronchigram") if task.uses_ronchigram else ("frame",)
+            for kind in kinds:
+                prefix = "" if kind == "frame" else "ronchigram_"
+                obs[f"{kind}_previous"] = spaces.Box(0, 255, (1, n, n), np.uint8)
+                obs[f"{prefix}tunes"] = spaces.Box(
+                    -1.0, 1.0, (len(TUNABLE_ABERRATIONS),), np.float32
+                )
+                obs[f"{prefix}detector"] = spaces.Box(
+                    -1.0, 1.0, (2 * len(DETECTOR_PAIR),), np.float32
+                )
         self.episode_map: EpisodeMap | None = None
         if task.uses_map:
             self.episode_map = EpisodeMap(self.instrument.limits, atomic_pixel_nm=ATOMIC_PIXEL_NM)
@@ -282,6 +299,12 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._play = [0, 0]
         if self.episode_map is not None:
             self.episode_map.reset()
+        # Per image kind ("frame", "ronchigram"): the latest and the previous acquisition's
+        # contrast-stretched image, raw statistics and corrector settings [nm] (latest first).
+        self._pairs: dict[str, _AcquisitionPair] = {
+            "frame": _AcquisitionPair.empty(n),
+            "ronchigram": _AcquisitionPair.empty(n),
+        }
 
     def _used(self, state: InstrumentState) -> tuple[float, float]:
         start = self._start_state or state
@@ -293,6 +316,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         n = self.task.action_config.frame_px
         if isinstance(result, Frame):
             self._frame = resample_square(contrast_stretch(result.counts), n)[None]
+            self._remember_pair("frame", self._frame, result.counts)
             self._have_frame = True
             self._frame_is_current = True
             self._last_frame = result
@@ -309,11 +333,21 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self.history.append(result)
         elif isinstance(result, RonchigramImage):
             self._ronchigram = ronchigram_observation(result.counts, n)[None]
+            self._remember_pair("ronchigram", self._ronchigram, result.counts)
             self._frame_is_current = True
             self._last_ronchigram = result
             self.history.append(result)
         else:  # the new state of a Zoom, Move or Tune: the frame shows what was
             self._frame_is_current = False
+
+    def _remember_pair(self, kind: str, image: np.ndarray, counts: np.ndarray) -> None:
+        if self.task.acquisition_pairs:
+            settings = self.instrument.state().aberrations_nm
+            self._pairs[kind] = self._pairs[kind].push(
+                image,
+                detector_statistics(counts),
+                np.array([settings.get(name, 0.0) for name in TUNABLE_ABERRATIONS]),
+            )
 
     def _observation(self) -> dict[str, np.ndarray]:
         state = self.instrument.state()
@@ -370,6 +404,17 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 obs["odometry"] = odometry_observation(
                     self._commanded_nm, self._last_move_nm, reach, move_range
                 )
+        if self.task.acquisition_pairs:
+            scales = np.array(
+                [8.0 * cfg.tune_scale_nm.get(name, 1.0) for name in TUNABLE_ABERRATIONS]
+            )
+            kinds = ("frame", "ronchigram") if self.task.uses_ronchigram else ("frame",)
+            for kind in kinds:
+                prefix = "" if kind == "frame" else "ronchigram_"
+                pair = self._pairs[kind]
+                obs[f"{kind}_previous"] = pair.previous_image.copy()
+                obs[f"{prefix}tunes"] = pair.tunes(scales)
+                obs[f"{prefix}detector"] = pair.detector()
         if self.episode_map is not None:
             obs["map"] = self.episode_map.observation(state)
         return obs
@@ -536,6 +581,46 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def close(self) -> None:
         """Close the instrument."""
         self.instrument.close()
+
+
+#: The acquisitions whose statistics the ``detector`` observations carry, in order.
+DETECTOR_PAIR = ("latest", "previous")
+
+
+@dataclass(frozen=True)
+class _AcquisitionPair:
+    """The latest two acquisitions of one image kind (``previous_*`` is None before two)."""
+
+    previous_image: np.ndarray
+    latest_stats: DetectorStatistics | None
+    previous_stats: DetectorStatistics | None
+    latest_settings_nm: np.ndarray | None
+    previous_settings_nm: np.ndarray | None
+    latest_image: np.ndarray
+
+    @classmethod
+    def empty(cls, size_px: int) -> _AcquisitionPair:
+        blank = np.zeros((1, size_px, size_px), np.uint8)
+        return cls(blank, None, None, None, None, blank)
+
+    def push(
+        self, image: np.ndarray, stats: DetectorStatistics, settings_nm: np.ndarray
+    ) -> _AcquisitionPair:
+        return _AcquisitionPair(
+            self.latest_image, stats, self.latest_stats, settings_nm, self.latest_settings_nm, image
+        )
+
+    def tunes(self, scales_nm: np.ndarray) -> np.ndarray:
+        """The corrector change from the previous to the latest acquisition / scales, clipped."""
+        if self.latest_settings_nm is None or self.previous_settings_nm is None:
+            return np.zeros(len(scales_nm), np.float32)
+        change = (self.latest_settings_nm - self.previous_settings_nm) / scales_nm
+        return np.clip(change, -1.0, 1.0).astype(np.float32)
+
+    def detector(self) -> np.ndarray:
+        return np.concatenate(
+            [encode_detector(self.latest_stats), encode_detector(self.previous_stats)]
+        )
 
 
 def odometry_observation(
@@ -752,7 +837,8 @@ class TaskEnv(MicroscopeEnv):
         odometry: Add the ``odometry`` observation (see :class:`MicroscopeEnv`); None: the
             task's default.
         **task_kwargs: Arguments of the task (``frame_px``, ``budget``, ``reward_weights``,
-            ``reward_params``, and ``version`` for DefectSearch and Survey).
+            ``reward_params``, and ``version`` for DefectSearch, Survey, Autotune and
+            AutotuneRonchigram).
     """
 
     task_class: ClassVar[type[Task]]
@@ -779,6 +865,7 @@ class TaskEnv(MicroscopeEnv):
 
 
 __all__ = [
+    "DETECTOR_PAIR",
     "MOTION_FEATURES",
     "ODOMETRY_FEATURES",
     "STATE_FEATURES",

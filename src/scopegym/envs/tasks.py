@@ -35,12 +35,18 @@ RONCHIGRAM_EXPOSURE_MS = 2.0
 #: Largest random offset of the episode's starting position from the specimen centre [nm].
 START_OFFSET_NM = 500.0
 
-#: Interface versions of DefectSearch and Survey: 1 is registered; 0 is the dropped v0 one,
-#: kept for policies trained on it (``env=defect_search_v0``).
+#: Interface versions of DefectSearch, Survey, Autotune and AutotuneRonchigram: 1 is
+#: registered; 0 is the dropped v0 one, kept for policies trained on it
+#: (``env=defect_search_v0``, ``env=autotune_v0``).
 INTERFACE_VERSIONS = (0, 1)
 #: Step limits the dropped v0 ids had; a config that restores v0 passes them as
 #: ``max_episode_steps``.
-V0_MAX_EPISODE_STEPS = {"DefectSearch": 200, "Survey": 300}
+V0_MAX_EPISODE_STEPS = {
+    "DefectSearch": 200,
+    "Survey": 300,
+    "Autotune": 60,
+    "AutotuneRonchigram": 60,
+}
 
 
 def _check_version(name: str, version: int) -> int:
@@ -65,6 +71,16 @@ def _with_memory(task: Task, version: int) -> None:
     task.action_config = dataclasses.replace(
         task.action_config, verbs=(*task.action_config.verbs, *MACRO_VERBS)
     )
+
+
+def _with_pairs(task: Task, version: int) -> None:
+    """Version 1 of the tuning tasks: acquisition pairs; the budgets, not a step cap, end episodes.
+
+    Each image kind's latest two acquisitions, the tunes between them and their raw detector
+    statistics (see ``Task.acquisition_pairs``).
+    """
+    task.interface_id = f"scopegym/{task.name}-v{version}"
+    task.acquisition_pairs = version >= 1
 
 
 def _random_offset(rng: np.random.Generator, reach_nm: float = START_OFFSET_NM) -> Move:
@@ -189,7 +205,6 @@ class AutotuneTask(Task):
     """Correct random residual aberrations using tune and scan commands."""
 
     name = "Autotune"
-    interface_id = "scopegym/Autotune-v0"
 
     #: Residual aberrations drawn uniformly in ±these [nm] at every reset.
     RESIDUALS_NM: Mapping[str, float] = {
@@ -206,6 +221,7 @@ class AutotuneTask(Task):
         budget: Budget = AUTOTUNE_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
+        version: int = 1,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -220,6 +236,8 @@ class AutotuneTask(Task):
             reward_weights or {"probe_correction": 1.0, "time_penalty": 1.0, "dose_penalty": 1.0},
             reward_params,
         )
+        self.version = _check_version(self.name, version)
+        _with_pairs(self, self.version)
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
         """A sample with random residual aberrations, a 4 nm field and a first frame."""
@@ -263,8 +281,17 @@ class AutotuneEnv(TaskEnv):
     ``action_masks()`` excludes steps past the corrector's range.
 
     ## Observation Space
-    ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32))``, as in
-    DefectSearch; the state carries the corrector settings applied so far.
+    ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32),
+    frame_previous=Box(0, 255, (1, N, N), uint8), tunes=Box(-1, 1, (8,), float32),
+    detector=Box(-1, 1, (4,), float32))``. ``frame`` is the latest frame (contrast-stretched)
+    and ``frame_previous`` the one before it (zeros until there are two); ``tunes`` is the
+    corrector change between them per tunable coefficient (C10, C12a, C12b, C21a, C21b, C23a,
+    C23b, C30) in units of 8 tune scales, clipped; ``detector`` is the raw counts' mean and
+    normalised excess variance, (var − mean)/mean², of the latest then the previous frame,
+    encoded by :func:`scopegym.envs.detector.encode_detector` (invert with ``decode_detector``).
+    The excess variance is the Strehl-like figure a stretched frame loses: it falls by ~0.03
+    over ±300 nm of coma, where counting noise moves it by ~0.005. The state carries the
+    corrector settings applied so far. ``version=0`` observes only ``frame`` and ``state``.
 
     ## Rewards
     ``probe_correction`` (the reduction of the probe's RMS phase error over the aperture, in units
@@ -276,11 +303,15 @@ class AutotuneEnv(TaskEnv):
 
     ## Episode End
     Terminated when the RMS phase error is at most 2π/14 rad (Strehl ≥ 0.8, twin only);
-    truncated when the time (120 s) or dose budget is spent or after 60 steps.
+    truncated when the time (120 s) or dose budget is spent (a frame takes 0.46 s, a Tune
+    0.5 s; the registered 10 000-step cap only ends episodes of refused commands). v0 also
+    truncated after 60 steps.
 
     ## Arguments
     ``samples``, ``frame_px`` (default 64), ``budget``, ``reward_weights``, ``reward_params``,
-    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``.
+    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``,
+    ``version`` (1; 0 restores the dropped ``scopegym/Autotune-v0`` observation, for the policy
+    trained on it: ``env=autotune_v0``, which also sets its 60-step limit).
     """
 
     task_class = AutotuneTask
@@ -290,7 +321,6 @@ class AutotuneRonchigramTask(AutotuneTask):
     """Autotune with a Ronchigram camera: the probe's far-field image shows its aberrations."""
 
     name = "AutotuneRonchigram"
-    interface_id = "scopegym/AutotuneRonchigram-v0"
     uses_ronchigram = True
 
     def __init__(
@@ -299,8 +329,9 @@ class AutotuneRonchigramTask(AutotuneTask):
         budget: Budget = AUTOTUNE_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
+        version: int = 1,
     ) -> None:
-        super().__init__(frame_px, budget, reward_weights, reward_params)
+        super().__init__(frame_px, budget, reward_weights, reward_params, version)
         # Autotune's bins, with the Ronchigram as the first verb.
         self.action_config = dataclasses.replace(
             self.action_config,
@@ -335,10 +366,15 @@ class AutotuneRonchigramEnv(TaskEnv):
 
     ## Observation Space
     ``Dict(frame=Box(0, 255, (1, N, N), uint8), ronchigram=Box(0, 255, (1, N, N), uint8),
-    state=Box(-1, 1, (14,), float32))``: the latest frame (contrast-stretched), the latest
+    state=Box(-1, 1, (14,), float32), ...)``: the latest frame (contrast-stretched), the latest
     Ronchigram (±60 mrad on the twin; its bright-field disc contrast-stretched, outside it 0)
     and the state as in Autotune, whose last entry is +1 when the latest image (frame or
-    Ronchigram) was taken after the last Tune.
+    Ronchigram) was taken after the last Tune; then Autotune's ``frame_previous``, ``tunes``
+    and ``detector``, and the same for Ronchigrams: ``ronchigram_previous`` (the Ronchigram
+    before the latest), ``ronchigram_tunes`` (the corrector change between the two) and
+    ``ronchigram_detector`` (the camera's mean counts and excess variance of both). A pair of
+    Ronchigrams around a known tune gives the signs a single one cannot. ``version=0`` observes
+    only ``frame``, ``ronchigram`` and ``state``.
 
     ## Rewards
     As Autotune: ``probe_correction`` (needs the twin) minus ``time_penalty`` and
@@ -351,12 +387,14 @@ class AutotuneRonchigramEnv(TaskEnv):
 
     ## Episode End
     Terminated when the RMS phase error is at most 2π/14 rad (Strehl ≥ 0.8, twin only);
-    truncated when the time (120 s) or dose budget is spent or after 60 steps.
+    truncated when the time (120 s) or dose budget (5e6 e/Å², ~100 Ronchigrams) is spent. v0
+    also truncated after 60 steps.
 
     ## Arguments
     ``samples``, ``frame_px`` (default 64; also the Ronchigram's size), ``budget``,
     ``reward_weights``, ``reward_params``, ``instrument``, ``instrument_name``/
-    ``instrument_kwargs``, ``render_mode``, ``odometry``.
+    ``instrument_kwargs``, ``render_mode``, ``odometry``, ``version`` (1; 0 restores the
+    dropped ``scopegym/AutotuneRonchigram-v0`` interface: ``env=autotune_ronchigram_v0``).
     """
 
     task_class = AutotuneRonchigramTask
