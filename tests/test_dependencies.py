@@ -23,7 +23,7 @@ SOURCE = ROOT / "src" / "scopegym"
 
 #: Modules the package loads by name instead of an import statement, and the extra that
 #: provides them (None: core). Each entry's premise is checked below.
-LOADED_BY_NAME = {"msgpack": None, "nion": "nion"}
+LOADED_BY_NAME = {"msgpack": None, "nion": "nion", "gpytorch": "gp", "botorch": "gp"}
 
 
 def _normalise(name: str) -> str:
@@ -94,6 +94,10 @@ def test_modules_loaded_by_name_are_declared_where_they_are_needed():
     assert remote.SERIALIZER == "msgpack"
     # The Nion adapter imports nion.* through importlib, only when a Nion instrument is made.
     assert '_nion("nion.' in (SOURCE / "adapters" / "nion.py").read_text()
+    # The Gaussian-process baselines import the gp extra by name, only when they are made.
+    agents = SOURCE / "agents"
+    assert 'import_module("gpytorch")' in (agents / "dkl.py").read_text()
+    assert 'import_module("botorch")' in (agents / "tuners.py").read_text()
     core, extras = _declared()
     for module, extra in LOADED_BY_NAME.items():
         wanted = core if extra is None else extras[extra]

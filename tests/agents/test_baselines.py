@@ -114,6 +114,10 @@ def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
         "overview_expert",
         "autofocus",
         "ronchigram_autofocus",
+        "pattern_search",
+        "bo_tuner",
+        "pair_regressor",
+        "dkl",
     }
     env = gym.make("scopegym/DefectSearch-v1")
     with pytest.raises(KeyError, match="known"):

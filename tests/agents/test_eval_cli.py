@@ -420,6 +420,22 @@ def test_autotune_plot_shows_phase_error_and_each_aberration_against_step() -> N
     assert all(not axes.images and not axes.patches for axes in figure.axes)
 
 
+def test_the_tuning_figure_shows_the_episode_with_the_median_starting_error() -> None:
+    from scopegym.agents.eval_cli import typical_tuning_episode
+    from scopegym.agents.evaluation import EpisodeResult
+
+    def episode(start_rad: float, sample_seed: int) -> EpisodeResult:
+        result = EpisodeResult("e", "p", "graphene", sample_seed)
+        result.twin_trace.append({"phase_error_rms_rad": start_rad})
+        return result
+
+    starts = [3.0, 0.3, 1.2, 2.2, 0.9]
+    results = [episode(start, seed) for seed, start in enumerate(starts)]
+    assert typical_tuning_episode(results) is results[2]  # 1.2 rad, not the last (0.9)
+    assert typical_tuning_episode(results[:4]) is results[2]  # the lower of the two middle
+    assert typical_tuning_episode([EpisodeResult("e", "p", "graphene", 0)]) is None
+
+
 def test_defect_search_plot_has_an_inset_at_the_scale_of_the_tiles() -> None:
     from scopegym.agents.baselines import make_baseline
 

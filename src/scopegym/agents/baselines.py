@@ -26,6 +26,13 @@ autofocus  coordinate search of image sharpness over the tunable aberrations: pr
            parabola, move to its vertex, refine the step
 ronchigram_autofocus
            the same search, scored on the Ronchigram's flatness instead of frame sharpness
+pattern_search
+           line sweeps, then a compass search of the frames' excess variance over C10, C12, C21
+           (:mod:`scopegym.agents.tuners`)
+bo_tuner   GP-UCB on the frames' excess variance, in stages (needs ``scopegym[gp]``)
+dkl        deep-kernel-learning active learning of where spectra are most distinct: a GP on
+           learned embeddings of the frame's patches, UCB over the spectrum grid (SpectrumDiscovery;
+           needs ``scopegym[gp]``; :mod:`scopegym.agents.dkl`)
 =========  ====================================================================================
 """
 
@@ -1490,6 +1497,21 @@ BASELINES: dict[str, type[ScriptedPolicy]] = {
     "autofocus": AutofocusPolicy,
     "ronchigram_autofocus": RonchigramAutofocusPolicy,
 }
+
+# The excess-variance tuners live in their own module, which imports ScriptedPolicy from here.
+from scopegym.agents.tuners import BayesianTunerPolicy, PatternSearchTunerPolicy  # noqa: E402
+
+BASELINES["pattern_search"] = PatternSearchTunerPolicy
+BASELINES["bo_tuner"] = BayesianTunerPolicy
+
+from scopegym.agents.model_tuner import PairRegressorTunerPolicy  # noqa: E402
+
+BASELINES["pair_regressor"] = PairRegressorTunerPolicy
+
+# Deep-kernel-learning spectroscopy; gpytorch is imported only when the policy is made.
+from scopegym.agents.dkl import DKLSpectrumPolicy  # noqa: E402
+
+BASELINES["dkl"] = DKLSpectrumPolicy
 
 
 def make_baseline(name: str, env: gym.Env[Any, Any], **kwargs: Any) -> ScriptedPolicy:

@@ -723,11 +723,26 @@ def map_figure(run: PolicyRun) -> Figure | None:
     return figure
 
 
-def trajectory_figure(run: PolicyRun) -> Figure | None:
-    """The last episode of a policy, as a tuning or a map figure.
+def typical_tuning_episode(results: list[EpisodeResult]) -> EpisodeResult | None:
+    """The tuning episode whose starting RMS phase error is the median of the run's.
 
-    :func:`tuning_figure` where the episode has a twin trace of the phase error (Autotune,
-    AutotuneRonchigram), else :func:`map_figure`.
+    Policies evaluated on the same samples and seeds start from the same draws, so every
+    policy's figure shows the same typical start (the last episode could be one that starts
+    within tolerance and shows nothing).
+    """
+    traced = [r for r in results if r.twin_trace and "phase_error_rms_rad" in r.twin_trace[0]]
+    if not traced:
+        return None
+    ordered = sorted(traced, key=lambda r: (r.twin_trace[0]["phase_error_rms_rad"], r.sample_seed))
+    return ordered[(len(ordered) - 1) // 2]
+
+
+def trajectory_figure(run: PolicyRun) -> Figure | None:
+    """One episode of a policy, as a tuning or a map figure.
+
+    :func:`tuning_figure` of :func:`typical_tuning_episode` where the episodes have a twin
+    trace of the phase error (Autotune, AutotuneRonchigram), else :func:`map_figure` of the
+    last episode.
 
     Args:
         run: One policy's evaluation.
@@ -735,8 +750,9 @@ def trajectory_figure(run: PolicyRun) -> Figure | None:
     Returns:
         The figure, or None with nothing to draw.
     """
-    if run.results and run.results[-1].twin_trace:
-        return tuning_figure(run.name, run.results[-1])
+    typical = typical_tuning_episode(run.results)
+    if typical is not None:
+        return tuning_figure(run.name, typical)
     return map_figure(run)
 
 

@@ -430,7 +430,12 @@ class SpectrumDiscoveryTask(Task):
         )
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
-        """A random 8 nm field near a defect-rich area, and one frame of it."""
+        """A random 8 nm field within ±500 nm of the centre, and one frame of it.
+
+        The field is not chosen for its defects: the 144 grid positions of a held-out field
+        cover 1.88 signature classes on average (ground truth), which bounds what any policy
+        can find in 24 spectra.
+        """
         n = self.action_config.frame_px
         return EpisodeStart(
             samples.draw(rng),

@@ -1,0 +1,276 @@
+"""A model-based Autotune route: a regressor from Ronchigram pairs to residual aberrations.
+
+A single Ronchigram shows the magnitude of defocus, astigmatism and coma but not their signs;
+a pair around a known tune does. :class:`PairRegressor` is a small CNN that maps such a pair
+(the bright-field discs of ``ronchigram_previous`` and ``ronchigram``, plus the observation's
+``ronchigram_tunes`` and ``ronchigram_detector``) to the probe's total aberrations at the second
+Ronchigram: C10, C12a, C12b, C21a and C21b. It is trained on the twin's labels by
+``scripts/train_pair_regressor.py``; deployed, it reads only observations.
+
+:class:`PairRegressorTunerPolicy` loops: take a pair (the latest Ronchigram, a probe tune of
+C10 by +4 nm, a Ronchigram), estimate the residuals, tune the corrector by minus the estimate in
+the task's tune bins, and start again with a Ronchigram after the correction. Each iteration
+costs two Ronchigrams and the tunes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from torch import nn
+
+from scopegym.agents.baselines import ScriptedPolicy
+
+#: Aberrations the regressor estimates, in its output order.
+PAIR_ABERRATIONS: tuple[str, ...] = ("C10", "C12a", "C12b", "C21a", "C21b")
+
+#: Default label scale per aberration [nm]: Autotune's residual half-ranges.
+PAIR_LABEL_SCALE_NM: tuple[float, ...] = (12.0, 5.0, 5.0, 300.0, 300.0)
+
+#: Pixels kept around the Ronchigram's centre: the bright-field disc of the twin's 64² camera
+#: (±60 mrad at 30 mrad convergence) spans the central 32².
+DISC_CROP_PX = 32
+
+#: The probe tune between a pair's Ronchigrams: (aberration, change [nm]).
+PROBE_TUNE: tuple[str, float] = ("C10", 4.0)
+
+#: The shipped weights.
+DEFAULT_WEIGHTS = Path(__file__).parent / "data" / "ronchigram_pair_regressor.pt"
+
+
+def crop_disc(image: np.ndarray, size: int = DISC_CROP_PX) -> np.ndarray:
+    """The central ``size``² pixels of an image with two trailing image axes."""
+    image = np.asarray(image)
+    rows, cols = image.shape[-2], image.shape[-1]
+    r0, c0 = (rows - size) // 2, (cols - size) // 2
+    return image[..., r0 : r0 + size, c0 : c0 + size]
+
+
+def pair_inputs(observation: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The regressor's inputs from one AutotuneRonchigram-v1 observation.
+
+    Args:
+        observation: The observation (needs ``ronchigram``, ``ronchigram_previous``,
+            ``ronchigram_tunes`` and ``ronchigram_detector``).
+
+    Returns:
+        (images, scalars): float32 (2, 32, 32) in [0, 1], previous then latest Ronchigram's
+        disc; float32 (12,): the tunes between them [8 tune scales] and the encoded detector
+        statistics.
+    """
+    images = np.stack(
+        [
+            crop_disc(np.asarray(observation["ronchigram_previous"])).reshape(
+                DISC_CROP_PX, DISC_CROP_PX
+            ),
+            crop_disc(np.asarray(observation["ronchigram"])).reshape(DISC_CROP_PX, DISC_CROP_PX),
+        ]
+    ).astype(np.float32) / np.float32(255.0)
+    scalars = np.concatenate(
+        [
+            np.asarray(observation["ronchigram_tunes"], dtype=np.float32).reshape(-1),
+            np.asarray(observation["ronchigram_detector"], dtype=np.float32).reshape(-1),
+        ]
+    )
+    return images, scalars
+
+
+def _conv_stack(channels: int, width: int, pools: int) -> nn.Sequential:
+    """Conv-ReLU(-MaxPool) blocks doubling the width; ``pools`` halvings of the side."""
+    layers: list[nn.Module] = [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+    for k in range(pools):
+        layers += [
+            nn.Conv2d(width * 2**k, width * 2 ** (k + 1), 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+    return nn.Sequential(*layers, nn.Flatten())
+
+
+def _log_power(patches: torch.Tensor) -> torch.Tensor:
+    """Log power spectra of (..., n, n) patches, Hann-windowed, centred (zero frequency middle)."""
+    n = patches.shape[-1]
+    window = torch.hann_window(n, periodic=False, dtype=patches.dtype)
+    window = window[:, None] * window[None, :]
+    centred = patches - patches.mean(dim=(-2, -1), keepdim=True)
+    power = torch.fft.fft2(centred * window).abs() ** 2
+    return torch.fft.fftshift(torch.log1p(power), dim=(-2, -1))
+
+
+class PairRegressor(nn.Module):
+    """Small CNN: a Ronchigram pair and its tune/detector vector to normalised aberrations.
+
+    Three branches read the pair: the two discs themselves; their global log power spectra
+    (the shadow image's fringe spacing follows the defocus, its anisotropy the astigmatism);
+    and the local log power spectra of 3 × 3 overlapping 16² patches of each disc (coma makes
+    the local defocus vary across the disc). Spectra do not depend on where the specimen's
+    features fall, which the raw discs do.
+
+    Args:
+        scalars: Length of the scalar input (tunes and detector statistics).
+        outputs: Number of estimated aberrations.
+        width: Channels of the first convolution of each branch (doubled further down).
+    """
+
+    def __init__(self, scalars: int = 12, outputs: int = 5, width: int = 16) -> None:
+        super().__init__()
+        self.images = _conv_stack(2, width // 2, 3)  # 32² → 4²
+        self.spectra = _conv_stack(2, width // 2, 3)
+        self.local = _conv_stack(18, width, 2)  # 16² → 4²
+        features = 2 * (width // 2) * 8 * 16 + width * 4 * 16
+        self.head = nn.Sequential(
+            nn.Linear(features + scalars, 128),
+            nn.ReLU(),
+            nn.Linear(128, outputs),
+        )
+
+    def forward(self, images: torch.Tensor, scalars: torch.Tensor) -> torch.Tensor:
+        """Normalised aberrations (B, outputs) from images (B, 2, 32, 32) and scalars (B, S)."""
+        centred = images - images.mean(dim=(2, 3), keepdim=True)
+        spectra = _log_power(images)
+        patches = images.unfold(2, 16, 8).unfold(3, 16, 8)  # (B, 2, 3, 3, 16, 16)
+        local = _log_power(patches).reshape(images.shape[0], 18, 16, 16)
+        features = [self.images(centred), self.spectra(spectra), self.local(local), scalars]
+        return self.head(torch.cat(features, dim=1))
+
+
+def save_regressor(model: PairRegressor, path: str | Path, meta: Mapping[str, Any]) -> None:
+    """Save a regressor's state_dict with its normalisation constants and metadata.
+
+    Args:
+        model: The trained regressor.
+        path: Output file (``.pt``).
+        meta: Extra entries (``label_scale_nm``, ``width``, training figures, ...).
+    """
+    state = {k: v.detach().to(torch.float16) for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, **dict(meta)}, Path(path))
+
+
+def load_regressor(path: str | Path | None = None) -> tuple[PairRegressor, np.ndarray]:
+    """Load a regressor saved by :func:`save_regressor`.
+
+    Args:
+        path: Weights file; None: the shipped ``data/ronchigram_pair_regressor.pt``.
+
+    Returns:
+        (model, scale): the model in eval mode and the label scale [nm] per output, by which
+        its outputs are multiplied to give aberrations.
+    """
+    blob = torch.load(Path(path or DEFAULT_WEIGHTS), map_location="cpu", weights_only=True)
+    scale = np.asarray(blob.get("label_scale_nm", PAIR_LABEL_SCALE_NM), dtype=np.float64)
+    model = PairRegressor(
+        scalars=int(blob.get("scalars", 12)),
+        outputs=len(scale),
+        width=int(blob.get("width", 16)),
+    )
+    model.load_state_dict({k: v.to(torch.float32) for k, v in blob["state_dict"].items()})
+    model.eval()
+    return model, scale
+
+
+def estimate_aberrations(
+    model: PairRegressor, scale: np.ndarray, observation: Mapping[str, np.ndarray]
+) -> dict[str, float]:
+    """The regressor's estimate of the total aberrations at the latest Ronchigram [nm].
+
+    Args:
+        model: A loaded regressor.
+        scale: Its label scale per output [nm].
+        observation: An AutotuneRonchigram-v1 observation whose two Ronchigrams form the pair.
+
+    Returns:
+        Estimated aberrations by name [nm] (:data:`PAIR_ABERRATIONS`).
+    """
+    images, scalars = pair_inputs(observation)
+    with torch.no_grad():
+        out = model(torch.from_numpy(images)[None], torch.from_numpy(scalars)[None])
+    values = out.numpy().reshape(-1).astype(np.float64) * scale
+    return {name: float(v) for name, v in zip(PAIR_ABERRATIONS, values, strict=True)}
+
+
+class PairRegressorTunerPolicy(ScriptedPolicy):
+    """Iterative correction from a Ronchigram-pair regressor.
+
+    Loop until the episode ends: tune the probe (C10 by +4 nm) and take a Ronchigram, so that
+    the latest two Ronchigrams bracket a known tune; estimate the total aberrations at the
+    second with :class:`PairRegressor`; tune each coefficient by minus its estimate in the
+    task's tune bins (the largest bins that do not overshoot; only valid actions). The next
+    pair starts with a Ronchigram after the correction, so an iteration costs two Ronchigrams
+    (24 ms, ~1e5 e/Å²) and 0.5 s per tune. The estimates' errors shrink with the residuals, so
+    a few iterations converge. The probe always adds +4 nm, as in training; the correction
+    takes it back with the rest of the estimate.
+
+    Args:
+        env: An AutotuneRonchigram-v1 environment (ronchigram and tune verbs, pair observations).
+        weights: Weights file saved by ``scripts/train_pair_regressor.py``; None: the shipped
+            ``data/ronchigram_pair_regressor.pt``.
+        gain: Fraction of the estimate corrected per iteration (dimensionless).
+    """
+
+    name: ClassVar[str] = "pair_regressor"
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        weights: str | Path | None = None,
+        gain: float = 1.0,
+    ) -> None:
+        super().__init__(env)
+        torch.set_num_threads(1)
+        self.model, self.scale = load_regressor(weights)
+        self.gain = float(gain)
+        #: The latest estimate [nm], for inspection.
+        self.estimate: dict[str, float] = {}
+
+    def _tune_by(self, name: str, change_nm: float) -> Iterator[np.ndarray]:
+        """Tune one aberration by a change [nm] in the largest bins that do not overshoot."""
+        if name not in self.config.aberrations:
+            return
+        index = self.config.aberrations.index(name)
+        finest = min(abs(self.tune_delta_nm(name, k)) for k in range(len(self.config.delta_steps)))
+        remaining = float(change_nm)
+        for _step in range(64):
+            if abs(remaining) < 0.5 * finest:
+                return
+            fits = [
+                (abs(self.tune_delta_nm(name, k)), k)
+                for k in range(len(self.config.delta_steps))
+                if self.tune_delta_nm(name, k) * remaining > 0
+                and abs(self.tune_delta_nm(name, k)) <= abs(remaining) + 0.5 * finest
+            ]
+            fits = [
+                fit
+                for fit in fits
+                if self.is_valid(self.action("tune", aberration=index, delta=fit[1]))
+            ]
+            if not fits:
+                return
+            delta = max(fits)[1]
+            yield self.action("tune", aberration=index, delta=delta)
+            if self.replaced:
+                return
+            remaining -= self.tune_delta_nm(name, delta)
+
+    def _ronchigram_if_stale(self) -> Iterator[np.ndarray]:
+        """A Ronchigram when the latest image predates the last tune."""
+        if float(np.asarray(self.observation["state"])[-1]) <= 0.5:
+            yield self.action("ronchigram")
+
+    def _script(self) -> Iterator[np.ndarray]:
+        cfg = self.config
+        if "tune" not in cfg.verbs or "ronchigram" not in cfg.verbs:
+            while True:
+                yield self.fallback(self.masks)
+        probe_name, probe_nm = PROBE_TUNE
+        while True:
+            yield from self._ronchigram_if_stale()
+            yield from self._tune_by(probe_name, probe_nm)
+            yield self.action("ronchigram")
+            self.estimate = estimate_aberrations(self.model, self.scale, self.observation)
+            for name in PAIR_ABERRATIONS:
+                yield from self._tune_by(name, -self.gain * self.estimate[name])
