@@ -13,12 +13,25 @@ Prints the twin's time per pair, the training time and the validation RMS error 
 next to the draw's spread (the RMS of a uniform draw over ±half-range), and saves a float16
 state_dict with its normalisation constants.
 
-Usage (the shipped weights: width 8, 8 epochs, no augmentation, on 12,000 pairs of this script
-with ``--seed 20`` and 12,000 of its first revision, ``--seed 0``, which shrank all five
-coefficients together; 5–8 min of pairs per 12,000 and ~4.5 min of training on one core):
+Usage:
     python scripts/train_pair_regressor.py [--train-pairs 24000] [--epochs 8] [--width 8]
-        [--augment] [--cache /tmp/pairs.npz [more.npz ...]] [--generate-only]
-        [--out src/scopegym/agents/data/ronchigram_pair_regressor.pt]
+        [--shrink groups|joint] [--augment] [--cache /tmp/pairs.npz [more.npz ...]]
+        [--generate-only] [--out src/scopegym/agents/data/ronchigram_pair_regressor.pt]
+
+The shipped weights (validation RMS 2.43, 1.25, 1.34, 113, 120 nm for C10, C12a, C12b, C21a,
+C21b; ~4.5 min of pairs per 12,000 and ~3 min of training on one core of the 2-core machine)::
+
+    python scripts/train_pair_regressor.py --train-pairs 12000 --seed 20 \
+        --cache /tmp/pairs_seed20.npz --generate-only
+    python scripts/train_pair_regressor.py --train-pairs 12000 --seed 0 --shrink joint \
+        --cache /tmp/pairs_joint_seed0.npz --generate-only
+    python scripts/train_pair_regressor.py --cache /tmp/pairs_seed20.npz \
+        /tmp/pairs_joint_seed0.npz --epochs 8 --width 8 --seed 0
+
+Both kinds of draw matter: trained on the ``groups`` pairs alone (24,000, ``--seed 20``), the
+regressor's validation errors are within 15 % of these, but the tuner built on it reaches
+tolerance on 4 of 25 validation samples instead of 24 (the closed loop, not the open-loop
+error, is what to check when changing the recipe).
 """
 
 from __future__ import annotations
@@ -66,7 +79,12 @@ def _probe_action(core: Any) -> np.ndarray:
 
 
 def generate(
-    samples: str, episodes: int, pairs_per_episode: int, seed: int, shrunk_fraction: float = 0.6
+    samples: str,
+    episodes: int,
+    pairs_per_episode: int,
+    seed: int,
+    shrunk_fraction: float = 0.6,
+    shrink: str = "groups",
 ) -> dict[str, np.ndarray]:
     """Pairs from ``episodes`` resets on a sample set.
 
@@ -76,6 +94,8 @@ def generate(
         pairs_per_episode: Pairs per episode; the first has the task's own draw.
         seed: Seed of the resets and the shrink draws.
         shrunk_fraction: Fraction of the further pairs whose draw is shrunk.
+        shrink: ``groups`` (defocus with astigmatism, and coma, each shrunk on its own with
+            probability ``shrunk_fraction``) or ``joint`` (all five by one factor).
 
     Returns:
         ``images`` uint8 (P, 2, 32, 32), ``scalars`` float32 (P, 12), ``labels`` float32 (P, 5)
@@ -94,12 +114,13 @@ def generate(
             if k > 0:
                 # Defocus and astigmatism shrink together, coma on its own: after a first
                 # correction the tuner meets a focused probe with coma left, and the reverse.
-                shrink = np.ones(len(half))
-                for group in (slice(0, 3), slice(3, 5)):
+                factors_by = np.ones(len(half))
+                groups = (slice(0, 5),) if shrink == "joint" else (slice(0, 3), slice(3, 5))
+                for group in groups:
                     if rng.random() < shrunk_fraction:
-                        shrink[group] = float(np.exp(rng.uniform(np.log(0.03), 0.0)))
-                factor = float(shrink.max())
-                target = shrink * rng.uniform(-half, half)
+                        factors_by[group] = float(np.exp(rng.uniform(np.log(0.03), 0.0)))
+                factor = float(factors_by.max())
+                target = factors_by * rng.uniform(-half, half)
                 total = core.truth.aberrations_nm()
                 for name, value in zip(PAIR_ABERRATIONS, target, strict=True):
                     core.instrument.execute(Tune(name, float(value - total[name])))
@@ -228,6 +249,13 @@ def main() -> None:
         help="npz files of generated pairs: the first is written when it does not exist; "
         "the training pairs of all are used, the validation pairs of the first",
     )
+    parser.add_argument(
+        "--shrink",
+        choices=("groups", "joint"),
+        default="groups",
+        help="how further pairs' draws are shrunk: defocus+astigmatism and coma on their own, "
+        "or all five by one factor",
+    )
     parser.add_argument("--generate-only", action="store_true", help="write the cache and stop")
     parser.add_argument("--out", type=Path, default=DEFAULT_WEIGHTS)
     args = parser.parse_args()
@@ -250,8 +278,12 @@ def main() -> None:
         valid = {k[6:]: loaded[0][k] for k in loaded[0].files if k.startswith("valid_")}
     else:
         ppe = args.pairs_per_episode
-        data = generate("train", -(-args.train_pairs // ppe), ppe, seed=args.seed + 1)
-        valid = generate("validation", -(-args.valid_pairs // ppe), ppe, seed=args.seed + 2)
+        data = generate(
+            "train", -(-args.train_pairs // ppe), ppe, seed=args.seed + 1, shrink=args.shrink
+        )
+        valid = generate(
+            "validation", -(-args.valid_pairs // ppe), ppe, seed=args.seed + 2, shrink=args.shrink
+        )
         if args.cache:
             np.savez(
                 args.cache[0],

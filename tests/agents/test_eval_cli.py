@@ -458,3 +458,19 @@ def test_defect_search_plot_has_an_inset_at_the_scale_of_the_tiles() -> None:
     assert x1 - x0 == pytest.approx(4.0) and y1 - y0 == pytest.approx(4.0)
     # ... inside the zoomed window.
     assert left - 4.0 < x0 < right and top - 4.0 < y0 < bottom
+
+
+def test_results_json_round_trips_with_one_line_per_episode() -> None:
+    from scopegym.agents.eval_cli import results_json
+
+    document = {
+        "statistics": {"confidence": 0.95, "methods": {"wilson": "k/n"}},
+        "episodes": [{"policy": "a", "commands": [{"command": "Scan"}] * 3}, {"policy": "b"}],
+        "summary": {"a": {"return": [1.0, 0.5, 1.5]}},
+    }
+    text = results_json(document)
+    assert json.loads(text) == document
+    lines = text.splitlines()
+    assert sum(line.lstrip().startswith('{"policy"') for line in lines) == 2
+    assert '    "confidence": 0.95,' in lines  # the rest stays indented
+    assert json.loads(results_json(dict(document, episodes=[]))) == dict(document, episodes=[])

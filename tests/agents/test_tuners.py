@@ -159,3 +159,24 @@ def test_bo_tuner_without_the_gp_extra_says_how_to_install_it(
         make_baseline("bo_tuner", env)
     # The scan-only tuner needs no extra.
     assert make_baseline("pattern_search", env).name == "pattern_search"
+
+
+def test_a_search_the_budget_ends_finishes_on_its_incumbent() -> None:
+    # With no ground truth to end the episode (a real column), the budget does: the tuner must
+    # then stand on the best settings it found, not on its last probe.
+    env = MicroscopeEnv(_OnlyThese(COMA), samples="validation")
+    policy = make_baseline("pattern_search", env)
+    obs, _ = env.reset(seed=0)
+    policy.reset()
+    truncated = False
+    while not truncated:
+        action, _ = policy.predict(obs, action_masks=env.action_masks())
+        obs, _, _terminated, truncated, info = env.step(action)
+    assert isinstance(policy, PatternSearchTunerPolicy)
+    assert policy.incumbent_nm
+    reported = env.instrument.state().aberrations_nm
+    assert {name: reported[name] for name in policy.incumbent_nm} == pytest.approx(
+        policy.incumbent_nm
+    )
+    assert info["elapsed_s"] >= env.task.budget.time_s  # the budget, not the tuner, ended it
+    assert env.truth.phase_error_rms_rad() <= MARECHAL_RAD

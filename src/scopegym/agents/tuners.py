@@ -47,6 +47,13 @@ TUNED_ABERRATIONS = ("C10", "C12a", "C12b", "C21a", "C21b")
 Stage = tuple[tuple[str, ...], tuple[float, ...], tuple[float, ...], int]
 
 
+#: Instrument time of one tune assumed before one has been timed [s] (the twin's 0.5 s).
+ASSUMED_TUNE_S = 0.5
+#: Tunes' worth of time kept beyond those back to the incumbent when the budget runs out: the
+#: largest probe a search step makes (three tunes out and back) and a frame.
+SETTLE_MARGIN_TUNES = 8
+
+
 class _ExcessVarianceTuner(ScriptedPolicy):
     """Shared machinery: corrector moves in tune bins and frames scored by excess variance."""
 
@@ -60,6 +67,8 @@ class _ExcessVarianceTuner(ScriptedPolicy):
         #: The settings the search holds best so far [nm] (the reported ones it last settled
         #: on; empty before it settles).
         self.incumbent_nm: dict[str, float] = {}
+        #: Longest instrument time one tune has taken so far [s].
+        self._tune_s = ASSUMED_TUNE_S
 
     # -- what the instrument reports --------------------------------------------------------
 
@@ -172,6 +181,7 @@ class _ExcessVarianceTuner(ScriptedPolicy):
         """Start the plan afresh (called at every episode start)."""
         self.frames = 0
         self.incumbent_nm = {}
+        self._tune_s = ASSUMED_TUNE_S
         super().reset()
 
     def _script(self) -> Iterator[np.ndarray]:
@@ -182,9 +192,36 @@ class _ExcessVarianceTuner(ScriptedPolicy):
                     "'detector' entry, which this environment does not offer (use "
                     "scopegym/Autotune-v1 or scopegym/AutotuneRonchigram-v1)"
                 )
-            yield from self._search()
+            for action in self._search():
+                if self._time_to_settle():
+                    break
+                before = self.instrument_state.elapsed_s
+                yield action
+                if self.config.verbs[int(action[0])] == "tune":
+                    spent = self.instrument_state.elapsed_s - before
+                    self._tune_s = max(self._tune_s, spent)
+            # Where no ground truth ends the episode (a real column, usim), the search would
+            # otherwise stop wherever the budget cut it, often mid-probe: end on the best
+            # settings found.
+            yield from self.go(self.incumbent_nm)
         while True:
             yield self.longest_scan()
+
+    def _time_to_settle(self) -> bool:
+        """Whether the time left [s] only just covers tuning back to the incumbent.
+
+        Time used comes from the observation's state (its budget fraction); a tune's duration
+        is the longest one seen so far (at least :data:`ASSUMED_TUNE_S`).
+        """
+        budget_s = float(self.unwrapped.task.budget.time_s)
+        used_s = 0.5 * (float(np.asarray(self.observation["state"])[3]) + 1.0) * budget_s
+        tunes = sum(
+            int(self.tunes_needed(name, value - self.setting(name)))
+            for name, value in self.incumbent_nm.items()
+        )
+        # The tunes back, then room for the largest probe move of a search step.
+        reserve_s = (tunes + SETTLE_MARGIN_TUNES) * self._tune_s
+        return budget_s - used_s < reserve_s
 
     def _search(self) -> Iterator[np.ndarray]:
         raise NotImplementedError
