@@ -292,7 +292,7 @@ def _bare_copy(tmp_path: Path) -> Path:
             "it was trained on observations frame (1, 96, 96)",
         ),
         (
-            ["env=autotune", "env.kwargs.frame_px=96", "checkpoint={tmp}/bare.zip"],
+            ["env=autotune_v0", "env.kwargs.frame_px=96", "checkpoint={tmp}/bare.zip"],
             "it was trained on actions MultiDiscrete",
         ),
     ],
