@@ -483,6 +483,31 @@ class ScriptedPolicy:
         """The change [nm] a tune step bin applies to an aberration."""
         return self.config.delta_steps[delta_index] * self.config.tune_scale_nm.get(name, 1.0)
 
+    def finest_tune_nm(self, name: str) -> float:
+        """The smallest change [nm] a tune step bin makes to an aberration."""
+        return min(abs(d) for d in self.config.delta_steps) * self.config.tune_scale_nm.get(
+            name, 1.0
+        )
+
+    def tune_bins_toward(self, name: str, remaining_nm: float) -> list[int]:
+        """Tune bins that move an aberration towards a change [nm] without overshooting it.
+
+        A bin qualifies when it has the change's sign and is at most half the finest bin longer
+        than the change; they come largest first, so a plan that takes the first valid one
+        tunes in the largest steps that do not overshoot. Empty when the change is within half
+        the finest bin.
+        """
+        finest = self.finest_tune_nm(name)
+        if abs(remaining_nm) < 0.5 * finest:
+            return []
+        fits = [
+            (abs(self.tune_delta_nm(name, k)), k)
+            for k in range(len(self.config.delta_steps))
+            if self.tune_delta_nm(name, k) * remaining_nm > 0
+            and abs(self.tune_delta_nm(name, k)) <= abs(remaining_nm) + 0.5 * finest
+        ]
+        return [k for _magnitude, k in sorted(fits, reverse=True)]
+
     def fallback(self, masks: np.ndarray) -> np.ndarray:
         """A valid action when the plan's is not: a scan at the longest dwell if possible."""
         if "scan" in self.config.verbs:
@@ -1352,22 +1377,12 @@ class AutofocusPolicy(_SerpentineMixin):
     def _tune_to(self, name: str, target_nm: float) -> Iterator[np.ndarray]:
         """Tune one aberration towards a value [nm], in the largest bins that do not overshoot."""
         index = self.config.aberrations.index(name)
-        finest = min(abs(d) for d in self.config.delta_steps) * self.config.tune_scale_nm.get(
-            name, 1.0
-        )
         for _step in range(32):
             remaining = target_nm - self.instrument_state.aberrations_nm.get(name, 0.0)
-            if abs(remaining) < 0.5 * finest:
+            bins = self.tune_bins_toward(name, remaining)
+            if not bins:
                 return
-            fits = [
-                (abs(self.tune_delta_nm(name, k)), k)
-                for k in range(len(self.config.delta_steps))
-                if self.tune_delta_nm(name, k) * remaining > 0
-                and abs(self.tune_delta_nm(name, k)) <= abs(remaining) + 0.5 * finest
-            ]
-            if not fits:
-                return
-            action = self.action("tune", aberration=index, delta=max(fits)[1])
+            action = self.action("tune", aberration=index, delta=bins[0])
             if not self.is_valid(action):
                 return
             yield action
@@ -1398,7 +1413,7 @@ class AutofocusPolicy(_SerpentineMixin):
                 offsets = np.array([0.0, step, third])
                 values = np.array([sharp_now, sharp_up, sharp_third])
                 best = _parabola_vertex(offsets, values, step)
-                finest = min(abs(d) for d in cfg.delta_steps) * cfg.tune_scale_nm.get(name, 1.0)
+                finest = self.finest_tune_nm(name)
                 best = round(best / finest) * finest
                 at = self.instrument_state.aberrations_nm.get(name, 0.0) - base
                 if abs(best - at) < 0.5 * finest:

@@ -232,25 +232,16 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
         if name not in self.config.aberrations:
             return
         index = self.config.aberrations.index(name)
-        finest = min(abs(self.tune_delta_nm(name, k)) for k in range(len(self.config.delta_steps)))
         remaining = float(change_nm)
         for _step in range(64):
-            if abs(remaining) < 0.5 * finest:
-                return
-            fits = [
-                (abs(self.tune_delta_nm(name, k)), k)
-                for k in range(len(self.config.delta_steps))
-                if self.tune_delta_nm(name, k) * remaining > 0
-                and abs(self.tune_delta_nm(name, k)) <= abs(remaining) + 0.5 * finest
+            valid = [
+                k
+                for k in self.tune_bins_toward(name, remaining)
+                if self.is_valid(self.action("tune", aberration=index, delta=k))
             ]
-            fits = [
-                fit
-                for fit in fits
-                if self.is_valid(self.action("tune", aberration=index, delta=fit[1]))
-            ]
-            if not fits:
+            if not valid:
                 return
-            delta = max(fits)[1]
+            delta = valid[0]
             yield self.action("tune", aberration=index, delta=delta)
             if self.replaced:
                 return

@@ -100,15 +100,9 @@ class _ExcessVarianceTuner(ScriptedPolicy):
         """The reported settings of the tuned coefficients [nm]."""
         return {name: self.setting(name) for name in self.names}
 
-    def finest_nm(self, name: str) -> float:
-        """The smallest change a tune bin makes to a coefficient [nm]."""
-        return min(abs(d) for d in self.config.delta_steps) * self.config.tune_scale_nm.get(
-            name, 1.0
-        )
-
     def quantised(self, name: str, value_nm: float) -> float:
         """A setting rounded to the finest tune bin [nm]."""
-        finest = self.finest_nm(name)
+        finest = self.finest_tune_nm(name)
         return round(value_nm / finest) * finest
 
     def tunes_needed(self, name: str, change_nm: float | np.ndarray) -> np.ndarray:
@@ -135,20 +129,11 @@ class _ExcessVarianceTuner(ScriptedPolicy):
         Stops early where a bin is refused (the corrector's range).
         """
         index = self.config.aberrations.index(name)
-        finest = self.finest_nm(name)
         for _step in range(64):
-            remaining = target_nm - self.setting(name)
-            if abs(remaining) < 0.5 * finest:
+            bins = self.tune_bins_toward(name, target_nm - self.setting(name))
+            if not bins:
                 return
-            fits = [
-                (abs(self.tune_delta_nm(name, k)), k)
-                for k in range(len(self.config.delta_steps))
-                if self.tune_delta_nm(name, k) * remaining > 0
-                and abs(self.tune_delta_nm(name, k)) <= abs(remaining) + 0.5 * finest
-            ]
-            if not fits:
-                return
-            action = self.action("tune", aberration=index, delta=max(fits)[1])
+            action = self.action("tune", aberration=index, delta=bins[0])
             if not self.is_valid(action):
                 return
             yield action
@@ -381,7 +366,7 @@ class PatternSearchTunerPolicy(_ExcessVarianceTuner):
         target = self.quantised(name, target)
         yield from self.tune_to(name, self.quantised(name, base + target))
         self.incumbent_nm = self.settings()
-        finest = self.finest_nm(name)
+        finest = self.finest_tune_nm(name)
         smallest = max(finest, self.smallest_steps[name])
         if spread <= 2.0 * noise:
             # No signal: either on the flat floor far from the optimum or at it with a step
@@ -490,7 +475,7 @@ class BayesianTunerPolicy(_ExcessVarianceTuner):
         """Grid settings inside the box, quantised to the tune bins [nm], one row each."""
         axes = []
         for name, c, h, d in zip(names, centre, half, spacing, strict=True):
-            d = max(d, self.finest_nm(name))
+            d = max(d, self.finest_tune_nm(name))
             count = int(math.floor(h / d + 1e-9))
             axes.append(self.quantised(name, c) + d * np.arange(-count, count + 1))
         mesh = np.meshgrid(*axes, indexing="ij")
@@ -615,7 +600,7 @@ class BayesianTunerPolicy(_ExcessVarianceTuner):
                 half_nm = shrink * np.asarray(half)[keep]
                 spacing_nm = np.maximum(
                     np.asarray(spacing)[keep] * max(shrink, 0.25),
-                    [self.finest_nm(name) for name in present],
+                    [self.finest_tune_nm(name) for name in present],
                 )
                 yield from self._stage(present, half_nm, spacing_nm, acquisitions)
             shrink *= 0.5

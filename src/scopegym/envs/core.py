@@ -299,8 +299,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self._play = [0, 0]
         if self.episode_map is not None:
             self.episode_map.reset()
-        # Per image kind ("frame", "ronchigram"): the latest and the previous acquisition's
-        # contrast-stretched image, raw statistics and corrector settings [nm] (latest first).
+        # Per image kind ("frame", "ronchigram"): the previous acquisition's contrast-stretched
+        # image, and both acquisitions' raw statistics and corrector settings [nm].
         self._pairs: dict[str, _AcquisitionPair] = {
             "frame": _AcquisitionPair.empty(n),
             "ronchigram": _AcquisitionPair.empty(n),
@@ -311,12 +311,15 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return state.elapsed_s - start.elapsed_s, state.dose_e_per_A2 - start.dose_e_per_A2
 
     def _observe_result(
-        self, result: Result, view: tuple[float, float, float, float] | None
+        self,
+        result: Result,
+        view: tuple[float, float, float, float] | None,
+        state: InstrumentState | None = None,
     ) -> None:
         n = self.task.action_config.frame_px
         if isinstance(result, Frame):
+            self._remember_pair("frame", self._frame, result.counts, state)
             self._frame = resample_square(contrast_stretch(result.counts), n)[None]
-            self._remember_pair("frame", self._frame, result.counts)
             self._have_frame = True
             self._frame_is_current = True
             self._last_frame = result
@@ -332,19 +335,32 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self._last_spectrum = result
             self.history.append(result)
         elif isinstance(result, RonchigramImage):
+            self._remember_pair("ronchigram", self._ronchigram, result.counts, state)
             self._ronchigram = ronchigram_observation(result.counts, n)[None]
-            self._remember_pair("ronchigram", self._ronchigram, result.counts)
             self._frame_is_current = True
             self._last_ronchigram = result
             self.history.append(result)
         else:  # the new state of a Zoom, Move or Tune: the frame shows what was
             self._frame_is_current = False
 
-    def _remember_pair(self, kind: str, image: np.ndarray, counts: np.ndarray) -> None:
+    def _remember_pair(
+        self,
+        kind: str,
+        shown: np.ndarray,
+        counts: np.ndarray,
+        state: InstrumentState | None,
+    ) -> None:
+        """Push an acquisition of ``counts``.
+
+        ``shown`` is the image of this kind the observation showed until now (it becomes the
+        previous one); ``state`` is the instrument's after the acquisition (None: ask for it).
+        """
         if self.task.acquisition_pairs:
-            settings = self.instrument.state().aberrations_nm
+            # The step already read the state after the command: on a remote instrument
+            # another query would be another round trip per frame.
+            settings = (state or self.instrument.state()).aberrations_nm
             self._pairs[kind] = self._pairs[kind].push(
-                image,
+                shown,
                 detector_statistics(counts),
                 np.array([settings.get(name, 0.0) for name in TUNABLE_ABERRATIONS]),
             )
@@ -524,7 +540,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             reward += float(self.reward_module(ctx))
             for name, value in getattr(self.reward_module, "last_parts", {}).items():
                 parts[name] = parts.get(name, 0.0) + float(value)
-            self._observe_result(result, view)
+            self._observe_result(result, view, after)
             self.trajectory.append((command, after))
             self._count_motion(command)
             info["command"] = command.to_dict()
@@ -589,25 +605,28 @@ DETECTOR_PAIR = ("latest", "previous")
 
 @dataclass(frozen=True)
 class _AcquisitionPair:
-    """The latest two acquisitions of one image kind (``previous_*`` is None before two)."""
+    """The latest two acquisitions of one image kind, but the latest image itself.
+
+    The latest image is the observation's own ``frame`` or ``ronchigram``; ``previous_*`` is
+    None (the image blank) before there are two.
+    """
 
     previous_image: np.ndarray
     latest_stats: DetectorStatistics | None
     previous_stats: DetectorStatistics | None
     latest_settings_nm: np.ndarray | None
     previous_settings_nm: np.ndarray | None
-    latest_image: np.ndarray
 
     @classmethod
     def empty(cls, size_px: int) -> _AcquisitionPair:
-        blank = np.zeros((1, size_px, size_px), np.uint8)
-        return cls(blank, None, None, None, None, blank)
+        return cls(np.zeros((1, size_px, size_px), np.uint8), None, None, None, None)
 
     def push(
-        self, image: np.ndarray, stats: DetectorStatistics, settings_nm: np.ndarray
+        self, shown: np.ndarray, stats: DetectorStatistics, settings_nm: np.ndarray
     ) -> _AcquisitionPair:
+        """The pair after a new acquisition; ``shown``, the image it replaces, becomes previous."""
         return _AcquisitionPair(
-            self.latest_image, stats, self.latest_stats, settings_nm, self.latest_settings_nm, image
+            shown, stats, self.latest_stats, settings_nm, self.latest_settings_nm
         )
 
     def tunes(self, scales_nm: np.ndarray) -> np.ndarray:
