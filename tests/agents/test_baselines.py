@@ -38,8 +38,9 @@ SUPPORTED = [
     ("scopegym/AutotuneRonchigram-v1", "random"),
     ("scopegym/AutotuneRonchigram-v1", "autofocus"),
     ("scopegym/AutotuneRonchigram-v1", "ronchigram_autofocus"),
-    ("scopegym/SpectrumDiscovery-v0", "random"),
-    ("scopegym/SpectrumDiscovery-v0", "raster"),
+    ("scopegym/SpectrumDiscovery-v1", "random"),
+    ("scopegym/SpectrumDiscovery-v1", "raster"),
+    ("scopegym/SpectrumDiscovery-v1", "signature_locator"),
     ("scopegym/Survey-v1", "random"),
     ("scopegym/Survey-v1", "raster"),
     ("scopegym/Survey-v1", "greedy"),
@@ -118,6 +119,7 @@ def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
         "bo_tuner",
         "pair_regressor",
         "dkl",
+        "signature_locator",
     }
     env = gym.make("scopegym/DefectSearch-v1")
     with pytest.raises(KeyError, match="known"):

@@ -19,7 +19,7 @@ from scopegym.agents.dkl import (
 )
 from scopegym.instrument import SampleSpec
 
-ENV_ID = "scopegym/SpectrumDiscovery-v0"
+ENV_ID = "scopegym/SpectrumDiscovery-v1"
 
 
 def _episode(run: int, sample: SampleSpec, **kwargs: Any) -> tuple[list[dict[str, Any]], float]:

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -474,3 +475,29 @@ def test_results_json_round_trips_with_one_line_per_episode() -> None:
     assert sum(line.lstrip().startswith('{"policy"') for line in lines) == 2
     assert '    "confidence": 0.95,' in lines  # the rest stays indented
     assert json.loads(results_json(dict(document, episodes=[]))) == dict(document, episodes=[])
+
+
+def test_spectrum_positions_follow_the_commands_on_the_field_and_are_drawn():
+    import gymnasium as gym
+
+    from scopegym.agents.eval_cli import PolicyRun, map_figure, spectrum_positions
+
+    env = gym.make("scopegym/SpectrumDiscovery-v1")
+    env.reset(seed=0)
+    core = env.unwrapped
+    for x, y in [(0, 0), (23, 5)]:
+        env.step(np.array([0, 0, 0, 0, 0, x, y, 0, 0]))
+    env.step(np.array([0, 0, 0, 0, 0, 23, 5, 0, 0]))  # the same position again
+    positions = np.asarray(spectrum_positions(core))
+    # On the overview: its reported centre plus the probe's offset in the 8 nm field (no moves).
+    overview = core._overview
+    centre = np.array(
+        [overview.stage_x_nm + overview.shift_x_nm, overview.stage_y_nm + overview.shift_y_nm]
+    )
+    offsets = (np.array([[0.5, 0.5], [23.5, 5.5], [23.5, 5.5]]) / 24 - 0.5) * 8.0
+    np.testing.assert_allclose(positions, centre + offsets, atol=1e-9)
+    run = PolicyRun("fixed", [], core._overview, (), 8.0, tuple(map(tuple, positions)))
+    figure = map_figure(run)
+    assert figure is not None
+    assert "3 spectra" in figure.axes[0].get_title()
+    env.close()

@@ -32,7 +32,7 @@ def _batch(space, size, rng):
             ["frame", "ronchigram"],  # each with its _previous image stacked in
             ["detector", "odometry", "ronchigram_detector", "ronchigram_tunes", "state", "tunes"],
         ),
-        ("scopegym/SpectrumDiscovery-v0", ["frame"], ["odometry", "spectrum", "state"]),
+        ("scopegym/SpectrumDiscovery-v1", ["frame"], ["odometry", "spectra", "spectrum", "state"]),
     ],
 )
 def test_every_entry_gets_its_own_encoder_of_its_own_width(env_id, images, vectors):

@@ -44,7 +44,7 @@ def test_spectrum_observation_stays_in_unit_interval(counts):
 
 def test_spectra_in_a_random_rollout_stay_inside_the_observation_space():
     # Seed 0 with these sampled actions once returned a spectrum bin of 1.0000001.
-    env = gym.make("scopegym/SpectrumDiscovery-v0").unwrapped
+    env = gym.make("scopegym/SpectrumDiscovery-v1").unwrapped
     env.reset(seed=0)
     env.action_space.seed(0)
     spectra = 0
@@ -96,3 +96,22 @@ def test_autotune_variants_share_their_draws():
     ronchigram.reset(seed=7)
     assert plain.truth.aberrations_nm() == ronchigram.truth.aberrations_nm()
     assert plain.truth.stage_commanded_nm() == ronchigram.truth.stage_commanded_nm()
+
+
+def test_spectra_entry_marks_exactly_the_positions_measured_and_v0_has_none():
+    env = gym.make("scopegym/SpectrumDiscovery-v1")
+    obs, _ = env.reset(seed=0)
+    assert obs["frame"].shape == (1, 128, 128)
+    assert obs["spectra"].shape == (24 * 24,) and not obs["spectra"].any()
+    expected = set()
+    for x, y in [(0, 0), (23, 5), (7, 23), (23, 5)]:
+        obs, *_ = env.step(np.array([0, 0, 0, 0, 0, x, y, 0, 0]))
+        expected.add(y * 24 + x)
+        assert set(np.flatnonzero(obs["spectra"])) == expected
+        assert env.observation_space.contains(obs)
+    obs, _ = env.reset(seed=1)
+    assert not obs["spectra"].any()  # a new episode forgets the last one's positions
+    legacy = gym.make("scopegym/SpectrumDiscovery-v1", version=0, frame_px=64)
+    obs, _ = legacy.reset(seed=0)
+    assert "spectra" not in obs and obs["frame"].shape == (1, 64, 64)
+    assert tuple(legacy.action_space.nvec[5:7]) == (12, 12)

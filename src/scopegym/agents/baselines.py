@@ -33,6 +33,10 @@ bo_tuner   GP-UCB on the frames' excess variance, in stages (needs ``scopegym[gp
 dkl        deep-kernel-learning active learning of where spectra are most distinct: a GP on
            learned embeddings of the frame's patches, UCB over the spectrum grid (SpectrumDiscovery;
            needs ``scopegym[gp]``; :mod:`scopegym.agents.dkl`)
+signature_locator
+           spectra where a network trained on the twin's labels reads, in the frame, the
+           signature classes not recorded yet (SpectrumDiscovery;
+           :mod:`scopegym.agents.spectrum_locator`)
 =========  ====================================================================================
 """
 
@@ -1527,6 +1531,11 @@ BASELINES["pair_regressor"] = PairRegressorTunerPolicy
 from scopegym.agents.dkl import DKLSpectrumPolicy  # noqa: E402
 
 BASELINES["dkl"] = DKLSpectrumPolicy
+
+# The signature locator's policy, likewise (it needs torch, which the core install has).
+from scopegym.agents.spectrum_locator import SignatureLocatorPolicy  # noqa: E402
+
+BASELINES["signature_locator"] = SignatureLocatorPolicy
 
 
 def make_baseline(name: str, env: gym.Env[Any, Any], **kwargs: Any) -> ScriptedPolicy:

@@ -187,8 +187,9 @@ class DKLSpectrumPolicy(ScriptedPolicy):
     Args:
         env: The environment (needs the spectrum verb).
         seed: Seed of the first seed position and of the network's initialisation.
-        patch_px: Side of the image patch around each candidate [px].
-        window_px: Standard deviation of the patch's Gaussian weighting [px].
+        patch_px: Side of the image patch around each candidate [px]; None: 2 nm of the 8 nm
+            frame (16 px of a 64 px frame, 32 of a 128 px one).
+        window_px: Standard deviation of the patch's Gaussian weighting [px]; None: 0.5 nm.
         components: Principal components of the patches fed to the network.
         embedding_dim: Dimension of the learned latent space.
         seed_spectra: Spectra placed by farthest-point sampling before the GP takes over.
@@ -210,8 +211,8 @@ class DKLSpectrumPolicy(ScriptedPolicy):
         self,
         env: gym.Env[Any, Any],
         seed: int = 0,
-        patch_px: int = 16,
-        window_px: float = 4.0,
+        patch_px: int | None = None,
+        window_px: float | None = None,
         components: int = 8,
         embedding_dim: int = 2,
         seed_spectra: int = 4,
@@ -225,8 +226,10 @@ class DKLSpectrumPolicy(ScriptedPolicy):
         super().__init__(env)
         self.seed = int(seed)
         self.rng = np.random.default_rng(seed)
-        self.patch_px = int(patch_px)
-        self.window_px = float(window_px)
+        # The patch keeps its physical size whatever the frame's pixel count.
+        frame_px = int(self.config.frame_px)
+        self.patch_px = int(patch_px) if patch_px is not None else 16 * frame_px // 64
+        self.window_px = float(window_px) if window_px is not None else 4.0 * frame_px / 64
         self.components = int(components)
         self.embedding_dim = int(embedding_dim)
         self.seed_spectra = max(1, int(seed_spectra))

@@ -295,6 +295,7 @@ class PolicyRun:
         overview: The last episode's overview frame (a Frame), or None.
         frames: Every frame of the last episode, in order (the overview included).
         tile_nm: The task's smallest field of view [nm] (NaN if unknown).
+        spectra: Reported (x, y) probe positions of the last episode's spectra, in order [nm].
     """
 
     name: str
@@ -302,6 +303,7 @@ class PolicyRun:
     overview: Any = None
     frames: tuple[Any, ...] = ()
     tile_nm: float = math.nan
+    spectra: tuple[tuple[float, float], ...] = ()
 
 
 def run_policy(
@@ -344,7 +346,38 @@ def run_policy(
     frames = tuple(item for item in getattr(core, "history", ()) if isinstance(item, Frame))
     config = getattr(getattr(core, "task", None), "action_config", None)
     levels = tuple(getattr(config, "fov_levels_nm", ()))
-    return PolicyRun(name, results, overview, frames, float(min(levels)) if levels else math.nan)
+    tile = float(min(levels)) if levels else math.nan
+    return PolicyRun(name, results, overview, frames, tile, spectrum_positions(core))
+
+
+def spectrum_positions(core: Any) -> tuple[tuple[float, float], ...]:
+    """Probe positions [nm] of the spectra in an environment's latest episode, on its overview.
+
+    A Spectrum's ``x``, ``y`` are fractions of the field of view at the time (the state after
+    it gives the field). The field's centre is the overview's reported centre plus the Move and
+    Shift commands since: the encoders' read noise (~1 nm on the twin) would scatter positions
+    taken from each step's reported stage position by several spectrum-grid pitches.
+    """
+    from scopegym.instrument import Move, Shift, Spectrum
+
+    overview = getattr(core, "_overview", None)
+    if overview is None:
+        return ()
+    x0, y0, _ = _view(overview)
+    offset = np.zeros(2)
+    positions = []
+    for command, state in getattr(core, "trajectory", ()):
+        if isinstance(command, Move | Shift):
+            offset += (float(command.dx_nm), float(command.dy_nm))
+        elif isinstance(command, Spectrum):
+            fov = float(state.fov_nm)
+            positions.append(
+                (
+                    x0 + float(offset[0]) + (float(command.x) - 0.5) * fov,
+                    y0 + float(offset[1]) + (float(command.y) - 0.5) * fov,
+                )
+            )
+    return tuple(positions)
 
 
 def _finite(value: float) -> float | None:
@@ -686,6 +719,12 @@ def map_figure(run: PolicyRun) -> Figure | None:
     axes.set_ylabel("stage y [nm]")
     atomic = [frame for frame in fields if float(frame.pixel_nm) <= ATOMIC_PIXEL_NM]
     title = f"{run.name}: {len(fields)} frames, {len(atomic)} at atomic resolution"
+    if run.spectra:
+        points = np.asarray(run.spectra)
+        axes.scatter(
+            points[:, 0], points[:, 1], s=60, marker="o", facecolors="none", edgecolors="magenta"
+        )
+        title += f", {len(points)} spectra (magenta circles)"
     if atomic:
         tile = run.tile_nm if math.isfinite(run.tile_nm) else min(f.fov_nm for f in atomic)
         window = INSET_TILES * float(tile)

@@ -117,6 +117,10 @@ class Task(ABC):
     #: the two (``tunes``, ``ronchigram_tunes``) and both images' raw detector statistics
     #: (``detector``, ``ronchigram_detector``; :mod:`scopegym.envs.detector`).
     acquisition_pairs: bool = False
+    #: The observation marks the spectrum grid positions that hold a spectrum already
+    #: (``spectra``, rows ``y * grid + x``): without it a policy with no memory of its own
+    #: cannot tell which positions it has measured.
+    spectrum_positions: bool = False
 
     def __init__(
         self,
@@ -243,6 +247,9 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 obs[f"{prefix}detector"] = spaces.Box(
                     -1.0, 1.0, (2 * len(DETECTOR_PAIR),), np.float32
                 )
+        if task.spectrum_positions:
+            cells = task.action_config.spectrum_grid**2
+            obs["spectra"] = spaces.Box(0.0, 1.0, (cells,), np.float32)
         self.episode_map: EpisodeMap | None = None
         if task.uses_map:
             self.episode_map = EpisodeMap(self.instrument.limits, atomic_pixel_nm=ATOMIC_PIXEL_NM)
@@ -275,6 +282,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         n = self.task.action_config.frame_px
         self._frame = np.zeros((1, n, n), np.uint8)
         self._spectrum = np.zeros(SPECTRUM_BINS, np.float32)
+        self._spectra = np.zeros(self.task.action_config.spectrum_grid**2, np.float32)
         self._ronchigram = np.zeros((1, n, n), np.uint8)
         self._have_frame = False
         # Whether the latest image (frame or Ronchigram) was taken at the present view and
@@ -332,6 +340,10 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             self.history.append(result)
         elif isinstance(result, EELSSpectrum):
             self._spectrum = spectrum_observation(result.counts)
+            grid = self.task.action_config.spectrum_grid
+            column = min(int(result.x * grid), grid - 1)
+            row = min(int(result.y * grid), grid - 1)
+            self._spectra[row * grid + column] = 1.0
             self._last_spectrum = result
             self.history.append(result)
         elif isinstance(result, RonchigramImage):
@@ -431,6 +443,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 obs[f"{kind}_previous"] = pair.previous_image.copy()
                 obs[f"{prefix}tunes"] = pair.tunes(scales)
                 obs[f"{prefix}detector"] = pair.detector()
+        if self.task.spectrum_positions:
+            obs["spectra"] = self._spectra.copy()
         if self.episode_map is not None:
             obs["map"] = self.episode_map.observation(state)
         return obs
@@ -856,8 +870,7 @@ class TaskEnv(MicroscopeEnv):
         odometry: Add the ``odometry`` observation (see :class:`MicroscopeEnv`); None: the
             task's default.
         **task_kwargs: Arguments of the task (``frame_px``, ``budget``, ``reward_weights``,
-            ``reward_params``, and ``version`` for DefectSearch, Survey, Autotune and
-            AutotuneRonchigram).
+            ``reward_params``, and ``version``).
     """
 
     task_class: ClassVar[type[Task]]

@@ -35,9 +35,9 @@ RONCHIGRAM_EXPOSURE_MS = 2.0
 #: Largest random offset of the episode's starting position from the specimen centre [nm].
 START_OFFSET_NM = 500.0
 
-#: Interface versions of DefectSearch, Survey, Autotune and AutotuneRonchigram: 1 is
-#: registered; 0 is the dropped v0 one, kept for policies trained on it
-#: (``env=defect_search_v0``, ``env=autotune_v0``).
+#: Interface versions of every task: 1 is registered; 0 is the dropped v0 one, kept for
+#: policies trained on it and published results (``env=defect_search_v0``,
+#: ``env=autotune_v0``, ``env=spectrum_discovery_v0``).
 INTERFACE_VERSIONS = (0, 1)
 #: Step limits the dropped v0 ids had; a config that restores v0 passes them as
 #: ``max_episode_steps``.
@@ -46,6 +46,7 @@ V0_MAX_EPISODE_STEPS = {
     "Survey": 300,
     "Autotune": 60,
     "AutotuneRonchigram": 60,
+    "SpectrumDiscovery": 24,
 }
 
 
@@ -407,75 +408,104 @@ class SpectrumDiscoveryTask(Task):
     """Choose where to acquire EELS spectra to find distinct spectral signatures."""
 
     name = "SpectrumDiscovery"
-    interface_id = "scopegym/SpectrumDiscovery-v0"
     uses_spectrum = True
+
+    #: Per version: the given frame's size [px] and the spectrum grid's positions per axis.
+    #: v1's 128 px over 8 nm (62.5 pm pixels) resolve the lattice and show heavy dopants,
+    #: adatoms and vacancies, and its 24 x 24 grid (0.33 nm pitch) puts a position within the
+    #: 0.2 nm reach of a point defect's spectrum almost anywhere; v0's 64 px frame barely
+    #: resolved the lattice and its 12 x 12 grid reached about a third of the point defects.
+    FRAME_PX = {0: 64, 1: 128}
+    SPECTRUM_GRID = {0: 12, 1: 24}
 
     def __init__(
         self,
-        frame_px: int = 64,
+        frame_px: int | None = None,
         budget: Budget = SPECTRUM_DISCOVERY_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
+        version: int = 1,
     ) -> None:
+        version = _check_version(self.name, version)
         super().__init__(
             ActionConfig(
                 verbs=("spectrum",),
-                frame_px=frame_px,
-                spectrum_grid=12,
+                frame_px=self.FRAME_PX[version] if frame_px is None else frame_px,
+                spectrum_grid=self.SPECTRUM_GRID[version],
                 exposure_ms=20.0,
             ),
             budget,
             reward_weights or {"signatures": 1.0, "time_penalty": 1.0},
             reward_params,
         )
+        self.version = version
+        self.interface_id = f"scopegym/{self.name}-v{version}"
+        self.spectrum_positions = version >= 1
+
+    #: Per version: the largest random offset of the field from the specimen centre [nm]. v1
+    #: keeps the opening's stage move short so that the stage has settled: after a move of
+    #: 500 nm or more the stage creeps at up to 1 nm/s (decaying over 20 s), which would carry
+    #: the field 0.3-0.8 nm during the frame and as far again during the spectra, beyond the
+    #: 0.2 nm reach of a point defect's spectrum. Operators wait for that creep to die down
+    #: before spectroscopy; a 25 nm move excites 5 % of it. Each sample's own seed still
+    #: makes every field different.
+    START_REACH_NM = {0: START_OFFSET_NM, 1: 25.0}
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
-        """A random 8 nm field within ±500 nm of the centre, and one frame of it.
+        """A random 8 nm field near the centre (:attr:`START_REACH_NM`), and a frame at 32 µs.
 
-        The field is not chosen for its defects: the 144 grid positions of a held-out field
-        cover 1.88 signature classes on average (ground truth), which bounds what any policy
-        can find in 24 spectra.
+        The field is not chosen for its defects: many are pristine lattice or vacuum, which
+        bounds what any policy can find in 24 spectra (the README gives the ceiling: the
+        classes at all grid positions, from the twin's ground truth).
         """
         n = self.action_config.frame_px
         return EpisodeStart(
             samples.draw(rng),
-            (_random_offset(rng), Zoom(8.0), Scan(n, 32.0)),
+            (_random_offset(rng, self.START_REACH_NM[self.version]), Zoom(8.0), Scan(n, 32.0)),
         )
 
 
 class SpectrumDiscoveryEnv(TaskEnv):
     """Given a frame, choose where to take EELS spectra to discover distinct signatures.
 
+    Registered as ``scopegym/SpectrumDiscovery-v1``; ``version=0`` restores the dropped v0
+    interface (a 64 px frame, a 12 × 12 grid, no ``spectra`` entry).
+
     ## Description
-    As in the deep-kernel-learning experiments of Kalinin et al. (seed 001): an 8 nm frame is
-    given, and each action places a point spectrum on a 12 × 12 grid over it. Dopants, edges,
+    As in the deep-kernel-learning experiments of Kalinin et al. (seed 001): an 8 nm HAADF frame
+    is given, and each action places a point spectrum on a 24 × 24 grid over it. Dopants, edges,
     vacancies, contamination, adatoms, vacuum and the pristine lattice have different spectra
     (core-loss edges and carbon fine structure); the agent should find as many distinct
-    signatures as possible with its spectrum budget.
+    signatures as possible with its spectrum budget. A 20 ms spectrum alone hardly tells a point
+    defect from the lattice; the frame (Z-contrast) is where defects show.
 
     ## Action Space
-    ``MultiDiscrete([1, 1, 1, 1, 1, 12, 12, 1, 1])``: ``Spectrum((x + 0.5)/12, (y + 0.5)/12,
+    ``MultiDiscrete([1, 1, 1, 1, 1, 24, 24, 1, 1])``: ``Spectrum((x + 0.5)/24, (y + 0.5)/24,
     20 ms)``.
 
     ## Observation Space
-    ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32),
-    spectrum=Box(0, 1, (256,), float32))``: the frame, the state and the latest spectrum binned to
-    256 channels of 4 eV on a log scale normalised to its maximum.
+    ``Dict(frame=Box(0, 255, (1, 128, 128), uint8), state=Box(-1, 1, (14,), float32),
+    spectrum=Box(0, 1, (256,), float32), spectra=Box(0, 1, (576,), float32))``: the frame, the
+    state, the latest spectrum binned to 256 channels of 4 eV on a log scale normalised to its
+    maximum, and which grid positions (row ``y * 24 + x``) hold a spectrum already (1) or not (0).
 
     ## Rewards
     ``signatures`` (+1 for each spectral signature class seen for the first time, classified from
-    the twin's ground truth at the probe position) minus ``time_penalty``. The observation-only
-    alternative is ``spectral_novelty``.
+    the twin's ground truth within 0.2 nm of the probe position) minus ``time_penalty``. The
+    observation-only alternative is ``spectral_novelty``.
 
     ## Starting State
-    A random position within ±500 nm of the centre, an 8 nm field and one 64² frame at 32 µs.
+    A random position within ±25 nm of the specimen's centre (a short move, so that the stage
+    has settled; ±500 nm at version 0), an 8 nm field and one 128² frame at 32 µs.
 
     ## Episode End
     Truncated after 24 spectra (steps) or when the time budget (60 s) is spent.
 
     ## Arguments
-    ``samples``, ``frame_px`` (default 64), ``budget``, ``reward_weights``, ``reward_params``,
-    ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``.
+    ``samples``, ``frame_px`` (default 128; 64 at version 0), ``budget``, ``reward_weights``,
+    ``reward_params``, ``instrument``, ``instrument_name``/``instrument_kwargs``,
+    ``render_mode``, ``odometry``, ``version`` (1; 0 restores the dropped
+    ``scopegym/SpectrumDiscovery-v0`` interface).
     """
 
     task_class = SpectrumDiscoveryTask

@@ -1,0 +1,331 @@
+"""A model-based SpectrumDiscovery route: a classifier reading the frame for where spectra differ.
+
+A heavy dopant or an adatom is brighter than the lattice in a HAADF frame (Z-contrast), a
+vacancy darker, a grain boundary breaks the lattice's periodicity, vacuum and contamination are
+smooth; a 20 ms spectrum alone hardly tells a point defect from the lattice, so where to put the
+probe is a question about the frame. :func:`position_features` describes what the frame shows
+around every spectrum grid position (:data:`FEATURES`), and :class:`SignatureLocator`, a small
+network, maps those numbers to the probabilities of the signature classes a spectrum there would
+record (:data:`LOCATOR_CLASSES`). It is trained on the twin's ground-truth classes by
+``scripts/train_signature_locator.py``; deployed, it reads only the observation.
+
+:class:`SignatureLocatorPolicy` picks, at every step, the grid position not measured yet with the
+highest expected number of new classes: with ``p_k(c)`` the locator's probability of class
+``c`` at position ``k``, and the measured positions ``V`` from the observation's ``spectra``
+entry, it maximises ``sum_c p_k(c) * prod_{v in V} (1 - p_v(c))``: the chance that a spectrum at
+``k`` records a class that none of the measured ones is expected to have recorded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any, ClassVar
+
+import gymnasium as gym
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from scopegym.agents.baselines import ScriptedPolicy
+
+#: Signature classes the locator tells apart, in its output order. ``dopant`` stands for every
+#: ``dopant:<element>`` class and ``lattice`` for every ``lattice:<family>`` class of the twin's
+#: ``signature_at``.
+LOCATOR_CLASSES: tuple[str, ...] = (
+    "lattice",
+    "vacuum",
+    "contamination",
+    "dopant",
+    "vacancy",
+    "edge",
+    "grain_boundary",
+    "adatom",
+)
+
+#: Distance within which a point defect dominates a spectrum (the ``signatures`` reward's
+#: ``radius_nm``), and so the neighbourhood of a probe position that decides its class [nm].
+PROBE_REACH_NM = 0.2
+#: Smoothing of the frame before its extremes are taken: a fraction of an atom's image [nm].
+SMOOTHING_NM = 0.08
+#: Fraction of Fourier components kept as the frame's periodic (lattice) part.
+LATTICE_FRACTION = 0.005
+#: Scales of the context around a position [nm].
+CONTEXT_SCALES_NM: tuple[float, ...] = (0.5, 1.0, 2.0)
+#: The numbers :func:`position_features` gives per position, in order.
+FEATURES: tuple[str, ...] = (
+    "brightest",
+    "darkest",
+    "mean",
+    "residual_brightest",
+    "residual_darkest",
+    "residual_power",
+    *(
+        f"{name}_{scale:g}nm"
+        for scale in CONTEXT_SCALES_NM
+        for name in ("mean", "texture", "residual_rms")
+    ),
+    "brightest_rank",
+    "darkest_rank",
+    "frame_p99",
+    "frame_p01",
+    "frame_lattice_strength",
+)
+
+#: The shipped weights.
+DEFAULT_WEIGHTS = Path(__file__).parent / "data" / "signature_locator.pt"
+
+
+def locator_class(signature: str) -> int:
+    """Index in :data:`LOCATOR_CLASSES` of a signature from the twin's ``signature_at``.
+
+    Raises:
+        ValueError: A signature the locator has no class for.
+    """
+    kind = signature.split(":", 1)[0]
+    if kind not in LOCATOR_CLASSES:
+        raise ValueError(f"no locator class for signature {signature!r}; known {LOCATOR_CLASSES}")
+    return LOCATOR_CLASSES.index(kind)
+
+
+def lattice_part(image: np.ndarray, fraction: float = LATTICE_FRACTION) -> np.ndarray:
+    """The periodic part of an image: its strongest Fourier components only.
+
+    A crystal puts its power into a few Bragg spots; a point defect, a vacancy or a grain
+    boundary spreads its power thinly over all frequencies. Keeping the strongest ``fraction``
+    of the components (the mean left out) rebuilds the perfect lattice, and the image minus it
+    shows what breaks the periodicity, whatever the crystal.
+
+    Args:
+        image: Two-dimensional image [any linear scale].
+        fraction: Fraction of Fourier components kept [dimensionless].
+    """
+    spectrum = np.fft.fft2(image)
+    power = np.abs(spectrum)
+    power[0, 0] = 0.0
+    strong = power >= np.quantile(power, 1.0 - fraction)
+    return np.real(np.fft.ifft2(np.where(strong, spectrum, 0.0)))
+
+
+def position_features(frame: np.ndarray, grid: int, field_nm: float) -> np.ndarray:
+    """What the frame shows around every spectrum grid position, as :data:`FEATURES` numbers.
+
+    The frame is standardised (mean 0, standard deviation 1) and split into its lattice part
+    (:func:`lattice_part`) and the residual. Around each probe position ``(x + 0.5) / grid`` of
+    the field: the brightest and darkest value of the lightly smoothed frame and of the residual
+    within :data:`PROBE_REACH_NM`, and their means there; the frame's mean and texture and the
+    residual's strength over 0.5, 1 and 2 nm (vacuum, contamination, edges and grain boundaries
+    are larger than a point); the position's rank among all positions by its brightest and by
+    its darkest value (an outlier is relative to its field); and three numbers of the whole
+    frame (its 99th and 1st percentiles and the lattice part's strength).
+
+    Args:
+        frame: HAADF frame with two trailing image axes [uint8 levels or any linear scale].
+        grid: Spectrum positions per axis.
+        field_nm: Side of the frame's field of view [nm].
+
+    Returns:
+        Array ``(grid * grid, len(FEATURES))``, rows ``y * grid + x`` [frame standard
+        deviations, or dimensionless ranks].
+    """
+    image = np.asarray(frame, dtype=np.float64)
+    image = image.reshape(image.shape[-2], image.shape[-1])
+    size = image.shape[-1]
+    pixel_nm = field_nm / size
+    z = (image - image.mean()) / (image.std() + 1e-6)
+    lattice = lattice_part(z)
+    smooth = ndimage.gaussian_filter(z, SMOOTHING_NM / pixel_nm)
+    residual = ndimage.gaussian_filter(z - lattice, SMOOTHING_NM / pixel_nm)
+    reach = max(1, round(PROBE_REACH_NM / pixel_nm))
+    disc = np.hypot(*np.mgrid[-reach : reach + 1, -reach : reach + 1]) <= reach
+    maps = [
+        ndimage.maximum_filter(smooth, footprint=disc),
+        ndimage.minimum_filter(smooth, footprint=disc),
+        ndimage.uniform_filter(smooth, 2 * reach + 1),
+        ndimage.maximum_filter(residual, footprint=disc),
+        ndimage.minimum_filter(residual, footprint=disc),
+        ndimage.uniform_filter(residual**2, 2 * reach + 1),
+    ]
+    for scale_nm in CONTEXT_SCALES_NM:
+        sigma = scale_nm / pixel_nm
+        mean = ndimage.gaussian_filter(z, sigma)
+        variance = ndimage.gaussian_filter(z**2, sigma) - mean**2
+        maps += [
+            mean,
+            np.sqrt(np.maximum(variance, 0.0)),
+            np.sqrt(ndimage.gaussian_filter((z - lattice) ** 2, sigma)),
+        ]
+    centres = (np.arange(grid) + 0.5) / grid * size - 0.5
+    rows, cols = np.meshgrid(centres, centres, indexing="ij")
+    local = np.stack(
+        [ndimage.map_coordinates(m, [rows, cols], order=1, mode="nearest").ravel() for m in maps],
+        axis=1,
+    )
+    count = len(local)
+    brightest_rank = np.argsort(np.argsort(local[:, 0], kind="stable"), kind="stable") / count
+    darkest_rank = np.argsort(np.argsort(-local[:, 1], kind="stable"), kind="stable") / count
+    whole = np.array([np.quantile(z, 0.99), np.quantile(z, 0.01), lattice.std()])
+    return np.hstack(
+        [local, brightest_rank[:, None], darkest_rank[:, None], np.tile(whole, (count, 1))]
+    )
+
+
+class SignatureLocator(nn.Module):
+    """Per-position features (:func:`position_features`) to signature-class logits.
+
+    A multilayer perceptron on the features standardised with the training set's mean and
+    standard deviation (buffers, saved with the weights).
+
+    Args:
+        hidden: Width of the two hidden layers.
+        classes: Number of classes.
+    """
+
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
+
+    def __init__(self, hidden: int = 64, classes: int = len(LOCATOR_CLASSES)) -> None:
+        super().__init__()
+        self.hidden = int(hidden)
+        self.register_buffer("feature_mean", torch.zeros(len(FEATURES)))
+        self.register_buffer("feature_std", torch.ones(len(FEATURES)))
+        self.body = nn.Sequential(
+            nn.Linear(len(FEATURES), hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, classes),
+        )
+
+    def set_normalisation(self, features: np.ndarray) -> None:
+        """Standardise inputs by these (training) features' mean and standard deviation."""
+        flat = np.asarray(features, dtype=np.float64).reshape(-1, len(FEATURES))
+        self.feature_mean.copy_(torch.as_tensor(flat.mean(axis=0), dtype=torch.float32))
+        self.feature_std.copy_(torch.as_tensor(flat.std(axis=0) + 1e-6, dtype=torch.float32))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(..., classes)`` from features ``(..., len(FEATURES))``."""
+        return self.body((features.float() - self.feature_mean) / self.feature_std)
+
+
+def save_locator(model: SignatureLocator, path: str | Path, meta: Mapping[str, Any]) -> None:
+    """Save a locator's weights (float32: the file is ~25 kB) with metadata.
+
+    Args:
+        model: The trained locator.
+        path: Output file (``.pt``).
+        meta: Extra entries stored beside the weights (training figures, the command).
+    """
+    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    torch.save({"state_dict": state, "hidden": model.hidden, **dict(meta)}, Path(path))
+
+
+def load_locator(path: str | Path | None = None) -> SignatureLocator:
+    """Load a locator saved by :func:`save_locator`, in eval mode.
+
+    Args:
+        path: Weights file; None: the shipped ``data/signature_locator.pt``.
+    """
+    blob = torch.load(Path(path or DEFAULT_WEIGHTS), map_location="cpu", weights_only=True)
+    model = SignatureLocator(hidden=int(blob.get("hidden", 64)))
+    model.load_state_dict(blob["state_dict"])
+    model.eval()
+    return model
+
+
+def class_probabilities(
+    model: SignatureLocator, frame: np.ndarray, grid: int, field_nm: float
+) -> np.ndarray:
+    """The locator's class probabilities at every grid position of one frame.
+
+    Args:
+        model: A loaded locator.
+        frame: The frame, two trailing image axes [uint8 levels].
+        grid: Spectrum positions per axis.
+        field_nm: Side of the frame's field of view [nm].
+
+    Returns:
+        Array ``(grid * grid, classes)``, rows ``y * grid + x``, each row summing to 1.
+    """
+    features = torch.from_numpy(position_features(frame, grid, field_nm))
+    with torch.no_grad():
+        probabilities = model(features).softmax(dim=-1)
+    return probabilities.numpy().astype(np.float64)
+
+
+def expected_new_classes(probabilities: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Expected number of classes a spectrum at each position records that none measured did.
+
+    Args:
+        probabilities: ``(positions, classes)`` class probabilities per position.
+        measured: Boolean ``(positions,)``: positions that hold a spectrum already.
+
+    Returns:
+        ``(positions,)`` expected new classes [classes]; measured positions get -1.
+    """
+    unseen = np.prod(1.0 - probabilities[measured], axis=0)
+    gain = probabilities @ unseen
+    return np.where(measured, -1.0, gain)
+
+
+class SignatureLocatorPolicy(ScriptedPolicy):
+    """Spectra where the :class:`SignatureLocator` expects classes not yet recorded.
+
+    Reads the frame and the ``spectra`` entry of a SpectrumDiscovery-v1 observation, and the
+    field of view the instrument reports; computes the features and the classifier once per
+    frame (~30 ms on one core for 128 px). Deterministic: ties go to the lowest row
+    ``y * grid + x``. With no ``spectra`` entry (the v0 interface) it remembers the positions
+    it chose itself. After every position has been measured it starts over.
+
+    Args:
+        env: A SpectrumDiscovery environment.
+        weights: Weights file saved by ``scripts/train_signature_locator.py``; None: the
+            shipped ``data/signature_locator.pt``.
+    """
+
+    name: ClassVar[str] = "signature_locator"
+
+    def __init__(self, env: gym.Env[Any, Any], weights: str | Path | None = None) -> None:
+        super().__init__(env)
+        torch.set_num_threads(1)
+        self.model = load_locator(weights)
+
+    def _script(self) -> Iterator[np.ndarray]:
+        if "spectrum" not in self.config.verbs:
+            while True:
+                yield self.fallback(self.masks)
+        grid = self.config.spectrum_grid
+        chosen = np.zeros(grid * grid, dtype=bool)
+        frame: np.ndarray | None = None
+        probabilities = np.zeros((grid * grid, len(LOCATOR_CLASSES)))
+        while True:
+            latest = np.asarray(self.observation["frame"])
+            if frame is None or not np.array_equal(latest, frame):
+                frame = latest.copy()
+                field_nm = self.instrument_state.fov_nm
+                probabilities = class_probabilities(self.model, frame, grid, field_nm)
+            spectra = self.observation.get("spectra")
+            measured = chosen if spectra is None else np.asarray(spectra).reshape(-1) > 0.5
+            if measured.all():
+                chosen[:] = False
+                measured = np.zeros_like(measured)
+            best = int(np.argmax(expected_new_classes(probabilities, measured)))
+            chosen[best] = True
+            yield self.action("spectrum", x=best % grid, y=best // grid)
+
+
+__all__ = [
+    "DEFAULT_WEIGHTS",
+    "FEATURES",
+    "LOCATOR_CLASSES",
+    "SignatureLocator",
+    "SignatureLocatorPolicy",
+    "class_probabilities",
+    "expected_new_classes",
+    "lattice_part",
+    "load_locator",
+    "locator_class",
+    "position_features",
+    "save_locator",
+]
