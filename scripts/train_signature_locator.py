@@ -44,6 +44,7 @@ from scopegym.agents.spectrum_locator import (  # noqa: E402
     LOCATOR_CLASSES,
     SignatureLocator,
     expected_new_classes,
+    grid_signatures,
     locator_class,
     position_features,
     save_locator,
@@ -57,22 +58,18 @@ def generate(split: str, fields: int, seed: int) -> dict[str, np.ndarray]:
     """Frames and per-position signature classes of ``fields`` seeded episodes.
 
     Returns:
-        ``frames`` (fields, 1, N, N) uint8, ``labels`` (fields, grid, grid) class indices and
-        ``signatures`` (fields,) the number of distinct twin signatures (elements and
-        families told apart, as the reward does) over all positions.
+        ``frames`` (fields, 1, N, N) uint8, ``labels`` (fields, grid, grid) class indices,
+        ``ceilings`` (fields,) the number of distinct twin signatures (elements and families
+        told apart, as the reward does) over all positions, and ``field_nm`` the side of the
+        field of view [nm].
     """
     env = gym.make(ENV_ID, samples=split)
     core = env.unwrapped
     grid = core.task.action_config.spectrum_grid
-    centres = (np.arange(grid) + 0.5) / grid
     frames, labels, ceilings = [], [], []
     for index in range(fields):
         observation, _ = env.reset(seed=seed + index)
-        x0, y0, x1, y1 = core.truth.view_bounds_nm()
-        signatures = [
-            [core.truth.signature_at(x0 + u * (x1 - x0), y0 + v * (y1 - y0)) for u in centres]
-            for v in centres
-        ]
+        signatures = grid_signatures(core.truth, grid)
         frames.append(observation["frame"])
         labels.append([[locator_class(s) for s in row] for row in signatures])
         ceilings.append(len({s for row in signatures for s in row}))

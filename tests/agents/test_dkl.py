@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import gymnasium as gym
@@ -22,22 +23,13 @@ from scopegym.instrument import SampleSpec
 ENV_ID = "scopegym/SpectrumDiscovery-v1"
 
 
-def _episode(run: int, sample: SampleSpec, **kwargs: Any) -> tuple[list[dict[str, Any]], float]:
+def _episode(
+    spectrum_episode: Callable[..., tuple[list[dict[str, Any]], float]],
+    sample: SampleSpec,
+    **kwargs: Any,
+) -> tuple[list[dict[str, Any]], float]:
     env = gym.make(ENV_ID)
-    policy = make_baseline("dkl", env, **kwargs)
-    obs, _ = env.reset(seed=0, options={"sample": sample})
-    policy.reset()
-    commands: list[dict[str, Any]] = []
-    found = 0.0
-    while True:
-        action, _ = policy.predict(obs, action_masks=env.unwrapped.action_masks())  # type: ignore[attr-defined]
-        assert policy.is_valid(action) and not policy.replaced
-        obs, _, terminated, truncated, info = env.step(action)
-        assert info["refused"] is None, info["refused"]
-        commands.append(dict(info["command"]))
-        found += info["reward_parts"].get("signatures", 0.0)
-        if terminated or truncated:
-            return commands, found
+    return spectrum_episode(env, make_baseline("dkl", env, **kwargs), 0, {"sample": sample})
 
 
 def test_dkl_is_registered_and_needs_the_gp_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -48,16 +40,18 @@ def test_dkl_is_registered_and_needs_the_gp_extra(monkeypatch: pytest.MonkeyPatc
         make_baseline("dkl", env)
 
 
-def test_dkl_acts_validly_never_repeats_a_position_and_is_deterministic() -> None:
+def test_dkl_acts_validly_never_repeats_a_position_and_is_deterministic(
+    spectrum_episode: Callable[..., tuple[list[dict[str, Any]], float]],
+) -> None:
     pytest.importorskip("gpytorch")
     sample = SampleSpec("graphene", 2_000_001)
-    first, _ = _episode(3, sample, seed=3, iterations=10)
-    second, _ = _episode(3, sample, seed=3, iterations=10)
+    first, _ = _episode(spectrum_episode, sample, seed=3, iterations=10)
+    second, _ = _episode(spectrum_episode, sample, seed=3, iterations=10)
     assert first == second
     assert len(first) == 24 and all(c["command"] == "Spectrum" for c in first)
     positions = [(c["x"], c["y"]) for c in first]
     assert len(set(positions)) == len(positions)
-    other, _ = _episode(4, sample, seed=4, iterations=10)
+    other, _ = _episode(spectrum_episode, sample, seed=4, iterations=10)
     assert [(c["x"], c["y"]) for c in other] != positions
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from scopegym.agents.spectrum_locator import (
     SignatureLocatorPolicy,
     class_probabilities,
     expected_new_classes,
+    grid_signatures,
     lattice_part,
     load_locator,
     locator_class,
@@ -120,18 +122,13 @@ def _ranked_truth(locator: SignatureLocator, seeds: range) -> tuple[list[float],
     """Per field with any non-lattice position: the locator's non-lattice probability at them
     and at the lattice positions."""
     env = gym.make(ENV_ID, samples="validation")
-    core = env.unwrapped
-    centres = (np.arange(24) + 0.5) / 24
     defect, lattice = [], []
     for seed in seeds:
         obs, _ = env.reset(seed=seed)
-        x0, y0, x1, y1 = core.truth.view_bounds_nm()
         p = class_probabilities(locator, obs["frame"], 24, 8.0)
-        for row, v in enumerate(centres):
-            for column, u in enumerate(centres):
-                kind = core.truth.signature_at(x0 + u * (x1 - x0), y0 + v * (y1 - y0))
-                score = 1.0 - p[row * 24 + column, 0]
-                (lattice if kind.startswith("lattice") else defect).append(score)
+        kinds = [kind for row in grid_signatures(env.unwrapped.truth, 24) for kind in row]
+        for index, kind in enumerate(kinds):
+            (lattice if kind.startswith("lattice") else defect).append(1.0 - p[index, 0])
     return defect, lattice
 
 
@@ -144,33 +141,23 @@ def test_shipped_locator_reads_defects_off_the_frame(locator: SignatureLocator) 
     assert wins > 0.8
 
 
-def _episode(name: str, seed: int) -> tuple[list[tuple[float, float]], float]:
-    env = gym.make(ENV_ID, samples="validation")
-    policy = make_baseline(name, env)
-    obs, _ = env.reset(seed=seed)
-    policy.reset()
-    positions: list[tuple[float, float]] = []
-    found = 0.0
-    while True:
-        action, _ = policy.predict(obs, action_masks=env.unwrapped.action_masks())  # type: ignore[attr-defined]
-        assert policy.is_valid(action) and not policy.replaced
-        obs, _, terminated, truncated, info = env.step(action)
-        assert info["refused"] is None, info["refused"]
-        positions.append((info["command"]["x"], info["command"]["y"]))
-        found += info["reward_parts"].get("signatures", 0.0)
-        if terminated or truncated:
-            return positions, found
-
-
-def test_policy_is_registered_valid_never_repeats_and_beats_random() -> None:
+def test_policy_is_registered_valid_never_repeats_and_beats_random(
+    spectrum_episode: Callable[..., tuple[list[dict[str, Any]], float]],
+) -> None:
     assert BASELINES["signature_locator"] is SignatureLocatorPolicy
-    first, _ = _episode("signature_locator", 0)
-    again, _ = _episode("signature_locator", 0)
+
+    def episode(name: str, seed: int) -> tuple[list[tuple[float, float]], float]:
+        env = gym.make(ENV_ID, samples="validation")
+        commands, found = spectrum_episode(env, make_baseline(name, env), seed)
+        return [(c["x"], c["y"]) for c in commands], found
+
+    first, _ = episode("signature_locator", 0)
+    again, _ = episode("signature_locator", 0)
     assert first == again and len(first) == 24
     assert len(set(first)) == len(first)
     seeds = range(12)
-    located = sum(_episode("signature_locator", s)[1] for s in seeds)
-    chance = sum(_episode("random", s)[1] for s in seeds)
+    located = sum(episode("signature_locator", s)[1] for s in seeds)
+    chance = sum(episode("random", s)[1] for s in seeds)
     assert located > chance
 
 

@@ -89,6 +89,28 @@ def locator_class(signature: str) -> int:
     return LOCATOR_CLASSES.index(kind)
 
 
+def grid_signatures(truth: Any, grid: int) -> list[list[str]]:
+    """The twin's signature at every spectrum grid position of the present field (labels).
+
+    For training and checking the locator, never for acting: it reads the ground truth.
+
+    Args:
+        truth: The twin's ground truth (``env.unwrapped.truth``): ``view_bounds_nm()`` and
+            ``signature_at(x_nm, y_nm)``.
+        grid: Spectrum positions per axis.
+
+    Returns:
+        Rows (y) of columns (x): the signature a spectrum at ``((x + 0.5) / grid, (y + 0.5) /
+        grid)`` of the true field of view records, as the ``signatures`` reward classifies it.
+    """
+    x0, y0, x1, y1 = truth.view_bounds_nm()
+    centres = (np.arange(grid) + 0.5) / grid
+    return [
+        [truth.signature_at(x0 + u * (x1 - x0), y0 + v * (y1 - y0)) for u in centres]
+        for v in centres
+    ]
+
+
 def lattice_part(image: np.ndarray, fraction: float = LATTICE_FRACTION) -> np.ndarray:
     """The periodic part of an image: its strongest Fourier components only.
 
@@ -323,6 +345,7 @@ __all__ = [
     "SignatureLocatorPolicy",
     "class_probabilities",
     "expected_new_classes",
+    "grid_signatures",
     "lattice_part",
     "load_locator",
     "locator_class",

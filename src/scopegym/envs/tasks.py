@@ -417,6 +417,14 @@ class SpectrumDiscoveryTask(Task):
     #: resolved the lattice and its 12 x 12 grid reached about a third of the point defects.
     FRAME_PX = {0: 64, 1: 128}
     SPECTRUM_GRID = {0: 12, 1: 24}
+    #: Per version: the largest random offset of the field from the specimen centre [nm]. v1
+    #: keeps the opening's stage move short so that the stage has settled: after a move of
+    #: 500 nm or more the stage creeps at up to 1 nm/s (decaying over 20 s), which would carry
+    #: the field 0.3-0.8 nm during the frame and as far again during the spectra, beyond the
+    #: 0.2 nm reach of a point defect's spectrum. Operators wait for that creep to die down
+    #: before spectroscopy; a 25 nm move excites 5 % of it. Each sample's own seed still
+    #: makes every field different.
+    START_REACH_NM = {0: START_OFFSET_NM, 1: 25.0}
 
     def __init__(
         self,
@@ -441,15 +449,6 @@ class SpectrumDiscoveryTask(Task):
         self.version = version
         self.interface_id = f"scopegym/{self.name}-v{version}"
         self.spectrum_positions = version >= 1
-
-    #: Per version: the largest random offset of the field from the specimen centre [nm]. v1
-    #: keeps the opening's stage move short so that the stage has settled: after a move of
-    #: 500 nm or more the stage creeps at up to 1 nm/s (decaying over 20 s), which would carry
-    #: the field 0.3-0.8 nm during the frame and as far again during the spectra, beyond the
-    #: 0.2 nm reach of a point defect's spectrum. Operators wait for that creep to die down
-    #: before spectroscopy; a 25 nm move excites 5 % of it. Each sample's own seed still
-    #: makes every field different.
-    START_REACH_NM = {0: START_OFFSET_NM, 1: 25.0}
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
         """A random 8 nm field near the centre (:attr:`START_REACH_NM`), and a frame at 32 µs.
