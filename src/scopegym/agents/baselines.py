@@ -1353,6 +1353,198 @@ class OverviewExpertPolicy(_Navigator):
                 return taken
 
 
+class ShiftExpertPolicy(OverviewExpertPolicy):
+    """The operator's rim search of :class:`OverviewExpertPolicy`, travelling by beam shift.
+
+    Where the task offers the ``inspect`` and ``tile`` macros (DefectSearch-v1, Survey-v1), an
+    operator does not drive the stage between nearby fields: the beam shift moves the view in
+    5 ms with no backlash, so a rim can be followed whichever way it runs, and the stage is
+    driven (by the macros, play taken up) only where the shift range ends. The policy takes an
+    overview at the longest dwell, reads its rim targets (:func:`rim_targets`), and for each,
+    nearest first: travels there by ``tile`` steps at fields no finer than the localisation
+    field (whose scans cost little dose), finds the rim on the localisation frame
+    (:func:`find_rim`), puts the finest field on it with one ``inspect``, and follows it one
+    ``tile`` at a time, recentred across it, until it is lost or leads to fields already taken.
+    Then it looks again from a localisation frame, for the rest of the rim (the other way from
+    where it joined it, or a branch); two looks that find fewer than three fields end the
+    target. When an overview's targets are spent, a ``tile`` of half an overview makes the next
+    overview. Every step is read from observations and the policy's own commands.
+
+    Args:
+        env: The environment.
+        targets: Largest number of rim targets read from each overview.
+        locate_fov_nm: Field of view of the localisation frames [nm].
+        backlash_margin_nm: Forward travel that takes up the stage's play [nm] (used only where
+            the task has no macros and the policy runs as :class:`OverviewExpertPolicy`).
+    """
+
+    name = "shift_expert"
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        targets: int = 16,
+        locate_fov_nm: float = 64.0,
+        backlash_margin_nm: float = 32.0,
+        creep_nm_per_s: float = 0.25,
+        creep_limit_nm: float = 12.0,
+    ) -> None:
+        super().__init__(env, targets, locate_fov_nm, backlash_margin_nm)
+        self.creep_nm_per_s = float(creep_nm_per_s)
+        self.creep_limit_nm = float(creep_limit_nm)
+        self._visit_times: list[float] = []
+
+    def _seen(self, point: np.ndarray) -> bool:
+        """Whether a field at ``point`` [nm] overlaps one taken, allowing for the stage's creep.
+
+        The policy knows where it sent the beam, not where the specimen has crept since (after
+        the episode's opening move a side-entry stage creeps by nm for tens of seconds), so a
+        field taken a while ago may lie up to the creep since then from where it was recorded.
+        """
+        if not self._visit_times:
+            return super()._seen(point)
+        now = self.instrument_state.elapsed_s
+        ages = now - np.asarray(self._visit_times)
+        slack = np.minimum(self.creep_nm_per_s * ages, self.creep_limit_nm)
+        distances = np.max(np.abs(np.asarray(self._visited) - point), axis=1)
+        return bool(np.any(distances < 0.75 * self.finest_fov_nm + slack))
+
+    def _script(self) -> Iterator[np.ndarray]:
+        if not {"scan", "zoom", "inspect", "tile"} <= set(self.config.verbs):
+            yield from super()._script()
+            return
+        origin = self.instrument_state
+        overview_fov = origin.fov_nm
+        self._position = np.zeros(2)
+        self._visited = []
+        self._visit_times = []
+        surveyed: list[np.ndarray] = []
+        yield self.longest_scan()
+        while not self.replaced:
+            here = self._position.copy()
+            overview = np.asarray(self.observation["frame"])[-1]
+            targets = [
+                here + np.asarray(t)
+                for t in rim_targets(overview, overview_fov, self.targets)
+                if all(
+                    np.max(np.abs(here + np.asarray(t) - done)) > 0.5 * overview_fov
+                    for done in surveyed
+                )
+            ]
+            surveyed.append(here)
+            while targets:
+                nearest = int(np.argmin([np.hypot(*(t - self._position)) for t in targets]))
+                if not (yield from self._inspect_by_shift(targets.pop(nearest))):
+                    return
+            centre = self._next_overview(origin, surveyed, overview_fov)
+            if centre is None or not (
+                yield from self._travel(centre - self._position, overview_fov)
+            ):
+                break
+        # No overview left within the stage's reach: a line of fields by beam shift.
+        yield from self._zoom_finest()
+        steps = list(self.config.move_steps)
+        while True:
+            yield self.action("tile", dx=steps.index(1.0), dy=steps.index(0.0))
+
+    def _travel(self, offset: np.ndarray, end_fov_nm: float) -> Plan:
+        """Move the view by ``offset`` [nm] with ``tile`` steps, ending on a fresh frame.
+
+        The steps are composed at fields no finer than ``end_fov_nm`` (``offset`` should be a
+        multiple of half of it): their scans cost a fraction of a scoring frame's dose and the
+        last one is the frame at ``end_fov_nm`` the caller reads.
+
+        Returns:
+            Whether every command was carried out.
+        """
+        steps = self.config.move_steps
+        fov = self.instrument_state.fov_nm
+        plan = self._decompose(float(offset[0]), float(offset[1]), steps, fov, end_fov_nm)
+        for level, ix, iy in plan:
+            if not math.isclose(self.instrument_state.fov_nm, level):
+                yield self.zoom_to(level)
+                if self.replaced:
+                    return False
+            yield self.action("tile", dx=ix, dy=iy)
+            if self.replaced:
+                return False
+            self._position = self._position + np.array([steps[ix], steps[iy]]) * level
+        if plan and math.isclose(plan[-1][0], end_fov_nm):
+            return True
+        if not math.isclose(self.instrument_state.fov_nm, end_fov_nm):
+            yield self.zoom_to(end_fov_nm)
+            if self.replaced:
+                return False
+        yield self.longest_scan()
+        return not self.replaced
+
+    def _inspect_by_shift(self, target: np.ndarray) -> Plan:
+        """Travel to a rim target and take the rim there, both ways, while it lasts."""
+        grain = 0.5 * self.locate_fov_nm
+        travel = np.round((target - self._position) / grain) * grain
+        if not (yield from self._travel(travel, self.locate_fov_nm)):
+            return False
+        misses = 0
+        while misses < 2:
+            fov = self.instrument_state.fov_nm
+
+            def allowed(points: np.ndarray) -> np.ndarray:
+                return np.asarray([not self._seen(self._position + point) for point in points])
+
+            located = find_rim(self.observation["frame"], fov, 2.0, allowed=allowed)
+            if located is None:
+                return True
+            grid = int(self.nvec[1 + ARGUMENTS.index("x")])
+            pitch = fov / grid
+            index = np.clip(np.round(located.offset_nm / pitch + 0.5 * grid - 0.5), 0, grid - 1)
+            yield self.action("inspect", x=int(index[0]), y=int(index[1]))
+            if self.replaced:
+                return False
+            self._position = self._position + ((index + 0.5) / grid - 0.5) * fov
+            taken = yield from self._follow_by_shift(located.tangent)
+            if self.replaced:
+                return False
+            misses = misses + 1 if taken < 3 else 0
+            # Look again around where the rim was lost, for the rest of it.
+            yield self.zoom_to(self.locate_fov_nm)
+            if self.replaced:
+                return False
+            yield self.longest_scan()
+            if self.replaced:
+                return False
+        return True
+
+    def _follow_by_shift(self, heading: np.ndarray) -> Generator[np.ndarray, None, int]:
+        """Follow the rim from the present finest field with ``tile`` steps, any direction.
+
+        Returns:
+            The number of fields taken (the present one included).
+        """
+        tile = self.finest_fov_nm
+        half = 0.5 * tile
+        steps = list(self.config.move_steps)
+        taken = 0
+        while True:
+            taken += 1
+            self._visited.append(self._position.copy())
+            self._visit_times.append(self.instrument_state.elapsed_s)
+            fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=half, atomic=True)
+            if fix is None:
+                return taken
+            along = fix.tangent if float(fix.tangent @ heading) >= 0 else -fix.tangent
+            heading = along
+            across = float(fix.offset_nm @ fix.normal) * fix.normal
+            step = np.clip(np.round((across + tile * along) / half) * half, -tile, tile)
+            if not step.any() or self._seen(self._position + step):
+                return taken
+            yield self.action(
+                "tile", dx=steps.index(step[0] / tile), dy=steps.index(step[1] / tile)
+            )
+            if self.replaced:
+                return taken
+            self._position = self._position + step
+
+
 class AutofocusPolicy(_SerpentineMixin):
     """Coordinate search of image sharpness over the task's tunable aberrations.
 
@@ -1513,6 +1705,7 @@ BASELINES: dict[str, type[ScriptedPolicy]] = {
     "greedy": GreedyPolicy,
     "backlash_raster": BacklashAwareRasterPolicy,
     "overview_expert": OverviewExpertPolicy,
+    "shift_expert": ShiftExpertPolicy,
     "autofocus": AutofocusPolicy,
     "ronchigram_autofocus": RonchigramAutofocusPolicy,
 }
@@ -1565,6 +1758,7 @@ __all__ = [
     "RasterPolicy",
     "RonchigramAutofocusPolicy",
     "ScriptedPolicy",
+    "ShiftExpertPolicy",
     "frame_anomalies",
     "atomic_vacuum_mask",
     "find_rim",
