@@ -103,3 +103,39 @@ def test_tuner_reduces_the_true_phase_error(env: Any) -> None:
         assert errors[-1] < errors[0]
         successes += terminated
     assert successes >= 2
+
+
+def _tunes_between_ronchigrams(commands: list[Any]) -> list[int]:
+    """Number of Tune commands between each two consecutive Ronchigrams."""
+    gaps, count, seen = [], 0, False
+    for command in commands:
+        if command["command"] == "Ronchigram":
+            if seen:
+                gaps.append(count)
+            seen, count = True, 0
+        elif command["command"] == "Tune":
+            count += 1
+    return gaps
+
+
+def test_one_ronchigram_per_iteration_and_two_on_request(env: Any) -> None:
+    core = env.unwrapped
+    gaps = {}
+    for per_iteration in (1, 2):
+        policy = make_baseline("pair_regressor", env, ronchigrams_per_iteration=per_iteration)
+        obs, _ = env.reset(seed=32)
+        policy.reset()
+        commands = []
+        for _ in range(150):
+            action, _ = policy.predict(obs, action_masks=core.action_masks())
+            obs, _, terminated, truncated, info = env.step(action)
+            commands.extend(info.get("commands", [info["command"]]))
+            if terminated or truncated:
+                break
+        gaps[per_iteration] = _tunes_between_ronchigrams(commands)
+    # Two per iteration: a Ronchigram after the correction, the probe tune alone, a Ronchigram.
+    assert len(gaps[2]) >= 3 and gaps[2].count(1) >= len(gaps[2]) // 2
+    # One: the correction and the probe tune lie between each Ronchigram and the next.
+    assert len(gaps[1]) >= 2 and all(gap >= 2 for gap in gaps[1])
+    with pytest.raises(ValueError, match="1 or 2"):
+        make_baseline("pair_regressor", env, ronchigrams_per_iteration=3)

@@ -7,10 +7,11 @@ a pair around a known tune does. :class:`PairRegressor` is a small CNN that maps
 Ronchigram: C10, C12a, C12b, C21a and C21b. It is trained on the twin's labels by
 ``scripts/train_pair_regressor.py``; deployed, it reads only observations.
 
-:class:`PairRegressorTunerPolicy` loops: take a pair (the latest Ronchigram, a probe tune of
-C10 by +4 nm, a Ronchigram), estimate the residuals, tune the corrector by minus the estimate in
-the task's tune bins, and start again with a Ronchigram after the correction. Each iteration
-costs two Ronchigrams and the tunes.
+:class:`PairRegressorTunerPolicy` loops: a probe tune of C10 by +4 nm and a Ronchigram, which
+with the Ronchigram before make a pair; estimate the residuals; tune the corrector by minus the
+estimate in the task's tune bins; repeat. The next pair's known tune is that correction plus the
+probe, so each iteration costs one Ronchigram and the tunes (the regressor is trained on such
+pairs as well as on pairs around the probe alone).
 """
 
 from __future__ import annotations
@@ -199,17 +200,25 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
     Loop until the episode ends: tune the probe (C10 by +4 nm) and take a Ronchigram, so that
     the latest two Ronchigrams bracket a known tune; estimate the total aberrations at the
     second with :class:`PairRegressor`; tune each coefficient by minus its estimate in the
-    task's tune bins (the largest bins that do not overshoot; only valid actions). The next
-    pair starts with a Ronchigram after the correction, so an iteration costs two Ronchigrams
-    (24 ms, ~1e5 e/Å²) and 0.5 s per tune. The estimates' errors shrink with the residuals, so
-    a few iterations converge. The probe always adds +4 nm, as in training; the correction
-    takes it back with the rest of the estimate.
+    task's tune bins (the largest bins that do not overshoot; only valid actions). With one
+    Ronchigram per iteration (the default), the next pair is the latest Ronchigram and the one
+    after the correction and the next probe tune: the known tune between them is the correction
+    plus the probe, which the observation's ``ronchigram_tunes`` reports, so an iteration costs
+    one Ronchigram (12 ms, ~5e4 e/Å²) and 0.5 s per tune. With two, each pair starts afresh
+    with a Ronchigram after the correction and brackets the probe tune alone (the loop of the
+    first shipped weights). The estimates' errors shrink with the residuals, so a few
+    iterations converge. The probe always adds +4 nm, as in training; the correction takes it
+    back with the rest of the estimate.
 
     Args:
         env: An AutotuneRonchigram-v1 environment (ronchigram and tune verbs, pair observations).
         weights: Weights file saved by ``scripts/train_pair_regressor.py``; None: the shipped
             ``data/ronchigram_pair_regressor.pt``.
         gain: Fraction of the estimate corrected per iteration (dimensionless).
+        ronchigrams_per_iteration: 1 or 2 (see above).
+
+    Raises:
+        ValueError: ``ronchigrams_per_iteration`` is neither 1 nor 2.
     """
 
     name: ClassVar[str] = "pair_regressor"
@@ -219,11 +228,17 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
         env: gym.Env[Any, Any],
         weights: str | Path | None = None,
         gain: float = 1.0,
+        ronchigrams_per_iteration: int = 1,
     ) -> None:
         super().__init__(env)
+        if ronchigrams_per_iteration not in (1, 2):
+            raise ValueError(
+                f"ronchigrams_per_iteration must be 1 or 2, got {ronchigrams_per_iteration}"
+            )
         torch.set_num_threads(1)
         self.model, self.scale = load_regressor(weights)
         self.gain = float(gain)
+        self.ronchigrams_per_iteration = int(ronchigrams_per_iteration)
         #: The latest estimate [nm], for inspection.
         self.estimate: dict[str, float] = {}
 
@@ -258,10 +273,13 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
             while True:
                 yield self.fallback(self.masks)
         probe_name, probe_nm = PROBE_TUNE
+        fresh = True
         while True:
-            yield from self._ronchigram_if_stale()
+            if fresh:
+                yield from self._ronchigram_if_stale()
             yield from self._tune_by(probe_name, probe_nm)
             yield self.action("ronchigram")
             self.estimate = estimate_aberrations(self.model, self.scale, self.observation)
             for name in PAIR_ABERRATIONS:
                 yield from self._tune_by(name, -self.gain * self.estimate[name])
+            fresh = self.ronchigrams_per_iteration == 2
