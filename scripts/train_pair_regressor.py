@@ -100,6 +100,29 @@ def _probe_action(core: Any) -> np.ndarray:
 ESTIMATE_ERROR_NM = (2.4, 1.3, 1.3, 115.0, 120.0)
 
 
+#: One generated pair: images (uint8), scalars, normalised labels, shrink factor.
+Pair = tuple[np.ndarray, np.ndarray, np.ndarray, float]
+
+
+def _pair(core: Any, observation: dict[str, Any], factor: float) -> Pair:
+    """One pair from the latest observation: images, scalars, normalised labels and factor."""
+    image, scalar = pair_inputs(observation)
+    total = core.truth.aberrations_nm()
+    label = np.array([total[n] for n in PAIR_ABERRATIONS]) / np.asarray(PAIR_LABEL_SCALE_NM)
+    return np.round(image * 255).astype(np.uint8), scalar, label, factor
+
+
+def _dataset(pairs: list[Pair]) -> dict[str, np.ndarray]:
+    """Pairs stacked: ``images`` uint8, ``scalars``, ``labels`` and ``factor`` float32."""
+    images, scalars, labels, factors = zip(*pairs, strict=True)
+    return {
+        "images": np.stack(images),
+        "scalars": np.stack(scalars).astype(np.float32),
+        "labels": np.stack(labels).astype(np.float32),
+        "factor": np.asarray(factors, dtype=np.float32),
+    }
+
+
 def _tune_toward(core: Any, helper: ScriptedPolicy, name: str, change_nm: float) -> None:
     """Tune one aberration by ``change_nm`` in the task's bins, as the tuner does (env steps)."""
     index = helper.config.aberrations.index(name)
@@ -136,9 +159,8 @@ def generate_corrections(
     helper = ScriptedPolicy(env)
     probe = _probe_action(core)
     rng = np.random.default_rng(seed)
-    half = np.asarray(PAIR_LABEL_SCALE_NM)
     error = np.asarray(ESTIMATE_ERROR_NM)
-    images, scalars, labels, factors = [], [], [], []
+    pairs: list[Pair] = []
     for episode in range(episodes):
         core.reset(seed=seed * 1_000_003 + episode)
         if float(core._observation()["state"][-1]) <= 0.5:
@@ -152,21 +174,11 @@ def generate_corrections(
                     _tune_toward(core, helper, name, -estimate)
             core.step(probe)
             observation, _, terminated, truncated, _ = core.step(RONCHIGRAM)
-            image, scalar = pair_inputs(observation)
-            total = core.truth.aberrations_nm()
-            images.append(np.round(image * 255).astype(np.uint8))
-            scalars.append(scalar)
-            labels.append(np.array([total[n] for n in PAIR_ABERRATIONS]) / half)
-            factors.append(1.0 if k == 0 else -1.0)
+            pairs.append(_pair(core, observation, 1.0 if k == 0 else -1.0))
             if terminated or truncated:
                 break
     env.close()
-    return {
-        "images": np.stack(images),
-        "scalars": np.stack(scalars).astype(np.float32),
-        "labels": np.stack(labels).astype(np.float32),
-        "factor": np.asarray(factors, dtype=np.float32),
-    }
+    return _dataset(pairs)
 
 
 def generate(
@@ -197,7 +209,7 @@ def generate(
     probe = _probe_action(core)
     rng = np.random.default_rng(seed)
     half = np.asarray(PAIR_LABEL_SCALE_NM)
-    images, scalars, labels, factors = [], [], [], []
+    pairs: list[Pair] = []
     for episode in range(episodes):
         core.reset(seed=seed * 1_000_003 + episode)
         for k in range(pairs_per_episode):
@@ -220,19 +232,9 @@ def generate(
                 core.step(RONCHIGRAM)
             core.step(probe)
             observation, *_ = core.step(RONCHIGRAM)
-            image, scalar = pair_inputs(observation)
-            total = core.truth.aberrations_nm()
-            images.append(np.round(image * 255).astype(np.uint8))
-            scalars.append(scalar)
-            labels.append(np.array([total[n] for n in PAIR_ABERRATIONS]) / half)
-            factors.append(factor)
+            pairs.append(_pair(core, observation, factor))
     env.close()
-    return {
-        "images": np.stack(images),
-        "scalars": np.stack(scalars).astype(np.float32),
-        "labels": np.stack(labels).astype(np.float32),
-        "factor": np.asarray(factors, dtype=np.float32),
-    }
+    return _dataset(pairs)
 
 
 def rms_by_coefficient(model: PairRegressor, data: dict[str, np.ndarray]) -> np.ndarray:

@@ -323,21 +323,22 @@ def test_backlash_raster_rasters_with_the_beam_shift_where_the_task_offers_it() 
     assert tiled["distinct"] >= 0.9 * tiled["frames"] >= 0.9 * 70
 
 
+def _on_a_rim(specimen: Any, view: tuple[float, ...]) -> bool:
+    """Whether a field (x0, y0, x1, y1) [nm] holds both film and hole (twin truth, 9 x 9 points)."""
+    x = np.linspace(view[0], view[2], 9)
+    grid = np.array([[a, b] for a in x for b in np.linspace(view[1], view[3], 9)])
+    vacuum = specimen.in_hole(grid)
+    return bool(vacuum.any() and not vacuum.all())
+
+
 def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() -> None:
     env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
     expert = _full_episode(env, "overview_expert")
     raster = _full_episode(env, "backlash_raster")
     specimen = env.unwrapped.truth.specimen
-
-    def on_a_rim(view: tuple[float, ...]) -> bool:
-        x = np.linspace(view[0], view[2], 9)
-        grid = np.array([[a, b] for a in x for b in np.linspace(view[1], view[3], 9)])
-        vacuum = specimen.in_hole(grid)
-        return bool(vacuum.any() and not vacuum.all())
-
-    on_rim = np.mean([on_a_rim(view) for view in expert["views"]])
+    on_rim = np.mean([_on_a_rim(specimen, view) for view in expert["views"]])
     assert on_rim >= 0.6, on_rim
-    assert np.mean([on_a_rim(view) for view in raster["views"]]) < 0.2
+    assert np.mean([_on_a_rim(specimen, view) for view in raster["views"]]) < 0.2
     assert expert["distinct"] >= 0.95 * expert["frames"]
     assert expert["found"] / expert["frames"] > 2.0 * raster["found"] / raster["frames"]
 
@@ -347,14 +348,7 @@ def test_shift_expert_follows_rims_by_beam_shift_faster_than_the_stage_expert() 
     by_shift = _full_episode(env, "shift_expert")
     by_stage = _full_episode(env, "overview_expert")
     specimen = env.unwrapped.truth.specimen
-
-    def on_a_rim(view: tuple[float, ...]) -> bool:
-        x = np.linspace(view[0], view[2], 9)
-        grid = np.array([[a, b] for a in x for b in np.linspace(view[1], view[3], 9)])
-        vacuum = specimen.in_hole(grid)
-        return bool(vacuum.any() and not vacuum.all())
-
-    assert np.mean([on_a_rim(view) for view in by_shift["views"]]) >= 0.6
+    assert np.mean([_on_a_rim(specimen, view) for view in by_shift["views"]]) >= 0.6
     assert by_shift["distinct"] >= 0.95 * by_shift["frames"]
     kinds = [command["command"] for command in by_shift["sent"]]
     # Fields are reached by the beam shift; the stage carries only what the shift range cannot.

@@ -1376,6 +1376,9 @@ class ShiftExpertPolicy(OverviewExpertPolicy):
         locate_fov_nm: Field of view of the localisation frames [nm].
         backlash_margin_nm: Forward travel that takes up the stage's play [nm] (used only where
             the task has no macros and the policy runs as :class:`OverviewExpertPolicy`).
+        creep_nm_per_s: Rate at which a remembered field's position is taken to grow uncertain
+            [nm/s] (see :meth:`_seen`).
+        creep_limit_nm: Largest such uncertainty [nm].
     """
 
     name = "shift_expert"
