@@ -124,20 +124,11 @@ def _dataset(pairs: list[Pair]) -> dict[str, np.ndarray]:
 
 
 def _tune_toward(core: Any, helper: ScriptedPolicy, name: str, change_nm: float) -> None:
-    """Tune one aberration by ``change_nm`` in the task's bins, as the tuner does (env steps)."""
-    index = helper.config.aberrations.index(name)
-    remaining = float(change_nm)
-    for _step in range(64):
+    """Tune one aberration by ``change_nm`` as the tuner does (:meth:`ScriptedPolicy.tune_by`)."""
+    helper.masks = core.action_masks()
+    for action in helper.tune_by(name, change_nm):
+        core.step(action)
         helper.masks = core.action_masks()
-        valid = [
-            k
-            for k in helper.tune_bins_toward(name, remaining)
-            if helper.is_valid(helper.action("tune", aberration=index, delta=k))
-        ]
-        if not valid:
-            return
-        core.step(helper.action("tune", aberration=index, delta=valid[0]))
-        remaining -= helper.tune_delta_nm(name, valid[0])
 
 
 def generate_corrections(

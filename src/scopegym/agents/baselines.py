@@ -512,6 +512,30 @@ class ScriptedPolicy:
         ]
         return [k for _magnitude, k in sorted(fits, reverse=True)]
 
+    def tune_by(self, name: str, change_nm: float) -> Iterator[np.ndarray]:
+        """Tune one aberration by a change [nm] in the largest valid bins that do not overshoot.
+
+        Each step takes the largest bin of :meth:`tune_bins_toward` that the present masks and
+        limits allow; the plan ends when none is, or when the change is within half the finest
+        bin. Nothing happens for an aberration the task does not tune.
+        """
+        if name not in self.config.aberrations:
+            return
+        index = self.config.aberrations.index(name)
+        remaining = float(change_nm)
+        for _step in range(64):
+            valid = [
+                k
+                for k in self.tune_bins_toward(name, remaining)
+                if self.is_valid(self.action("tune", aberration=index, delta=k))
+            ]
+            if not valid:
+                return
+            yield self.action("tune", aberration=index, delta=valid[0])
+            if self.replaced:
+                return
+            remaining -= self.tune_delta_nm(name, valid[0])
+
     def fallback(self, masks: np.ndarray) -> np.ndarray:
         """A valid action when the plan's is not: a scan at the longest dwell if possible."""
         if "scan" in self.config.verbs:
@@ -1487,13 +1511,13 @@ class ShiftExpertPolicy(OverviewExpertPolicy):
         travel = np.round((target - self._position) / grain) * grain
         if not (yield from self._travel(travel, self.locate_fov_nm)):
             return False
+
+        def allowed(points: np.ndarray) -> np.ndarray:
+            return np.asarray([not self._seen(self._position + point) for point in points])
+
         misses = 0
         while misses < 2:
             fov = self.instrument_state.fov_nm
-
-            def allowed(points: np.ndarray) -> np.ndarray:
-                return np.asarray([not self._seen(self._position + point) for point in points])
-
             located = find_rim(self.observation["frame"], fov, 2.0, allowed=allowed)
             if located is None:
                 return True

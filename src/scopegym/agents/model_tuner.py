@@ -242,26 +242,6 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
         #: The latest estimate [nm], for inspection.
         self.estimate: dict[str, float] = {}
 
-    def _tune_by(self, name: str, change_nm: float) -> Iterator[np.ndarray]:
-        """Tune one aberration by a change [nm] in the largest bins that do not overshoot."""
-        if name not in self.config.aberrations:
-            return
-        index = self.config.aberrations.index(name)
-        remaining = float(change_nm)
-        for _step in range(64):
-            valid = [
-                k
-                for k in self.tune_bins_toward(name, remaining)
-                if self.is_valid(self.action("tune", aberration=index, delta=k))
-            ]
-            if not valid:
-                return
-            delta = valid[0]
-            yield self.action("tune", aberration=index, delta=delta)
-            if self.replaced:
-                return
-            remaining -= self.tune_delta_nm(name, delta)
-
     def _ronchigram_if_stale(self) -> Iterator[np.ndarray]:
         """A Ronchigram when the latest image predates the last tune."""
         if float(np.asarray(self.observation["state"])[-1]) <= 0.5:
@@ -277,9 +257,9 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
         while True:
             if fresh:
                 yield from self._ronchigram_if_stale()
-            yield from self._tune_by(probe_name, probe_nm)
+            yield from self.tune_by(probe_name, probe_nm)
             yield self.action("ronchigram")
             self.estimate = estimate_aberrations(self.model, self.scale, self.observation)
             for name in PAIR_ABERRATIONS:
-                yield from self._tune_by(name, -self.gain * self.estimate[name])
+                yield from self.tune_by(name, -self.gain * self.estimate[name])
             fresh = self.ronchigrams_per_iteration == 2
