@@ -89,18 +89,35 @@ def instrument_problem(cfg: DictConfig) -> str | None:
     return None
 
 
+#: File at the root of every RLlib algorithm checkpoint directory.
+RLLIB_CHECKPOINT_FILE = "rllib_checkpoint.json"
+
+
+def is_rllib_checkpoint(path: Path) -> bool:
+    """Whether ``path`` is an RLlib algorithm checkpoint directory (``trainer=rllib``)."""
+    return path.is_dir() and (path / RLLIB_CHECKPOINT_FILE).is_file()
+
+
 def checkpoint_problem(checkpoint: Path, key: str = "checkpoint") -> str | None:
-    """Why a file cannot be an SB3 checkpoint, or None.
+    """Why a path cannot be a checkpoint (an SB3 .zip or an RLlib directory), or None.
 
     Args:
         checkpoint: The path given on the command line.
         key: Config key it came from, for the message.
     """
+    if is_rllib_checkpoint(checkpoint):
+        return None
+    if checkpoint.is_dir():
+        return (
+            f"{key}={str(checkpoint)!r} is a directory but not an RLlib checkpoint (no "
+            f"{RLLIB_CHECKPOINT_FILE}): give final_rllib/ or checkpoints/rllib_<steps>_steps/"
+        )
     if not checkpoint.is_file():
         return f"{key}={str(checkpoint)!r}: no such checkpoint file"
     if not zipfile.is_zipfile(checkpoint):
         return (
             f"{key}={str(checkpoint)!r} is not a checkpoint: SB3 models are .zip archives "
-            "(final.zip, checkpoints/model_<steps>_steps.zip or an exported policy)"
+            "(final.zip, checkpoints/model_<steps>_steps.zip or an exported policy), RLlib "
+            "checkpoints directories (final_rllib/)"
         )
     return None

@@ -39,6 +39,7 @@ from scopegym.agents.cli_checks import (
     checkpoint_problem,
     instrument_problem,
     integer_value,
+    is_rllib_checkpoint,
     quiet_absent_user_config_dir,
 )
 from scopegym.agents.evaluation import EpisodeResult, Policy, evaluate, summarise
@@ -130,10 +131,11 @@ def _run_config(checkpoint: Path) -> DictConfig | None:
 
 
 def load_checkpoint(checkpoint: Path, device: str = "cpu") -> tuple[Any, bool, bool]:
-    """Load a scopegym-train model, trying MaskablePPO, then PPO, then SAC.
+    """Load a scopegym-train model: an RLlib checkpoint directory, else MaskablePPO, PPO or SAC.
 
     Args:
-        checkpoint: Path of the ``.zip``.
+        checkpoint: Path of the ``.zip``, or of an RLlib checkpoint directory (its policy
+            takes action masks, :class:`~scopegym.agents.rllib.RLlibModel`).
         device: Torch device.
 
     Returns:
@@ -151,6 +153,8 @@ def load_checkpoint(checkpoint: Path, device: str = "cpu") -> tuple[Any, bool, b
     from stable_baselines3.common.policies import ActorCriticPolicy
     from stable_baselines3.sac.policies import SACPolicy
 
+    if is_rllib_checkpoint(checkpoint):
+        return load_rllib_checkpoint(checkpoint), True, False
     if not checkpoint.is_file():
         raise EvalConfigError(f"checkpoint={str(checkpoint)!r}: no such checkpoint file")
     # A load may "succeed" with the wrong class (the zip names its own policy class), so the
@@ -180,6 +184,28 @@ def load_checkpoint(checkpoint: Path, device: str = "cpu") -> tuple[Any, bool, b
         f"checkpoint={str(checkpoint)!r} is not a MaskablePPO, PPO or SAC model "
         f"({'; '.join(errors)})"
     )
+
+
+def load_rllib_checkpoint(checkpoint: Path) -> Any:
+    """The policy of an RLlib algorithm checkpoint (``scopegym-train trainer=rllib``).
+
+    Raises:
+        EvalConfigError: The ``ray`` extra is not installed, or the module cannot be loaded.
+    """
+    try:
+        from scopegym.agents.rllib import RLlibModel
+    except ImportError as error:
+        raise EvalConfigError(
+            f"checkpoint={str(checkpoint)!r} is an RLlib checkpoint; loading it needs the ray "
+            f'extra (pip install -e ".[ray]"): {error}'
+        ) from None
+    try:
+        return RLlibModel.load(checkpoint)
+    except Exception as error:  # noqa: BLE001 - RLlib raises many kinds for a foreign directory
+        raise EvalConfigError(
+            f"checkpoint={str(checkpoint)!r}: its RLModule cannot be loaded "
+            f"({type(error).__name__}: {error})"
+        ) from None
 
 
 def validate(cfg: DictConfig) -> None:

@@ -169,7 +169,7 @@ def _check_config(cfg: DictConfig) -> None:
         raise RunConfigError(problem)
     if cfg.checkpoint:
         checkpoint = Path(str(cfg.checkpoint)).expanduser()
-        if not checkpoint.is_file():
+        if not checkpoint.exists():
             raise RunConfigError(f"checkpoint {checkpoint} does not exist")
         problem = checkpoint_problem(checkpoint)
         if problem is not None:

@@ -32,6 +32,7 @@ from scopegym.agents.cli_checks import (
     checkpoint_problem,
     instrument_problem,
     integer_value,
+    is_rllib_checkpoint,
     quiet_absent_user_config_dir,
 )
 from scopegym.instrument import InstrumentError
@@ -167,11 +168,72 @@ def validate(cfg: DictConfig) -> None:
             )
     if cfg.agent.box_actions and cfg.agent.maskable:
         raise TrainConfigError("agent.box_actions and agent.maskable exclude each other")
+    _validate_trainer(cfg)
+
+
+#: The trainers of the ``trainer`` config group.
+TRAINERS = ("sb3", "rllib")
+
+
+def _validate_trainer(cfg: DictConfig) -> None:
+    trainer = str(OmegaConf.select(cfg, "trainer.name", default="sb3"))
+    if trainer not in TRAINERS:
+        raise TrainConfigError(f"trainer.name={trainer!r} is unknown; known: {list(TRAINERS)}")
+    if trainer != "rllib":
+        return
+    if importlib.util.find_spec("ray") is None:
+        raise TrainConfigError(
+            'trainer=rllib needs the ray extra: pip install -e ".[ray]" (Ray with RLlib)'
+        )
+    target = str(OmegaConf.select(cfg, "agent.model._target_", default=""))
+    if cfg.agent.box_actions or not target.endswith("PPO"):
+        raise TrainConfigError(
+            f"trainer=rllib trains PPO on the MultiDiscrete actions with their masks; "
+            f"agent={cfg.agent.name} is not PPO (use agent=maskable_ppo or agent=ppo)"
+        )
+    extractor = OmegaConf.select(
+        cfg, "agent.model.policy_kwargs.features_extractor_class.path", default=None
+    )
+    if extractor != "scopegym.agents.features.ScopeFeaturesExtractor":
+        raise TrainConfigError(
+            "trainer=rllib encodes observations with scopegym.agents.features."
+            f"ScopeFeaturesExtractor; agent.model.policy_kwargs names {extractor!r}"
+        )
+    unsupported = {
+        "n_envs": cfg.n_envs != 1,
+        "vec_env": cfg.vec_env != "dummy",
+        "vec_normalize": bool(cfg.vec_normalize),
+        "pretrain.policies": bool(cfg.pretrain.policies),
+    }
+    for key, changed in unsupported.items():
+        if changed:
+            raise TrainConfigError(
+                f"{key} applies to trainer=sb3; with trainer=rllib set "
+                "trainer.num_env_runners and trainer.num_envs_per_env_runner"
+                if key in ("n_envs", "vec_env")
+                else f"{key} applies to trainer=sb3 only"
+            )
+    for key in (
+        "trainer.num_env_runners",
+        "trainer.num_learners",
+        "trainer.num_envs_per_env_runner",
+    ):
+        minimum = 0 if key.endswith(("runners", "learners")) else 1
+        problem = integer_value(cfg, key, minimum=minimum)
+        if problem is not None:
+            raise TrainConfigError(problem)
 
 
 def _check_resume(checkpoint: Path, cfg: DictConfig) -> None:
     from scopegym.agents.eval_cli import EvalConfigError, check_checkpoint_matches
 
+    rllib = str(OmegaConf.select(cfg, "trainer.name", default="sb3")) == "rllib"
+    if rllib != is_rllib_checkpoint(checkpoint) and checkpoint.exists():
+        raise TrainConfigError(
+            f"resume={str(checkpoint)!r}: trainer=rllib continues from an RLlib checkpoint "
+            "directory (final_rllib/ or checkpoints/rllib_<steps>_steps/), trainer=sb3 from a "
+            ".zip"
+        )
     problem = checkpoint_problem(checkpoint, key="resume")
     if problem is not None:
         raise TrainConfigError(problem)
@@ -336,6 +398,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     validate(cfg)
     torch.set_num_threads(int(cfg.torch_threads))
     run_dir.mkdir(parents=True, exist_ok=True)
+    if str(OmegaConf.select(cfg, "trainer.name", default="sb3")) == "rllib":
+        return train_rllib(cfg, run_dir)
     n_envs = int(cfg.n_envs)
     seed = int(cfg.seed)
     maskable = bool(cfg.agent.maskable)
@@ -479,6 +543,149 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     return final
 
 
+def train_rllib(cfg: DictConfig, run_dir: Path) -> Path:
+    """Train with RLlib PPO (``trainer=rllib``) and save the final algorithm checkpoint.
+
+    The environments, network and PPO hyperparameters are those ``trainer=sb3`` would use
+    (:mod:`scopegym.agents.rllib` says how they map). A local Ray (``trainer.address=null``) is
+    started on 127.0.0.1 and shut down at the end; a Ray already running in this process is
+    used and left running.
+
+    Args:
+        cfg: The composed ``train`` config, already validated.
+        run_dir: Directory for every output of the run.
+
+    Returns:
+        The final checkpoint directory (``final_rllib`` in ``run_dir``).
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    from scopegym.agents import rllib
+
+    seed = int(cfg.seed)
+    factory = env_factory(cfg, str(cfg.samples.name))
+    factory = EnvFactory(factory.env_id, factory.kwargs, box_actions=False, monitor=False)
+    policy_kwargs = OmegaConf.to_container(cfg.agent.model.policy_kwargs, resolve=True)
+    assert isinstance(policy_kwargs, dict)
+    model_config = {
+        "features_extractor_kwargs": policy_kwargs.get("features_extractor_kwargs") or {},
+        "net_arch": policy_kwargs.get("net_arch", [64, 64]),
+    }
+    agent_model = {str(k): v for k, v in dict(cfg.agent.model).items()}
+    trainer = {str(k): v for k, v in dict(cfg.trainer).items()}
+    address = trainer.get("address")
+    started = rllib.init_ray(
+        None if address is None else str(address),
+        None if trainer.get("num_cpus") is None else int(trainer["num_cpus"]),
+    )
+    env_name = f"{rllib.RLLIB_ENV_PREFIX}{cfg.env.id}"
+    final = run_dir / "final_rllib"
+    try:
+        rllib.register_env(env_name, rllib.MaskedEnvCreator(factory, int(cfg.torch_threads)))
+        config = rllib.ppo_config(env_name, agent_model, trainer, seed, model_config)
+        algorithm = config.build_algo()
+        try:
+            if cfg.resume is not None:
+                algorithm.restore_from_path(str(Path(str(cfg.resume)).resolve()))
+                log.info("resumed from %s", cfg.resume)
+            runners = int(trainer["num_env_runners"])
+            print(
+                "\n".join(
+                    [
+                        f"outputs: {run_dir}",
+                        f"  training: RLlib PPO to {cfg.total_timesteps} environment steps on "
+                        f"{max(runners, 1)} env runner(s) x {trainer['num_envs_per_env_runner']} "
+                        f"env(s) (Ray at {address or 'a local instance, 127.0.0.1'})",
+                        f"  checkpoints: every {cfg.checkpoint.freq} steps -> "
+                        f"{run_dir / 'checkpoints' / 'rllib_<steps>_steps'}"
+                        if int(cfg.checkpoint.freq) > 0
+                        else "  checkpoints: off (checkpoint.freq=0)",
+                        f"  final checkpoint: {final}"
+                        + (
+                            f", then scored on {cfg.eval.n_episodes} validation episodes -> "
+                            f"{run_dir / 'validation.json'}"
+                            if int(cfg.eval.n_episodes) > 0
+                            else ""
+                        ),
+                        f"  scalars: tensorboard --logdir {run_dir / 'tensorboard'}",
+                    ]
+                ),
+                flush=True,
+            )
+            with SummaryWriter(str(run_dir / "tensorboard" / "rllib")) as writer:
+                summary = rllib.train_loop(
+                    algorithm,
+                    int(cfg.total_timesteps),
+                    run_dir,
+                    int(cfg.checkpoint.freq),
+                    writer,
+                )
+            algorithm.save_to_path(str(final))
+        finally:
+            algorithm.stop()
+    finally:
+        if started:
+            rllib.shutdown_ray()
+    rllib.write_summary(run_dir, summary)
+    log.info(
+        "trained %d steps in %.0f s (%.1f env steps/s); final checkpoint %s",
+        summary["steps"],
+        summary["seconds"],
+        summary["steps"] / max(summary["seconds"], 1e-9),
+        final,
+    )
+    if int(cfg.eval.n_episodes) > 0:
+        model = rllib.RLlibModel.load(final, seed=seed)
+        score = _validation_episodes(
+            cfg, model, factory.with_kwargs(samples=VALIDATION), seed + 10_000
+        )
+        score["steps"] = int(summary["steps"])
+        (run_dir / "validation.json").write_text(json.dumps(score, indent=2))
+        log.info(
+            "final checkpoint on %d validation episodes: mean return %.4f ± %.4f",
+            score["episodes"],
+            score["mean_return"],
+            score["std_return"],
+        )
+    return final
+
+
+def _validation_episodes(
+    cfg: DictConfig, model: Any, factory: EnvFactory, seed: int
+) -> dict[str, Any]:
+    """Mean return of a masked ``predict()`` policy on validation episodes."""
+    returns = []
+    env = factory()
+    try:
+        for episode in range(int(cfg.eval.n_episodes)):
+            observation, _ = env.reset(seed=seed + episode)
+            total, done = 0.0, False
+            while not done:
+                action, _ = model.predict(
+                    observation,
+                    deterministic=bool(cfg.eval.deterministic),
+                    action_masks=env.unwrapped.action_masks(),  # type: ignore[attr-defined]
+                )
+                observation, reward, terminated, truncated, _ = env.step(action)
+                total += float(reward)
+                done = terminated or truncated
+            returns.append(total)
+    finally:
+        env.close()
+    return _return_summary(returns, bool(cfg.eval.deterministic))
+
+
+def _return_summary(returns: Any, deterministic: bool) -> dict[str, Any]:
+    """``validation.json``'s figures of the episodes' returns."""
+    values = np.asarray(returns, dtype=float)
+    return {
+        "episodes": int(values.size),
+        "mean_return": float(values.mean()),
+        "std_return": float(values.std()),
+        "deterministic": deterministic,
+    }
+
+
 def _final_validation(
     cfg: DictConfig, model: Any, eval_venv: Any, maskable: bool
 ) -> dict[str, Any]:
@@ -494,12 +701,8 @@ def _final_validation(
         deterministic=bool(cfg.eval.deterministic),
         return_episode_rewards=True,
     )
-    values = np.asarray(returns, dtype=float)
     return {
-        "episodes": int(values.size),
-        "mean_return": float(values.mean()),
-        "std_return": float(values.std()),
-        "deterministic": bool(cfg.eval.deterministic),
+        **_return_summary(returns, bool(cfg.eval.deterministic)),
         "steps": int(model.num_timesteps),
     }
 
