@@ -138,7 +138,7 @@ class RenderImageCallback(BaseCallback):
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:
                 break
-        picture = env.render()
+        picture: Any = env.render()
         if not isinstance(picture, np.ndarray):
             raise RuntimeError("the render environment returned no rgb_array picture")
         return np.ascontiguousarray(picture[..., :3], dtype=np.uint8)

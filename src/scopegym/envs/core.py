@@ -254,7 +254,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if task.uses_map:
             self.episode_map = EpisodeMap(self.instrument.limits, atomic_pixel_nm=ATOMIC_PIXEL_NM)
             obs["map"] = spaces.Box(0, 255, (len(MAP_CHANNELS), MAP_PX, MAP_PX), np.uint8)
-        self.observation_space = spaces.Dict(obs)  # type: ignore[assignment]
+        # gymnasium 1.4 types the attribute more narrowly than 1.2 (the ray extra's pin).
+        self.observation_space = spaces.Dict(obs)  # type: ignore[assignment, unused-ignore]
         self.action_space = spaces.MultiDiscrete(self.codec.nvec)
         self._fov_range = (
             min(task.action_config.fov_levels_nm),
@@ -600,7 +601,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             **{name: int(action[1 + ARGUMENTS.index(name)]) for name in VERB_ARGUMENTS[verb]},
         }
 
-    def render(self) -> np.ndarray | None:
+    def render(self) -> np.ndarray | None:  # type: ignore[override, unused-ignore]
         """An RGB picture: overview, current frame, the task's Ronchigram and spectrum panels."""
         if self.render_mode != "rgb_array":
             return None
