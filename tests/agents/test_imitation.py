@@ -83,6 +83,19 @@ def test_cloning_makes_the_demonstrated_commands_likelier(legacy_demonstrations,
     assert figures["accuracy_after"] > 0.5
 
 
+def test_cloning_runs_at_its_own_learning_rate_and_restores_the_models(legacy_demonstrations):
+    figures = {}
+    for rate in (1e-9, 3e-3):
+        model = MaskablePPO("MultiInputPolicy", make_legacy_env(), n_steps=64, batch_size=32,
+                            policy_kwargs=SMALL, seed=0, device="cpu", learning_rate=3e-4)
+        figures[rate] = clone(model, legacy_demonstrations, epochs=4, batch_size=64,
+                              learning_rate=rate)
+        assert [g["lr"] for g in model.policy.optimizer.param_groups] == [3e-4]
+    # Same initial weights and minibatches: only the rate differs.
+    assert figures[1e-9]["nll_after"] == pytest.approx(figures[1e-9]["nll_before"], rel=1e-3)
+    assert figures[3e-3]["nll_after"] < 0.8 * figures[3e-3]["nll_before"]
+
+
 DEFECT_SEARCH = "scopegym/DefectSearch-v1"
 #: The cloning policy as agent=maskable_ppo builds it: the extractor at its defaults.
 CLONE_POLICY = {

@@ -104,6 +104,8 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("pretrain.policies=[raster,wizard]", "pretrain.policies: unknown baselines ['wizard']"),
         ("agent=sac pretrain.policies=[raster]", "acts on the Box encoding"),
         ("pretrain.episodes=0", "pretrain.episodes must be a positive integer"),
+        ("total_timesteps=0", "0 only with pretrain.policies"),
+        ("pretrain.learning_rate=-1", "pretrain.learning_rate must be a positive number"),
         ("seed=abc", "seed must be an integer, got 'abc'"),
         ("instrument=replay", "instrument.kwargs.path must be given (instrument=replay"),
         (
@@ -270,6 +272,29 @@ def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
     assert "loaded VecNormalize statistics" in result.stderr + result.stdout
     assert (second / "checkpoints" / "model_384_steps.zip").is_file()
     assert not (second / "checkpoints" / "model_128_steps.zip").exists()
+
+
+@pytest.mark.slow
+def test_a_clone_alone_is_saved_and_scored_when_total_timesteps_is_0(tmp_path):
+    result = run_cli(
+        "env=defect_search",
+        "pretrain.policies=[backlash_raster]",
+        "pretrain.episodes=1",
+        "pretrain.epochs=2",
+        "pretrain.learning_rate=1e-3",
+        "total_timesteps=0",
+        "eval.n_episodes=1",
+        "+env.kwargs.max_episode_steps=30",
+        "agent.model.policy_kwargs.features_extractor_kwargs.cnn_output_dim=32",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stderr + result.stdout
+    assert "cloned ['backlash_raster'] from 30 steps" in log
+    assert "total_timesteps=0: the clone is saved without RL" in log
+    assert (tmp_path / "final.zip").is_file()
+    score = json.loads((tmp_path / "validation.json").read_text())
+    assert score["episodes"] == 1 and score["steps"] == 0
 
 
 @pytest.mark.slow

@@ -220,6 +220,7 @@ def clone(
     value_coef: float = 0.5,
     maskable: bool = True,
     seed: int = 0,
+    learning_rate: float | None = None,
 ) -> dict[str, float]:
     """Fit an SB3 actor-critic policy (PPO, MaskablePPO) to demonstrations.
 
@@ -231,6 +232,8 @@ def clone(
         value_coef: Weight of the value head's squared error (0: policy only).
         maskable: Give the demonstrations' action masks to the policy (MaskablePPO).
         seed: Seed of the minibatch order.
+        learning_rate: The optimiser's learning rate while cloning (None: the model's own);
+            the model's rate is restored afterwards.
 
     Returns:
         ``nll_before``/``nll_after`` (negative log-likelihood of the demonstrated entries,
@@ -246,6 +249,10 @@ def clone(
 
     assert len(nvec) == demonstrations.actions.shape[1]
     nll_before, _ = _evaluate(policy, demonstrations, maskable, batch_size)
+    rates = [group["lr"] for group in policy.optimizer.param_groups]
+    if learning_rate is not None:
+        for group in policy.optimizer.param_groups:
+            group["lr"] = float(learning_rate)
     policy.set_training_mode(True)
     for _ in range(epochs):
         order = rng.permutation(n)
@@ -257,6 +264,8 @@ def clone(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
             policy.optimizer.step()
+    for group, rate in zip(policy.optimizer.param_groups, rates, strict=True):
+        group["lr"] = rate
     nll_after, accuracy = _evaluate(policy, demonstrations, maskable, batch_size)
     policy.set_training_mode(False)
     return {"nll_before": nll_before, "nll_after": nll_after, "accuracy_after": accuracy}

@@ -131,8 +131,26 @@ def validate(cfg: DictConfig) -> None:
         raise TrainConfigError(problem)
     for key in ("total_timesteps", "n_envs"):
         value = cfg[key]
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise TrainConfigError(f"{key} must be a positive integer, got {value!r}")
+        # total_timesteps=0 after cloning saves the clone itself, without RL.
+        cloning_only = key == "total_timesteps" and value == 0 and bool(cfg.pretrain.policies)
+        if (
+            not isinstance(value, int)
+            or isinstance(value, bool)
+            or (value <= 0 and not cloning_only)
+        ):
+            raise TrainConfigError(
+                f"{key} must be a positive integer, got {value!r}"
+                + (
+                    " (0 only with pretrain.policies: the clone without RL)"
+                    if key == "total_timesteps"
+                    else ""
+                )
+            )
+    rate = OmegaConf.select(cfg, "pretrain.learning_rate", default=None)
+    if rate is not None and (
+        isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
+    ):
+        raise TrainConfigError(f"pretrain.learning_rate must be a positive number, got {rate!r}")
     for key in ("pretrain.episodes", "pretrain.epochs", "pretrain.batch_size"):
         value = OmegaConf.select(cfg, key)
         if value is not None and (not isinstance(value, int) or value <= 0):
@@ -360,6 +378,7 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> No
         value_coef=0.0 if cfg.vec_normalize else 0.5,
         maskable=bool(cfg.agent.maskable),
         seed=seed,
+        learning_rate=OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
     )
     log.info(
         "cloned %s from %d steps (%d episodes, mean return %.2f): action NLL %.2f -> %.2f nats, "
@@ -520,6 +539,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
             progress_bar=progress_bar,
         )
         model.logger.dump(model.num_timesteps)  # values recorded after the last periodic dump
+    elif int(cfg.total_timesteps) == 0:
+        log.info("total_timesteps=0: the clone is saved without RL")
     else:
         log.info("the checkpoint already has %d steps; nothing to train", model.num_timesteps)
 
