@@ -15,7 +15,9 @@ from __future__ import annotations
 import importlib.util
 import json
 import logging
+import math
 import multiprocessing
+import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -595,9 +597,15 @@ def train_rllib(cfg: DictConfig, run_dir: Path) -> Path:
     agent_model = {str(k): v for k, v in dict(cfg.agent.model).items()}
     trainer = {str(k): v for k, v in dict(cfg.trainer).items()}
     address = trainer.get("address")
+    # A local Ray offers at least the CPUs the runners and learners reserve: on a small machine
+    # they share its cores instead of waiting forever for CPUs it does not have.
+    reserved = int(trainer["num_env_runners"]) * float(trainer["num_cpus_per_env_runner"]) + int(
+        trainer.get("num_learners", 0)
+    ) * float(trainer["num_cpus_per_learner"])
+    num_cpus = trainer.get("num_cpus")
     started = rllib.init_ray(
         None if address is None else str(address),
-        None if trainer.get("num_cpus") is None else int(trainer["num_cpus"]),
+        int(num_cpus) if num_cpus is not None else max(os.cpu_count() or 1, math.ceil(reserved)),
     )
     env_name = f"{rllib.RLLIB_ENV_PREFIX}{cfg.env.id}"
     final = run_dir / "final_rllib"
