@@ -40,23 +40,10 @@ def _config(env: str, runners: int) -> Any:
         )
 
 
-def _algorithm(env: str, runners: int, seed: int = 0) -> Any:
-    from scopegym.agents import rllib
-    from scopegym.agents.train import EnvFactory, env_factory
+def _algorithm(env: str, runners: int) -> Any:
+    from scopegym.agents.train import rllib_ppo_config
 
-    cfg = _config(env, runners)
-    factory = env_factory(cfg, "train")
-    factory = EnvFactory(factory.env_id, factory.kwargs, box_actions=False, monitor=False)
-    name = f"{rllib.RLLIB_ENV_PREFIX}{cfg.env.id}"
-    rllib.register_env(name, rllib.MaskedEnvCreator(factory))
-    policy_kwargs = cfg.agent.model.policy_kwargs
-    model_config = {
-        "features_extractor_kwargs": dict(policy_kwargs.features_extractor_kwargs),
-        "net_arch": list(policy_kwargs.net_arch),
-    }
-    trainer = {str(k): v for k, v in dict(cfg.trainer).items()}
-    agent = {str(k): v for k, v in dict(cfg.agent.model).items()}
-    return rllib.ppo_config(name, agent, trainer, seed, model_config).build_algo()
+    return rllib_ppo_config(_config(env, runners)).build_algo()
 
 
 def _sample_all(algorithm: Any, steps: int) -> tuple[int, float]:

@@ -117,7 +117,7 @@ def checkpoint_problem(checkpoint: Path, key: str = "checkpoint") -> str | None:
     if not zipfile.is_zipfile(checkpoint):
         return (
             f"{key}={str(checkpoint)!r} is not a checkpoint: SB3 models are .zip archives "
-            "(final.zip, checkpoints/model_<steps>_steps.zip or an exported policy), RLlib "
-            "checkpoints directories (final_rllib/)"
+            "(final.zip, checkpoints/model_<steps>_steps.zip or an exported policy); RLlib "
+            "checkpoints are directories (final_rllib/)"
         )
     return None

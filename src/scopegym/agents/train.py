@@ -134,20 +134,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("total_timesteps", "n_envs"):
         value = cfg[key]
         # total_timesteps=0 after cloning saves the clone itself, without RL.
-        cloning_only = key == "total_timesteps" and value == 0 and bool(cfg.pretrain.policies)
-        if (
-            not isinstance(value, int)
-            or isinstance(value, bool)
-            or (value <= 0 and not cloning_only)
-        ):
-            raise TrainConfigError(
-                f"{key} must be a positive integer, got {value!r}"
-                + (
-                    " (0 only with pretrain.policies: the clone without RL)"
-                    if key == "total_timesteps"
-                    else ""
-                )
-            )
+        timesteps = key == "total_timesteps"
+        minimum = 0 if timesteps and cfg.pretrain.policies else 1
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            hint = " (0 only with pretrain.policies: the clone without RL)" if timesteps else ""
+            raise TrainConfigError(f"{key} must be a positive integer, got {value!r}{hint}")
     rate = OmegaConf.select(cfg, "pretrain.learning_rate", default=None)
     if rate is not None and (
         isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
@@ -195,8 +186,13 @@ def validate(cfg: DictConfig) -> None:
 TRAINERS = ("sb3", "rllib")
 
 
+def trainer_name(cfg: DictConfig) -> str:
+    """The ``trainer`` config group's choice (``sb3`` where a config predates the group)."""
+    return str(OmegaConf.select(cfg, "trainer.name", default="sb3"))
+
+
 def _validate_trainer(cfg: DictConfig) -> None:
-    trainer = str(OmegaConf.select(cfg, "trainer.name", default="sb3"))
+    trainer = trainer_name(cfg)
     if trainer not in TRAINERS:
         raise TrainConfigError(f"trainer.name={trainer!r} is unknown; known: {list(TRAINERS)}")
     if trainer != "rllib":
@@ -247,7 +243,7 @@ def _validate_trainer(cfg: DictConfig) -> None:
 def _check_resume(checkpoint: Path, cfg: DictConfig) -> None:
     from scopegym.agents.eval_cli import EvalConfigError, check_checkpoint_matches
 
-    rllib = str(OmegaConf.select(cfg, "trainer.name", default="sb3")) == "rllib"
+    rllib = trainer_name(cfg) == "rllib"
     if rllib != is_rllib_checkpoint(checkpoint) and checkpoint.exists():
         raise TrainConfigError(
             f"resume={str(checkpoint)!r}: trainer=rllib continues from an RLlib checkpoint "
@@ -419,7 +415,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     validate(cfg)
     torch.set_num_threads(int(cfg.torch_threads))
     run_dir.mkdir(parents=True, exist_ok=True)
-    if str(OmegaConf.select(cfg, "trainer.name", default="sb3")) == "rllib":
+    if trainer_name(cfg) == "rllib":
         return train_rllib(cfg, run_dir)
     n_envs = int(cfg.n_envs)
     seed = int(cfg.seed)
@@ -586,44 +582,32 @@ def train_rllib(cfg: DictConfig, run_dir: Path) -> Path:
     from scopegym.agents import rllib
 
     seed = int(cfg.seed)
-    factory = env_factory(cfg, str(cfg.samples.name))
-    factory = EnvFactory(factory.env_id, factory.kwargs, box_actions=False, monitor=False)
-    policy_kwargs = OmegaConf.to_container(cfg.agent.model.policy_kwargs, resolve=True)
-    assert isinstance(policy_kwargs, dict)
-    model_config = {
-        "features_extractor_kwargs": policy_kwargs.get("features_extractor_kwargs") or {},
-        "net_arch": policy_kwargs.get("net_arch", [64, 64]),
-    }
-    agent_model = {str(k): v for k, v in dict(cfg.agent.model).items()}
-    trainer = {str(k): v for k, v in dict(cfg.trainer).items()}
+    trainer = cfg.trainer
     address = trainer.get("address")
     # A local Ray offers at least the CPUs the runners and learners reserve: on a small machine
     # they share its cores instead of waiting forever for CPUs it does not have.
-    reserved = int(trainer["num_env_runners"]) * float(trainer["num_cpus_per_env_runner"]) + int(
+    reserved = int(trainer.num_env_runners) * float(trainer.num_cpus_per_env_runner) + int(
         trainer.get("num_learners", 0)
-    ) * float(trainer["num_cpus_per_learner"])
+    ) * float(trainer.num_cpus_per_learner)
     num_cpus = trainer.get("num_cpus")
     started = rllib.init_ray(
         None if address is None else str(address),
         int(num_cpus) if num_cpus is not None else max(os.cpu_count() or 1, math.ceil(reserved)),
     )
-    env_name = f"{rllib.RLLIB_ENV_PREFIX}{cfg.env.id}"
     final = run_dir / "final_rllib"
     try:
-        rllib.register_env(env_name, rllib.MaskedEnvCreator(factory, int(cfg.torch_threads)))
-        config = rllib.ppo_config(env_name, agent_model, trainer, seed, model_config)
-        algorithm = config.build_algo()
+        algorithm = rllib_ppo_config(cfg).build_algo()
         try:
             if cfg.resume is not None:
                 algorithm.restore_from_path(str(Path(str(cfg.resume)).resolve()))
                 log.info("resumed from %s", cfg.resume)
-            runners = int(trainer["num_env_runners"])
+            runners = int(trainer.num_env_runners)
             print(
                 "\n".join(
                     [
                         f"outputs: {run_dir}",
                         f"  training: RLlib PPO to {cfg.total_timesteps} environment steps on "
-                        f"{max(runners, 1)} env runner(s) x {trainer['num_envs_per_env_runner']} "
+                        f"{max(runners, 1)} env runner(s) x {trainer.num_envs_per_env_runner} "
                         f"env(s) (Ray at {address or 'a local instance, 127.0.0.1'})",
                         f"  checkpoints: every {cfg.checkpoint.freq} steps -> "
                         f"{run_dir / 'checkpoints' / 'rllib_<steps>_steps'}"
@@ -665,9 +649,7 @@ def train_rllib(cfg: DictConfig, run_dir: Path) -> Path:
     )
     if int(cfg.eval.n_episodes) > 0:
         model = rllib.RLlibModel.load(final, seed=seed)
-        score = _validation_episodes(
-            cfg, model, factory.with_kwargs(samples=VALIDATION), seed + 10_000
-        )
+        score = _validation_episodes(cfg, model, env_factory(cfg, VALIDATION), seed + 10_000)
         score["steps"] = int(summary["steps"])
         (run_dir / "validation.json").write_text(json.dumps(score, indent=2))
         log.info(
@@ -679,26 +661,46 @@ def train_rllib(cfg: DictConfig, run_dir: Path) -> Path:
     return final
 
 
+def rllib_ppo_config(cfg: DictConfig) -> Any:
+    """The RLlib ``PPOConfig`` that ``trainer=rllib`` builds, its environment registered.
+
+    The training split's environments (no SB3 Monitor; masks in the observation), the
+    ``agent`` group's network and hyperparameters, the ``trainer`` group's resources. Ray must
+    already be running or be started by the build (:func:`scopegym.agents.rllib.init_ray`).
+    """
+    from scopegym.agents import rllib
+
+    factory = env_factory(cfg, str(cfg.samples.name))
+    factory = EnvFactory(factory.env_id, factory.kwargs, box_actions=False, monitor=False)
+    policy_kwargs = OmegaConf.to_container(cfg.agent.model.policy_kwargs, resolve=True)
+    assert isinstance(policy_kwargs, dict)
+    model_config = {
+        "features_extractor_kwargs": policy_kwargs.get("features_extractor_kwargs") or {},
+        "net_arch": policy_kwargs.get("net_arch", [64, 64]),
+    }
+    agent_model = {str(k): v for k, v in dict(cfg.agent.model).items()}
+    trainer = {str(k): v for k, v in dict(cfg.trainer).items()}
+    env_name = f"{rllib.RLLIB_ENV_PREFIX}{cfg.env.id}"
+    rllib.register_env(env_name, rllib.MaskedEnvCreator(factory, int(cfg.torch_threads)))
+    return rllib.ppo_config(env_name, agent_model, trainer, int(cfg.seed), model_config)
+
+
 def _validation_episodes(
     cfg: DictConfig, model: Any, factory: EnvFactory, seed: int
 ) -> dict[str, Any]:
-    """Mean return of a masked ``predict()`` policy on validation episodes."""
-    returns = []
+    """Mean return of a masked ``predict()`` model on validation episodes, through the harness."""
+    from scopegym.agents.eval_cli import ModelPolicy
+    from scopegym.agents.evaluation import run_episode
+
+    policy = ModelPolicy(
+        model, "validation", maskable=True, sample_actions=not bool(cfg.eval.deterministic)
+    )
     env = factory()
     try:
-        for episode in range(int(cfg.eval.n_episodes)):
-            observation, _ = env.reset(seed=seed + episode)
-            total, done = 0.0, False
-            while not done:
-                action, _ = model.predict(
-                    observation,
-                    deterministic=bool(cfg.eval.deterministic),
-                    action_masks=env.unwrapped.action_masks(),  # type: ignore[attr-defined]
-                )
-                observation, reward, terminated, truncated, _ = env.step(action)
-                total += float(reward)
-                done = terminated or truncated
-            returns.append(total)
+        returns = [
+            run_episode(env, policy, seed=seed + episode).episode_return
+            for episode in range(int(cfg.eval.n_episodes))
+        ]
     finally:
         env.close()
     return _return_summary(returns, bool(cfg.eval.deterministic))
