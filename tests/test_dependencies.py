@@ -20,6 +20,8 @@ tomllib = pytest.importorskip("tomllib")
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCE = ROOT / "src" / "scopegym"
+#: scopegym's Hydra plugins, installed with the package (the launcher hydra/launcher=ray).
+PLUGINS = ROOT / "src" / "hydra_plugins"
 
 #: Modules the package loads by name instead of an import statement, and the extra that
 #: provides them (None: core). Each entry's premise is checked below.
@@ -53,9 +55,9 @@ def _declared() -> tuple[set[str], dict[str, set[str]]]:
 
 
 def _imported_modules() -> dict[str, list[str]]:
-    """Top-level third-party modules imported anywhere in src/scopegym, with where."""
+    """Top-level third-party modules imported anywhere in src/, with where."""
     found: dict[str, list[str]] = {}
-    for path in sorted(SOURCE.rglob("*.py")):
+    for path in sorted([*SOURCE.rglob("*.py"), *PLUGINS.rglob("*.py")]):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
@@ -65,7 +67,7 @@ def _imported_modules() -> dict[str, list[str]]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top == "scopegym" or top in sys.stdlib_module_names:
+                if top in ("scopegym", "hydra_plugins") or top in sys.stdlib_module_names:
                     continue
                 found.setdefault(top, []).append(str(path.relative_to(ROOT)))
     return found
@@ -83,7 +85,9 @@ def _distributions(module: str) -> set[str]:
 def test_every_import_in_src_is_a_declared_core_dependency():
     core, _ = _declared()
     imported = _imported_modules()
-    assert {"numpy", "PIL", "h5py", "Pyro5"} <= set(imported)  # the scan finds imports at all
+    # The scan finds imports at all, in the package and in its Hydra plugin.
+    assert {"numpy", "PIL", "h5py", "Pyro5", "hydra"} <= set(imported)
+    assert any("hydra_plugins" in where for where in imported["hydra"])
     undeclared = {}
     for module, where in sorted(imported.items()):
         distributions = _distributions(module)
@@ -106,6 +110,9 @@ def test_modules_loaded_by_name_are_declared_where_they_are_needed():
     assert 'import_module("botorch")' in (agents / "tuners.py").read_text()
     # RLlib is imported by name in the one module that trains and loads with it.
     assert 'import_module("ray.rllib.' in (agents / "rllib.py").read_text()
+    # So is Ray in the launcher that runs multirun jobs as Ray tasks, only when it launches.
+    launcher = (PLUGINS / "scopegym_ray_launcher" / "ray_launcher.py").read_text()
+    assert 'import_module("ray")' in launcher and "\nimport ray" not in launcher
     core, extras = _declared()
     for module, extra in LOADED_BY_NAME.items():
         wanted = core if extra is None else extras[extra]
