@@ -1,6 +1,6 @@
 """Train the Ronchigram-pair regressor of :mod:`scopegym.agents.model_tuner` on the twin.
 
-Generates pairs on ``scopegym/AutotuneRonchigram-v1`` (train samples for training, validation
+Generates pairs on ``scopegym/AutotuneRonchigram-v2`` (train samples for training, validation
 samples for the held-out figures; both seeded): each episode starts from the task's own draw of
 residual aberrations; further pairs in the same episode first set the corrector so that the total
 aberrations are a fresh draw, its defocus and astigmatism, and its coma, each shrunk by a random
@@ -80,7 +80,7 @@ from scopegym.agents.model_tuner import (  # noqa: E402
 from scopegym.envs.samples import sample_set  # noqa: E402
 from scopegym.instrument import Tune  # noqa: E402
 
-ENV_ID = "scopegym/AutotuneRonchigram-v1"
+ENV_ID = "scopegym/AutotuneRonchigram-v2"
 RONCHIGRAM = np.array([0, 0, 0, 0, 0, 0, 0, 0, 0])
 
 

@@ -36,9 +36,9 @@ SUPPORTED = [
     ("scopegym/DefectSearch-v1", "shift_expert"),
     ("scopegym/Autotune-v1", "random"),
     ("scopegym/Autotune-v1", "autofocus"),
-    ("scopegym/AutotuneRonchigram-v1", "random"),
-    ("scopegym/AutotuneRonchigram-v1", "autofocus"),
-    ("scopegym/AutotuneRonchigram-v1", "ronchigram_autofocus"),
+    ("scopegym/AutotuneRonchigram-v2", "random"),
+    ("scopegym/AutotuneRonchigram-v2", "autofocus"),
+    ("scopegym/AutotuneRonchigram-v2", "ronchigram_autofocus"),
     ("scopegym/SpectrumDiscovery-v1", "random"),
     ("scopegym/SpectrumDiscovery-v1", "raster"),
     ("scopegym/SpectrumDiscovery-v1", "signature_locator"),
@@ -198,7 +198,7 @@ def test_ronchigram_flatness_peaks_at_the_corrected_probe(seed: int) -> None:
     # of astigmatism magnify the specimen into it.
     from scopegym.envs.core import ronchigram_observation
 
-    env = gym.make("scopegym/AutotuneRonchigram-v1", samples="validation").unwrapped
+    env = gym.make("scopegym/AutotuneRonchigram-v2", samples="validation").unwrapped
     env.reset(seed=seed)
     twin = env.instrument
     for name, value in env.truth.aberrations_nm().items():

@@ -28,9 +28,18 @@ def _batch(space, size, rng):
     [
         ("scopegym/DefectSearch-v1", ["frame", "map"], ["odometry", "state"]),
         (
-            "scopegym/AutotuneRonchigram-v1",
+            "scopegym/AutotuneRonchigram-v2",
             ["frame", "ronchigram"],  # each with its _previous image stacked in
-            ["detector", "odometry", "ronchigram_detector", "ronchigram_tunes", "state", "tunes"],
+            [
+                "detector",
+                "odometry",
+                "ronchigram_detector",
+                "ronchigram_tunes",
+                "ronchigram_tunes_since",
+                "state",
+                "tunes",
+                "tunes_since",
+            ],
         ),
         ("scopegym/SpectrumDiscovery-v1", ["frame"], ["odometry", "spectra", "spectrum", "state"]),
     ],

@@ -1,5 +1,7 @@
 """Behaviour cloning of the scripted baselines into SB3 policies."""
 
+import copy
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -75,10 +77,18 @@ def test_demonstrations_keep_what_the_baseline_saw_did_and_earned(demonstrations
 
 @pytest.mark.parametrize("algorithm", [MaskablePPO, PPO])
 def test_cloning_makes_the_demonstrated_commands_likelier(legacy_demonstrations, algorithm):
-    model = algorithm("MultiInputPolicy", make_legacy_env(), n_steps=64, batch_size=32,
-                      policy_kwargs=SMALL, seed=0, device="cpu")
-    figures = clone(model, legacy_demonstrations, epochs=30, batch_size=64,
-                    maskable=algorithm is MaskablePPO)
+    model = algorithm(
+        "MultiInputPolicy",
+        make_legacy_env(),
+        n_steps=64,
+        batch_size=32,
+        policy_kwargs=SMALL,
+        seed=0,
+        device="cpu",
+    )
+    figures = clone(
+        model, legacy_demonstrations, epochs=30, batch_size=64, maskable=algorithm is MaskablePPO
+    )
     assert figures["nll_after"] < 0.6 * figures["nll_before"]
     assert figures["accuracy_after"] > 0.5
 
@@ -86,10 +96,19 @@ def test_cloning_makes_the_demonstrated_commands_likelier(legacy_demonstrations,
 def test_cloning_runs_at_its_own_learning_rate_and_restores_the_models(legacy_demonstrations):
     figures = {}
     for rate in (1e-9, 3e-3):
-        model = MaskablePPO("MultiInputPolicy", make_legacy_env(), n_steps=64, batch_size=32,
-                            policy_kwargs=SMALL, seed=0, device="cpu", learning_rate=3e-4)
-        figures[rate] = clone(model, legacy_demonstrations, epochs=4, batch_size=64,
-                              learning_rate=rate)
+        model = MaskablePPO(
+            "MultiInputPolicy",
+            make_legacy_env(),
+            n_steps=64,
+            batch_size=32,
+            policy_kwargs=SMALL,
+            seed=0,
+            device="cpu",
+            learning_rate=3e-4,
+        )
+        figures[rate] = clone(
+            model, legacy_demonstrations, epochs=4, batch_size=64, learning_rate=rate
+        )
         assert [g["lr"] for g in model.policy.optimizer.param_groups] == [3e-4]
     # Same initial weights and minibatches: only the rate differs.
     assert figures[1e-9]["nll_after"] == pytest.approx(figures[1e-9]["nll_before"], rel=1e-3)
@@ -128,22 +147,87 @@ def test_a_clone_of_the_backlash_aware_raster_agrees_with_it_and_finds_its_defec
     )
     # On DefectSearch-v1 the raster tiles with the `tile` macro: one step a field (~75 an episode).
     assert len(cloning) > 800 and len(held_out) > 200
-    model = MaskablePPO("MultiInputPolicy", _odometry_env("train")(), learning_rate=2e-3,
-                        policy_kwargs=CLONE_POLICY, seed=0, device="cpu")
+    model = MaskablePPO(
+        "MultiInputPolicy",
+        _odometry_env("train")(),
+        learning_rate=2e-3,
+        policy_kwargs=CLONE_POLICY,
+        seed=0,
+        device="cpu",
+    )
     clone(model, cloning, epochs=20, batch_size=32)
     figures = agreement(model, held_out)
     assert figures["agreement"] >= 0.95, figures
 
     episodes = 4
     runs = {
-        name: evaluate(factory, DEFECT_SEARCH, samples="validation", episodes=episodes,
-                       env_kwargs={"odometry": True})
+        name: evaluate(
+            factory,
+            DEFECT_SEARCH,
+            samples="validation",
+            episodes=episodes,
+            env_kwargs={"odometry": True},
+        )
         for name, factory in (
             ("teacher", lambda env: make_baseline(teacher, env)),
             ("clone", lambda env: model),
         )
     }
-    found = {name: sum(r.metrics["defects_found"] for r in results)
-             for name, results in runs.items()}
+    found = {
+        name: sum(r.metrics["defects_found"] for r in results) for name, results in runs.items()
+    }
     assert found["teacher"] > 0, found
     assert found["clone"] >= 0.9 * found["teacher"], found
+
+
+def test_aggregation_labels_the_clones_own_observations_with_the_teacher():
+    from scopegym.agents.imitation import aggregate, can_label, collect_student_steps
+    from scopegym.agents.model_tuner import PairEstimateExtractor
+
+    def make_tuning_env():
+        # 40 steps an episode: a failing student does not run the whole 120 s budget here.
+        return gym.make("scopegym/AutotuneRonchigram-v2", samples="train", max_episode_steps=40)
+
+    assert can_label("pair_regressor") and not can_label("raster")
+    with pytest.raises(TypeError, match="cannot label"):
+        collect_student_steps(make_tuning_env, None, "raster", episodes=1, gamma=0.99)
+    taught = collect_demonstrations(make_tuning_env, ["pair_regressor"], 1, 0.99, seed=0)
+    env = make_tuning_env()
+    model = MaskablePPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=64,
+        seed=0,
+        device="cpu",
+        policy_kwargs={"features_extractor_class": PairEstimateExtractor, "net_arch": [32]},
+    )
+    clone(model, taught, epochs=2, batch_size=32)
+    student = copy.deepcopy(model.policy)  # the policy that acts in the round, before refitting
+    combined, rounds = aggregate(
+        model,
+        make_tuning_env,
+        "pair_regressor",
+        taught,
+        iterations=1,
+        episodes=1,
+        gamma=0.99,
+        seed=7,
+        epochs=1,
+        batch_size=32,
+    )
+    added = int(rounds[0]["steps_added"])
+    assert added > 0 and len(combined) == len(taught) + added
+    assert 0.0 <= rounds[0]["accuracy_after"] <= 1.0
+    # The added steps are the student's observations with the teacher's labels: replaying the
+    # student's episode (same seed, same deterministic actions) reaches the same observations,
+    # where the teacher says the same.
+    teacher = make_baseline("pair_regressor", env)
+    obs, _ = env.reset(seed=7)
+    for step in range(min(added, 12)):
+        index = len(taught) + step
+        np.testing.assert_array_equal(obs["state"], combined.observations["state"][index])
+        masks = env.unwrapped.action_masks()
+        np.testing.assert_array_equal(teacher.label(obs, masks), combined.actions[index])
+        action, _ = student.predict(obs, deterministic=True, action_masks=masks)
+        obs, *_ = env.step(action)
+    env.close()

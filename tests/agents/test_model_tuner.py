@@ -13,15 +13,20 @@ import scopegym  # noqa: F401  (registers the ids)
 from scopegym.agents.baselines import BASELINES, make_baseline
 from scopegym.agents.model_tuner import (
     DEFAULT_WEIGHTS,
+    ESTIMATE_RANGE_STEPS,
     PAIR_ABERRATIONS,
     PAIR_LABEL_SCALE_NM,
+    PairEstimateExtractor,
     PairRegressorTunerPolicy,
     estimate_aberrations,
     load_regressor,
 )
+from scopegym.envs.actions import TUNE_SCALE_NM
+from scopegym.envs.core import TUNES_SINCE_SCALES
 from scopegym.envs.samples import sample_set
+from scopegym.instrument.aberrations import TUNABLE_ABERRATIONS
 
-ENV_ID = "scopegym/AutotuneRonchigram-v1"
+ENV_ID = "scopegym/AutotuneRonchigram-v2"
 
 torch.set_num_threads(1)
 
@@ -139,3 +144,86 @@ def test_one_ronchigram_per_iteration_and_two_on_request(env: Any) -> None:
     assert len(gaps[1]) >= 2 and all(gap >= 2 for gap in gaps[1])
     with pytest.raises(ValueError, match="1 or 2"):
         make_baseline("pair_regressor", env, ronchigrams_per_iteration=3)
+
+
+def test_label_reads_the_loops_next_action_from_the_observation_alone(env: Any) -> None:
+    script = make_baseline("pair_regressor", env)
+    teacher = make_baseline("pair_regressor", env)
+    core = env.unwrapped
+    compared, verbs = 0, set()
+    for seed in (100, 101, 102):
+        obs, _ = env.reset(seed=seed)
+        script.reset()
+        done = False
+        while not done:
+            masks = core.action_masks()
+            action, _ = script.predict(obs, action_masks=masks)
+            label = teacher.label(obs, masks)
+            read = [0, 7, 8] if core.codec.config.verbs[int(action[0])] == "tune" else [0]
+            np.testing.assert_array_equal(label[read], action[read])
+            verbs.add(core.codec.config.verbs[int(action[0])])
+            compared += 1
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    assert compared > 50 and verbs == {"tune", "ronchigram"}
+
+
+def test_pair_estimate_features_keep_the_fitted_regressor_and_read_the_estimate_now(
+    env: Any,
+) -> None:
+    from sb3_contrib import MaskablePPO
+
+    model = MaskablePPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=64,
+        device="cpu",
+        policy_kwargs={"features_extractor_class": PairEstimateExtractor, "net_arch": [16]},
+    )
+    extractor = model.policy.features_extractor
+    shipped, scale = load_regressor()
+    # SB3's orthogonal initialisation of the extractor left the regressor's weights alone.
+    for name, value in shipped.state_dict().items():
+        torch.testing.assert_close(extractor.regressor.state_dict()[name], value)
+    assert not any(p.requires_grad for p in extractor.regressor.parameters())
+    teacher = make_baseline("pair_regressor", env)
+    core = env.unwrapped
+    obs, _ = env.reset(seed=104)
+    for _ in range(4):  # probe, Ronchigram (the first pair), two corrections
+        obs, *_ = env.step(teacher.label(obs, core.action_masks()))
+    estimate = estimate_aberrations(shipped, scale, obs)
+    tensor, _ = model.policy.obs_to_tensor(obs)
+    with torch.no_grad():
+        features = model.policy.extract_features(tensor, extractor).numpy()[0]
+    assert features.shape == (extractor.features_dim,)
+    since = obs["ronchigram_tunes_since"][[TUNABLE_ABERRATIONS.index(n) for n in PAIR_ABERRATIONS]]
+    assert np.abs(since).max() > 0  # the two corrections are in it
+    steps = np.array([TUNE_SCALE_NM[n] for n in PAIR_ABERRATIONS])
+    expected = [
+        (estimate[n] + s * TUNES_SINCE_SCALES * step) / (ESTIMATE_RANGE_STEPS * step)
+        for n, s, step in zip(PAIR_ABERRATIONS, since, steps, strict=True)
+    ]
+    np.testing.assert_allclose(features[: len(PAIR_ABERRATIONS)], expected, rtol=1e-4, atol=1e-5)
+    with pytest.raises(KeyError, match="AutotuneRonchigram-v2"):
+        PairEstimateExtractor(gym.make(ENV_ID, version=1).observation_space)
+
+
+def test_the_shipped_autotune_policy_reads_v2_and_tunes_a_validation_draw(env: Any) -> None:
+    from pathlib import Path
+
+    from sb3_contrib import MaskablePPO
+
+    shipped = Path(__file__).resolve().parents[2] / "policies"
+    model = MaskablePPO.load(shipped / "autotune_ronchigram_v2_pair_estimate.zip", device="cpu")
+    assert model.observation_space == env.observation_space
+    assert isinstance(model.policy.features_extractor, PairEstimateExtractor)
+    obs, _ = env.reset(seed=4)  # a validation draw it corrects (it fails on seeds 0-3)
+    done, steps, terminated = False, 0, False
+    while not done:
+        action, _ = model.predict(
+            obs, action_masks=env.unwrapped.action_masks(), deterministic=True
+        )
+        obs, _, terminated, truncated, info = env.step(action)
+        done, steps = terminated or truncated, steps + 1
+    assert terminated and steps < 100
+    assert info["twin"]["phase_error_rms_rad"] <= 2 * np.pi / 14

@@ -36,7 +36,7 @@ from scopegym.envs import ENV_IDS  # noqa: E402
 ENV_CONFIGS = {
     "scopegym/DefectSearch-v1": "defect_search",
     "scopegym/Autotune-v1": "autotune",
-    "scopegym/AutotuneRonchigram-v1": "autotune_ronchigram",
+    "scopegym/AutotuneRonchigram-v2": "autotune_ronchigram",
     "scopegym/SpectrumDiscovery-v1": "spectrum_discovery",
     "scopegym/Survey-v1": "survey",
 }
@@ -89,7 +89,7 @@ def test_the_mask_in_the_observation_is_the_environments():
     assert changed  # the mask is read after every step, not kept from the reset
 
 
-@pytest.mark.parametrize("env_id", ["scopegym/DefectSearch-v1", "scopegym/AutotuneRonchigram-v1"])
+@pytest.mark.parametrize("env_id", ["scopegym/DefectSearch-v1", "scopegym/AutotuneRonchigram-v2"])
 def test_the_module_is_the_network_sb3_trains(env_id):
     from sb3_contrib import MaskablePPO
 
@@ -135,7 +135,7 @@ def test_masked_bins_get_no_probability_and_values_have_one_per_row():
 
 
 def test_predict_keeps_to_the_mask_deterministic_or_sampled():
-    env = gym.make("scopegym/AutotuneRonchigram-v1", frame_px=64)
+    env = gym.make("scopegym/AutotuneRonchigram-v2", frame_px=64)
     module = _module(env)
     model = rllib.RLlibModel(
         module,

@@ -11,7 +11,7 @@ from scopegym.agents.imitation import collect_demonstrations, make_demonstrator
 from scopegym.agents.teachers import TEACHERS, AutotuneOracle
 
 
-@pytest.mark.parametrize("env_id", ["scopegym/AutotuneRonchigram-v1", "scopegym/Autotune-v1"])
+@pytest.mark.parametrize("env_id", ["scopegym/AutotuneRonchigram-v2", "scopegym/Autotune-v1"])
 def test_oracle_reaches_tolerance_with_an_image_before_every_tune(env_id: str) -> None:
     env = gym.make(env_id, samples="validation")
     image = "Ronchigram" if "Ronchigram" in env_id else "Scan"
@@ -25,19 +25,19 @@ def test_oracle_reaches_tolerance_with_an_image_before_every_tune(env_id: str) -
 
 
 def test_oracle_needs_ground_truth() -> None:
-    env = gym.make("scopegym/AutotuneRonchigram-v1")
+    env = gym.make("scopegym/AutotuneRonchigram-v2")
     env.unwrapped.instrument.truth = None  # as on a real instrument
     with pytest.raises(ValueError, match="ground truth"):
         AutotuneOracle(env)
 
 
 def test_demonstrators_include_teachers_and_name_both_kinds_when_unknown() -> None:
-    env = gym.make("scopegym/AutotuneRonchigram-v1")
+    env = gym.make("scopegym/AutotuneRonchigram-v2")
     assert isinstance(make_demonstrator("autotune_oracle", env), TEACHERS["autotune_oracle"])
     with pytest.raises(KeyError, match="teachers"):
         make_demonstrator("wizard", env)
     demonstrations = collect_demonstrations(
-        lambda: gym.make("scopegym/AutotuneRonchigram-v1"), ["autotune_oracle"], 2, 0.99
+        lambda: gym.make("scopegym/AutotuneRonchigram-v2"), ["autotune_oracle"], 2, 0.99
     )
     assert len(demonstrations) > 2
     assert set(demonstrations.observations) == set(env.observation_space.spaces)

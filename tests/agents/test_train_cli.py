@@ -106,6 +106,11 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("pretrain.episodes=0", "pretrain.episodes must be a positive integer"),
         ("total_timesteps=0", "0 only with pretrain.policies"),
         ("pretrain.learning_rate=-1", "pretrain.learning_rate must be a positive number"),
+        (
+            "pretrain.policies=[raster] pretrain.aggregate_iterations=1",
+            "needs exactly one pretrain.policies entry that labels any observation",
+        ),
+        ("pretrain.aggregate_iterations=-1", "must be a non-negative integer"),
         ("seed=abc", "seed must be an integer, got 'abc'"),
         ("instrument=replay", "instrument.kwargs.path must be given (instrument=replay"),
         (

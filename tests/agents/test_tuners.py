@@ -40,9 +40,9 @@ def _actions(env_id: str, name: str, steps: int) -> tuple[list[list[int]], list[
     ("env_id", "name", "steps"),
     [
         ("scopegym/Autotune-v1", "pattern_search", 80),
-        ("scopegym/AutotuneRonchigram-v1", "pattern_search", 40),
+        ("scopegym/AutotuneRonchigram-v2", "pattern_search", 40),
         ("scopegym/Autotune-v1", "bo_tuner", 24),
-        ("scopegym/AutotuneRonchigram-v1", "bo_tuner", 20),
+        ("scopegym/AutotuneRonchigram-v2", "bo_tuner", 20),
     ],
 )
 def test_tuner_sends_only_accepted_commands_and_is_deterministic(

@@ -67,7 +67,7 @@ def test_excess_variance_falls_with_coma_of_either_sign(family):
         assert blurred_mean == pytest.approx(tuned_mean, rel=0.02)
 
 
-@pytest.mark.parametrize("env_id", ["scopegym/Autotune-v1", "scopegym/AutotuneRonchigram-v1"])
+@pytest.mark.parametrize("env_id", ["scopegym/Autotune-v1", "scopegym/AutotuneRonchigram-v2"])
 def test_the_observation_pairs_the_latest_frame_with_the_one_before(env_id):
     env = gym.make(env_id)
     helper = make_baseline("random", env)
@@ -132,5 +132,44 @@ def test_the_legacy_v0_interface_fits_the_shipped_autotune_policy():
     assert model.observation_space == legacy.observation_space
     assert model.observation_space != gym.make("scopegym/Autotune-v1").observation_space
     with pytest.raises(ValueError, match="version must be one of"):
-        gym.make("scopegym/AutotuneRonchigram-v1", version=3)
+        gym.make("scopegym/AutotuneRonchigram-v2", version=3)
     legacy.close()
+
+
+def test_v2_observes_the_tunes_since_each_kinds_latest_acquisition():
+    env = gym.make("scopegym/AutotuneRonchigram-v2")
+    helper = make_baseline("random", env)
+    obs, _ = env.reset(seed=5)
+    assert env.unwrapped.interface_id == "scopegym/AutotuneRonchigram-v2"
+    assert not obs["tunes_since"].any() and not obs["ronchigram_tunes_since"].any()
+    coma = env.unwrapped.task.action_config.aberrations.index("C21b")
+    obs, *_ = env.step(helper.action("tune", aberration=coma, delta=5))  # +4 x 20 nm
+    obs, *_ = env.step(helper.action("tune", aberration=coma, delta=5))  # +4 x 20 nm
+    obs, *_ = env.step(helper.action("tune", aberration=1, delta=1))  # C12a -1 nm
+    # Since the latest frame and the latest Ronchigram alike, in units of 32 tune scales: a
+    # change of 160 nm of coma, which the 8-scale ``tunes`` entries would clip at 1.
+    expected = np.zeros_like(obs["tunes_since"])
+    expected[4] = 160.0 / (32 * 20.0)
+    expected[1] = -1.0 / 32.0
+    np.testing.assert_allclose(obs["tunes_since"], expected, atol=1e-6)
+    np.testing.assert_allclose(obs["ronchigram_tunes_since"], expected, atol=1e-6)
+    # A Ronchigram resets its own entry only; what it was taken after is now ronchigram_tunes.
+    obs, *_ = env.step(helper.action("ronchigram"))
+    assert not obs["ronchigram_tunes_since"].any()
+    np.testing.assert_allclose(obs["tunes_since"], expected, atol=1e-6)
+    np.testing.assert_allclose(obs["ronchigram_tunes"][4], 1.0)  # 160 nm clips at 8 scales
+    obs, *_ = env.step(helper.action("tune", aberration=0, delta=3))  # C10 +0.25 nm
+    assert obs["ronchigram_tunes_since"][0] == pytest.approx(0.25 / 32.0)
+    env.close()
+
+
+def test_version_1_restores_the_v1_observation():
+    v1 = gym.make("scopegym/AutotuneRonchigram-v2", version=1)
+    v2 = gym.make("scopegym/AutotuneRonchigram-v2")
+    assert v1.unwrapped.interface_id == "scopegym/AutotuneRonchigram-v1"
+    added = set(v2.observation_space.spaces) - set(v1.observation_space.spaces)
+    assert added == {"tunes_since", "ronchigram_tunes_since"}
+    with pytest.raises(ValueError, match="version must be one of"):
+        gym.make("scopegym/Autotune-v1", version=2)  # Autotune has no v2
+    v1.close()
+    v2.close()

@@ -20,7 +20,7 @@ from scopegym.instrument import InstrumentLimits, InstrumentState, Move, Range, 
 REGISTERED_NVEC = {
     "scopegym/DefectSearch-v1": [5, 3, 9, 5, 5, 16, 16, 1, 1],
     "scopegym/Autotune-v1": [2, 1, 1, 1, 1, 1, 1, 5, 6],
-    "scopegym/AutotuneRonchigram-v1": [3, 1, 1, 1, 1, 1, 1, 5, 6],
+    "scopegym/AutotuneRonchigram-v2": [3, 1, 1, 1, 1, 1, 1, 5, 6],
     "scopegym/SpectrumDiscovery-v1": [1, 1, 1, 1, 1, 24, 24, 1, 1],
     "scopegym/Survey-v1": [7, 3, 9, 5, 5, 8, 8, 3, 4],
 }

@@ -121,7 +121,8 @@ def test_observations_hold_no_ground_truth(env_id):
         "map",
         "spectra",  # where this episode's spectra were taken (the agent's own commands)
         *(f"{kind}_previous" for kind in ("frame", "ronchigram")),
-        *(f"{prefix}{entry}" for prefix in ("", "ronchigram_") for entry in ("tunes", "detector")),
+        *(f"{prefix}{entry}" for prefix in ("", "ronchigram_")
+          for entry in ("tunes", "detector", "tunes_since")),
     }
     assert obs["frame"].dtype == np.uint8
     env.close()
@@ -131,7 +132,7 @@ def test_observations_hold_no_ground_truth(env_id):
 EXTRA_PANELS = {
     "scopegym/DefectSearch-v1": 0,
     "scopegym/Autotune-v1": 0,
-    "scopegym/AutotuneRonchigram-v1": 1,  # Ronchigram
+    "scopegym/AutotuneRonchigram-v2": 1,  # Ronchigram
     "scopegym/SpectrumDiscovery-v1": 1,  # spectrum
     "scopegym/Survey-v1": 1,  # spectrum
 }

@@ -58,7 +58,7 @@ def test_spectra_in_a_random_rollout_stay_inside_the_observation_space():
 
 
 def test_ronchigram_observation_follows_the_optics():
-    env = gym.make("scopegym/AutotuneRonchigram-v1")
+    env = gym.make("scopegym/AutotuneRonchigram-v2")
     obs, _ = env.reset(seed=2)
     core = env.unwrapped
     assert obs["ronchigram"].shape == (1, 64, 64)
@@ -91,7 +91,7 @@ def test_ronchigram_observation_follows_the_optics():
 def test_autotune_variants_share_their_draws():
     # Same seed, same sample and residual aberrations: baselines compare across the two ids.
     plain = gym.make("scopegym/Autotune-v1").unwrapped
-    ronchigram = gym.make("scopegym/AutotuneRonchigram-v1").unwrapped
+    ronchigram = gym.make("scopegym/AutotuneRonchigram-v2").unwrapped
     plain.reset(seed=7)
     ronchigram.reset(seed=7)
     assert plain.truth.aberrations_nm() == ronchigram.truth.aberrations_nm()

@@ -271,4 +271,163 @@ def clone(
     return {"nll_before": nll_before, "nll_after": nll_after, "accuracy_after": accuracy}
 
 
-__all__ = ["Demonstrations", "agreement", "clone", "collect_demonstrations"]
+def concatenate(parts: Sequence[Demonstrations]) -> Demonstrations:
+    """Demonstrations stacked one after another."""
+    return Demonstrations(
+        observations={
+            key: np.concatenate([part.observations[key] for part in parts])
+            for key in parts[0].observations
+        },
+        actions=np.concatenate([part.actions for part in parts]),
+        masks=np.concatenate([part.masks for part in parts]),
+        relevant=np.concatenate([part.relevant for part in parts]),
+        returns=np.concatenate([part.returns for part in parts]),
+        episode_returns=np.concatenate([part.episode_returns for part in parts]),
+    )
+
+
+def can_label(name: str) -> bool:
+    """Whether a baseline or teacher labels any observation (has ``label(obs, masks)``)."""
+    policy = BASELINES.get(name) or TEACHERS.get(name)
+    return policy is not None and callable(getattr(policy, "label", None))
+
+
+def collect_student_steps(
+    make_env: Callable[[], gym.Env[Any, Any]],
+    model: Any,
+    teacher: str,
+    episodes: int,
+    gamma: float,
+    seed: int = 0,
+    maskable: bool = True,
+) -> Demonstrations:
+    """Run a model and label every observation it reaches with the teacher's action.
+
+    The model acts (deterministically); the teacher (one that can label any observation,
+    :func:`can_label`) says what it would have done. Returns are those of the model's own
+    episodes, for its value head.
+
+    Args:
+        make_env: Builds the environment (training samples).
+        model: A PPO or MaskablePPO model.
+        teacher: Name of a baseline or teacher with ``label``.
+        episodes: Episodes to run.
+        gamma: Discount of the returns.
+        seed: Reset seed of the first episode; the others follow.
+        maskable: Give the environment's action masks to the model.
+
+    Raises:
+        TypeError: The teacher cannot label observations it did not reach itself.
+    """
+    env = make_env()
+    core: Any = env.unwrapped
+    verbs = core.codec.config.verbs
+    labeller: Any = make_demonstrator(teacher, env)
+    if not callable(getattr(labeller, "label", None)):
+        raise TypeError(f"{teacher} cannot label observations it did not reach itself")
+    observations: dict[str, list[np.ndarray]] = {}
+    actions, masks, relevant, returns, totals = [], [], [], [], []
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            rewards: list[float] = []
+            done = False
+            while not done:
+                mask = core.action_masks()
+                label = np.asarray(labeller.label(obs, mask), dtype=np.int64)
+                for key, value in obs.items():
+                    observations.setdefault(key, []).append(np.asarray(value))
+                actions.append(label)
+                masks.append(mask)
+                relevant.append(_relevant_entries(verbs, label))
+                kwargs = {"action_masks": mask} if maskable else {}
+                action, _ = model.predict(obs, deterministic=True, **kwargs)
+                obs, reward, terminated, truncated, _ = env.step(action)
+                rewards.append(float(reward))
+                done = terminated or truncated
+            discounted = np.zeros(len(rewards))
+            running = 0.0
+            for t in range(len(rewards) - 1, -1, -1):
+                running = rewards[t] + gamma * running
+                discounted[t] = running
+            returns.append(discounted)
+            totals.append(sum(rewards))
+    finally:
+        env.close()
+    return Demonstrations(
+        observations={key: np.stack(values) for key, values in observations.items()},
+        actions=np.stack(actions),
+        masks=np.stack(masks),
+        relevant=np.stack(relevant),
+        returns=np.concatenate(returns).astype(np.float32),
+        episode_returns=np.asarray(totals),
+    )
+
+
+def aggregate(
+    model: Any,
+    make_env: Callable[[], gym.Env[Any, Any]],
+    teacher: str,
+    demonstrations: Demonstrations,
+    iterations: int,
+    episodes: int,
+    gamma: float,
+    seed: int = 0,
+    **clone_kwargs: Any,
+) -> tuple[Demonstrations, list[dict[str, float]]]:
+    """Dataset aggregation (DAgger; Ross, Gordon and Bagnell, AISTATS 2011) after cloning.
+
+    A clone that matches its teacher on 95 % of the teacher's own steps can still fail most
+    episodes: one wrong tune leads to observations the teacher never showed it, where it errs
+    again. Each iteration runs the clone, labels every observation it reaches with the
+    teacher's action (:func:`collect_student_steps`), adds them to the demonstrations and fits
+    the model to all of them (:func:`clone`).
+
+    Args:
+        model: The cloned PPO or MaskablePPO model (fitted further in place).
+        make_env: Builds the environment (training samples).
+        teacher: A baseline or teacher that labels any observation (:func:`can_label`).
+        demonstrations: The teacher's own steps, cloned already.
+        iterations: Rounds of running, labelling and fitting.
+        episodes: Episodes the model runs per round.
+        gamma: Discount of the returns.
+        seed: Reset seed of the first episode of the first round; the others follow.
+        **clone_kwargs: Passed to :func:`clone` (epochs, batch size, learning rate, ...).
+
+    Returns:
+        All demonstrations at the end, and per round the model's mean episode return while
+        it ran (``student_return``), the steps added and :func:`clone`'s figures.
+    """
+    rounds: list[dict[str, float]] = []
+    for iteration in range(iterations):
+        student = collect_student_steps(
+            make_env,
+            model,
+            teacher,
+            episodes,
+            gamma,
+            seed=seed + iteration * episodes,
+            maskable=bool(clone_kwargs.get("maskable", True)),
+        )
+        demonstrations = concatenate([demonstrations, student])
+        figures = clone(model, demonstrations, **clone_kwargs)
+        rounds.append(
+            {
+                "student_return": float(student.episode_returns.mean()),
+                "steps_added": float(len(student)),
+                **figures,
+            }
+        )
+    return demonstrations, rounds
+
+
+__all__ = [
+    "Demonstrations",
+    "aggregate",
+    "agreement",
+    "can_label",
+    "clone",
+    "collect_demonstrations",
+    "collect_student_steps",
+    "concatenate",
+]

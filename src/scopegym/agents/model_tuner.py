@@ -16,16 +16,22 @@ pairs as well as on pairs around the probe alone).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
 
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium import spaces
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
 from torch import nn
 
 from scopegym.agents.baselines import ScriptedPolicy
+from scopegym.agents.features import FourierFeatures
+from scopegym.envs.actions import TUNE_SCALE_NM
+from scopegym.envs.core import TUNES_SINCE_SCALES
+from scopegym.instrument.aberrations import TUNABLE_ABERRATIONS
 
 #: Aberrations the regressor estimates, in its output order.
 PAIR_ABERRATIONS: tuple[str, ...] = ("C10", "C12a", "C12b", "C21a", "C21b")
@@ -53,7 +59,7 @@ def crop_disc(image: np.ndarray, size: int = DISC_CROP_PX) -> np.ndarray:
 
 
 def pair_inputs(observation: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """The regressor's inputs from one AutotuneRonchigram-v1 observation.
+    """The regressor's inputs from one AutotuneRonchigram-v2 observation.
 
     Args:
         observation: The observation (needs ``ronchigram``, ``ronchigram_previous``,
@@ -182,7 +188,7 @@ def estimate_aberrations(
     Args:
         model: A loaded regressor.
         scale: Its label scale per output [nm].
-        observation: An AutotuneRonchigram-v1 observation whose two Ronchigrams form the pair.
+        observation: An AutotuneRonchigram-v2 observation whose two Ronchigrams form the pair.
 
     Returns:
         Estimated aberrations by name [nm] (:data:`PAIR_ABERRATIONS`).
@@ -192,6 +198,128 @@ def estimate_aberrations(
         out = model(torch.from_numpy(images)[None], torch.from_numpy(scalars)[None])
     values = out.numpy().reshape(-1).astype(np.float64) * scale
     return {name: float(v) for name, v in zip(PAIR_ABERRATIONS, values, strict=True)}
+
+
+#: Tune scales per unit of :class:`PairEstimateExtractor`'s aberration values: a full-range
+#: draw (12 nm of C10 at 1 nm, 300 nm of C21 at 20 nm) stays within ±1.
+ESTIMATE_RANGE_STEPS = 16.0
+#: Octaves of sine/cosine features of those values: the finest period is 1/4 of a tune scale,
+#: so the finest bin's half (the tolerance of a correction) is half a period.
+ESTIMATE_OCTAVES = 8
+
+
+class PairEstimateExtractor(BaseFeaturesExtractor):
+    """A policy's features from the pair regressor: the aberrations estimated *now*.
+
+    The frozen :class:`PairRegressor` estimates the total aberrations at the latest Ronchigram
+    from the observation's pair; adding the corrector change since that Ronchigram
+    (``ronchigram_tunes_since``, AutotuneRonchigram-v2) gives the estimate at the present
+    settings, which is what the next tune should remove. Features, all within ±1:
+
+    * the present estimate of C10, C12a, C12b, C21a and C21b [16 tune scales of each], with
+      sines and cosines of it at :data:`ESTIMATE_OCTAVES` octaves
+      (:class:`~scopegym.agents.features.FourierFeatures`): which tune bin comes next turns on
+      thresholds a quarter of a tune scale apart, which a plain MLP on the raw value learns
+      slowly (cloning ``pair_regressor`` matched 46 % of its steps without them);
+    * the tunes since the latest Ronchigram, the same five, encoded the same way;
+    * whether a pair exists yet (a previous Ronchigram) and the observation's ``state``.
+
+    The regressor's weights are not trained further (they were fitted to the twin's labels,
+    which reinforcement learning does not see); only the policy and value heads on top learn.
+    Plain torch, as :class:`~scopegym.agents.features.ScopeFeaturesExtractor`.
+
+    Args:
+        observation_space: An AutotuneRonchigram-v2 observation space.
+        weights: Regressor weights (None: the shipped ones).
+
+    Raises:
+        KeyError: The observation lacks an entry the features need (an earlier version).
+    """
+
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "ronchigram",
+        "ronchigram_previous",
+        "ronchigram_tunes",
+        "ronchigram_detector",
+        "ronchigram_tunes_since",
+        "state",
+    )
+
+    def __init__(self, observation_space: spaces.Dict, weights: str | None = None) -> None:
+        missing = [key for key in self.REQUIRED if key not in observation_space.spaces]
+        if missing:
+            raise KeyError(
+                f"{type(self).__name__} needs observation entries {missing} "
+                "(scopegym/AutotuneRonchigram-v2)"
+            )
+        state_size = int(np.prod(observation_space.spaces["state"].shape or (0,)))
+        fourier = FourierFeatures(ESTIMATE_OCTAVES)
+        features = 2 * fourier.output_dim(len(PAIR_ABERRATIONS)) + 1 + state_size
+        super().__init__(observation_space, features_dim=features)
+        self.fourier = fourier
+        regressor, scale = load_regressor(weights)
+        for parameter in regressor.parameters():
+            parameter.requires_grad_(False)
+        self.regressor = regressor
+        steps = ESTIMATE_RANGE_STEPS * np.array([TUNE_SCALE_NM[name] for name in PAIR_ABERRATIONS])
+        since_nm = TUNES_SINCE_SCALES * np.array([TUNE_SCALE_NM[name] for name in PAIR_ABERRATIONS])
+        self.label_scale: torch.Tensor
+        self.feature_step: torch.Tensor
+        self.since_scale: torch.Tensor
+        self.register_buffer("label_scale", torch.as_tensor(scale, dtype=torch.float32))
+        self.register_buffer("feature_step", torch.as_tensor(steps, dtype=torch.float32))
+        self.register_buffer("since_scale", torch.as_tensor(since_nm, dtype=torch.float32))
+        self.since_index = [TUNABLE_ABERRATIONS.index(name) for name in PAIR_ABERRATIONS]
+
+    def apply(self, fn: Callable[[nn.Module], None]) -> PairEstimateExtractor:
+        """Apply ``fn`` to every submodule but the frozen regressor, then to this module.
+
+        SB3 initialises a new policy by applying orthogonal initialisation to its features
+        extractor; passed on to the regressor, that would replace its fitted weights with
+        random ones (a clone on such features matched 39 % of held-back steps, against 95 %).
+        """
+        for child in self.children():
+            if child is not self.regressor:
+                child.apply(fn)
+        fn(self)
+        return self
+
+    def train(self, mode: bool = True) -> PairEstimateExtractor:
+        """Set the training mode; the frozen regressor always stays in evaluation mode."""
+        super().train(mode)
+        self.regressor.eval()
+        return self
+
+    def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Features of a batch of observations, (batch, features_dim)."""
+
+        def disc(key: str) -> torch.Tensor:
+            image = observations[key]
+            # SB3 hands image entries over scaled to [0, 1]; other trainers may pass the uint8.
+            image = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+            rows, cols = image.shape[-2], image.shape[-1]
+            r0, c0 = (rows - DISC_CROP_PX) // 2, (cols - DISC_CROP_PX) // 2
+            return image[:, 0, r0 : r0 + DISC_CROP_PX, c0 : c0 + DISC_CROP_PX]
+
+        images = torch.stack([disc("ronchigram_previous"), disc("ronchigram")], dim=1)
+        scalars = torch.cat(
+            [observations["ronchigram_tunes"].float(), observations["ronchigram_detector"].float()],
+            dim=1,
+        )
+        with torch.no_grad():
+            estimate_nm = self.regressor(images, scalars) * self.label_scale
+        since = observations["ronchigram_tunes_since"].float()[:, self.since_index]
+        since_nm = since * self.since_scale
+        paired = (images[:, 0].flatten(1).amax(dim=1, keepdim=True) > 0).float()
+        return torch.cat(
+            [
+                self.fourier((estimate_nm + since_nm) / self.feature_step),
+                self.fourier(since_nm / self.feature_step),
+                paired,
+                observations["state"].float(),
+            ],
+            dim=1,
+        )
 
 
 class PairRegressorTunerPolicy(ScriptedPolicy):
@@ -211,7 +339,7 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
     back with the rest of the estimate.
 
     Args:
-        env: An AutotuneRonchigram-v1 environment (ronchigram and tune verbs, pair observations).
+        env: An AutotuneRonchigram-v2 environment (ronchigram and tune verbs, pair observations).
         weights: Weights file saved by ``scripts/train_pair_regressor.py``; None: the shipped
             ``data/ronchigram_pair_regressor.pt``.
         gain: Fraction of the estimate corrected per iteration (dimensionless).
@@ -241,6 +369,64 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
         self.ronchigrams_per_iteration = int(ronchigrams_per_iteration)
         #: The latest estimate [nm], for inspection.
         self.estimate: dict[str, float] = {}
+
+    def label(self, observation: Mapping[str, np.ndarray], action_masks: np.ndarray) -> np.ndarray:
+        """The action this loop takes next, read from one observation alone.
+
+        On AutotuneRonchigram-v2 the loop's position is in the observation: the regressor's
+        estimate at the latest Ronchigram plus the tunes since it (``ronchigram_tunes_since``)
+        is the estimate now, whose remaining correction says which tune comes next; the state's
+        last entry says whether a tune followed the latest image. So any observation can be
+        labelled with the action the loop would take there, including ones the loop itself
+        never reaches (those a student's mistakes lead to: dataset aggregation,
+        :func:`scopegym.agents.imitation.aggregate`). Along the loop's own episodes it gives the
+        actions :meth:`predict` gives (tested).
+
+        Args:
+            observation: An AutotuneRonchigram-v2 observation.
+            action_masks: The environment's flat action mask.
+
+        Raises:
+            KeyError: The observation has no ``ronchigram_tunes_since`` (an earlier version).
+        """
+        self.observation = dict(observation)
+        self.masks = np.asarray(action_masks, dtype=bool).reshape(-1)
+        cfg = self.config
+        probe_name, probe_nm = PROBE_TUNE
+        fresh = float(np.asarray(observation["state"])[-1]) > 0.5
+        since_scaled = np.asarray(observation["ronchigram_tunes_since"], dtype=np.float64)
+
+        def since_nm(name: str) -> float:
+            scale = TUNES_SINCE_SCALES * cfg.tune_scale_nm.get(name, 1.0)
+            return float(since_scaled[TUNABLE_ABERRATIONS.index(name)]) * scale
+
+        def first_valid(name: str, change_nm: float) -> np.ndarray | None:
+            if name not in cfg.aberrations:
+                return None
+            index = cfg.aberrations.index(name)
+            for k in self.tune_bins_toward(name, change_nm):
+                action = self.action("tune", aberration=index, delta=k)
+                if self.is_valid(action):
+                    return action
+            return None
+
+        if not np.asarray(observation["ronchigram_previous"]).any():
+            # No pair yet: the probe, then the Ronchigram that closes the first pair.
+            probe = first_valid(probe_name, probe_nm) if fresh else None
+            return probe if probe is not None else self.action("ronchigram")
+        estimate = estimate_aberrations(self.model, self.scale, observation)
+        remaining = {name: -(self.gain * estimate[name]) - since_nm(name) for name in estimate}
+        corrections = {name: first_valid(name, remaining[name]) for name in PAIR_ABERRATIONS}
+        others_done = all(corrections[n] is None for n in PAIR_ABERRATIONS if n != probe_name)
+        probed = abs(remaining[probe_name] + probe_nm) < 0.5 * self.finest_tune_nm(probe_name)
+        if not fresh and others_done and probed:
+            return self.action("ronchigram")
+        for name in PAIR_ABERRATIONS:
+            correction = corrections[name]
+            if correction is not None:
+                return correction
+        probe = first_valid(probe_name, probe_nm)
+        return probe if probe is not None else self.action("ronchigram")
 
     def _ronchigram_if_stale(self) -> Iterator[np.ndarray]:
         """A Ronchigram when the latest image predates the last tune."""

@@ -144,10 +144,30 @@ def validate(cfg: DictConfig) -> None:
         isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
     ):
         raise TrainConfigError(f"pretrain.learning_rate must be a positive number, got {rate!r}")
-    for key in ("pretrain.episodes", "pretrain.epochs", "pretrain.batch_size"):
+    for key in (
+        "pretrain.episodes",
+        "pretrain.epochs",
+        "pretrain.batch_size",
+        "pretrain.aggregate_episodes",
+        "pretrain.aggregate_epochs",
+    ):
         value = OmegaConf.select(cfg, key)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise TrainConfigError(f"{key} must be a positive integer, got {value!r}")
+    rounds = OmegaConf.select(cfg, "pretrain.aggregate_iterations", default=0)
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
+        raise TrainConfigError(
+            f"pretrain.aggregate_iterations must be a non-negative integer, got {rounds!r}"
+        )
+    if rounds:
+        from scopegym.agents.imitation import can_label
+
+        teachers = [str(name) for name in OmegaConf.select(cfg, "pretrain.policies") or []]
+        if len(teachers) != 1 or not can_label(teachers[0]):
+            raise TrainConfigError(
+                "pretrain.aggregate_iterations needs exactly one pretrain.policies entry that "
+                f"labels any observation (pair_regressor), got {teachers}"
+            )
     for key in ("eval.freq", "eval.n_episodes", "checkpoint.freq", "tensorboard.image_freq"):
         value = OmegaConf.select(cfg, key)
         if not isinstance(value, int) or value < 0:
@@ -357,7 +377,7 @@ def training_plan(cfg: DictConfig, run_dir: Path, steps: int) -> tuple[list[str]
 
 def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> None:
     """Clone the configured baselines into the fresh model before RL (``pretrain`` group)."""
-    from scopegym.agents.imitation import clone, collect_demonstrations
+    from scopegym.agents.imitation import aggregate, clone, collect_demonstrations
 
     names = [str(name) for name in cfg.pretrain.policies]
     demonstrations = collect_demonstrations(
@@ -389,6 +409,39 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> No
         figures["nll_after"],
         100 * figures["accuracy_after"],
     )
+    rounds = int(OmegaConf.select(cfg, "pretrain.aggregate_iterations", default=0) or 0)
+    if rounds:
+        demonstrations, figures_per_round = aggregate(
+            model,
+            factory,
+            names[0],
+            demonstrations,
+            iterations=rounds,
+            episodes=int(cfg.pretrain.aggregate_episodes),
+            gamma=_gamma(cfg),
+            seed=seed + 40_000,
+            epochs=int(
+                OmegaConf.select(cfg, "pretrain.aggregate_epochs", default=None)
+                or cfg.pretrain.epochs
+            ),
+            batch_size=int(cfg.pretrain.batch_size),
+            value_coef=0.0 if cfg.vec_normalize else 0.5,
+            maskable=bool(cfg.agent.maskable),
+            learning_rate=OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
+        )
+        steps = len(demonstrations) - sum(int(f["steps_added"]) for f in figures_per_round)
+        for index, figures in enumerate(figures_per_round, start=1):
+            steps += int(figures["steps_added"])
+            log.info(
+                "aggregation round %d: the clone's mean return %.2f over %d steps, labelled by "
+                "%s; refitted on %d steps: %.0f %% matched",
+                index,
+                figures["student_return"],
+                int(figures["steps_added"]),
+                names[0],
+                steps,
+                100 * figures["accuracy_after"],
+            )
 
 
 def train(cfg: DictConfig, run_dir: Path) -> Path:

@@ -175,7 +175,7 @@ class _ExcessVarianceTuner(ScriptedPolicy):
                 raise ValueError(
                     f"{self.name} reads the detector statistics of the observation's "
                     "'detector' entry, which this environment does not offer (use "
-                    "scopegym/Autotune-v1 or scopegym/AutotuneRonchigram-v1)"
+                    "scopegym/Autotune-v1 or scopegym/AutotuneRonchigram-v2)"
                 )
             for action in self._search():
                 if self._time_to_settle():

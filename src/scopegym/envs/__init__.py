@@ -1,18 +1,20 @@
 """Gymnasium environments: an instrument plus a task, registered on import of scopegym.
 
 Ids: ``scopegym/DefectSearch-v1``, ``scopegym/Autotune-v1``,
-``scopegym/AutotuneRonchigram-v1``, ``scopegym/SpectrumDiscovery-v1``, ``scopegym/Survey-v1``.
+``scopegym/AutotuneRonchigram-v2``, ``scopegym/SpectrumDiscovery-v1``, ``scopegym/Survey-v1``.
 Held-out samples are a keyword: ``gymnasium.make(id, samples="heldout")``.
 
 DefectSearch and Survey are at v1 (the episode map and motion odometry in the observation,
 macro verbs, masks of scans that cannot score, episodes ended by the budgets); their v0 ids
 are dropped. ``version=0`` (with ``max_episode_steps`` of :data:`V0_MAX_EPISODE_STEPS`)
 restores the v0 interface for policies trained on it (config ``env=defect_search_v0``).
-Autotune and AutotuneRonchigram are at v1 (each image kind's latest two acquisitions, the tunes
-between them and their raw detector statistics; episodes ended by the budgets); ``version=0``
-restores their v0 interface (config ``env=autotune_v0``). SpectrumDiscovery is at v1 (a 128 px
-frame, a 24 × 24 spectrum grid and the ``spectra`` entry); ``version=0`` restores v0 (config
-``env=spectrum_discovery_v0``).
+Autotune is at v1 (each image kind's latest two acquisitions, the tunes between them and their
+raw detector statistics; episodes ended by the budgets); ``version=0`` restores its v0 interface
+(config ``env=autotune_v0``). AutotuneRonchigram is at v2 (v1's pairs plus the tunes since each
+kind's latest acquisition); ``version=1`` and ``version=0`` restore its earlier interfaces
+(``env=autotune_ronchigram_v1``, ``env=autotune_ronchigram_v0``). SpectrumDiscovery is at v1
+(a 128 px frame, a 24 × 24 spectrum grid and the ``spectra`` entry); ``version=0`` restores v0
+(config ``env=spectrum_discovery_v0``).
 """
 
 from __future__ import annotations
@@ -47,14 +49,14 @@ BUDGET_BOUND_STEP_CAP = 10_000
 ENV_IDS: dict[str, int] = {
     "scopegym/DefectSearch-v1": BUDGET_BOUND_STEP_CAP,
     "scopegym/Autotune-v1": BUDGET_BOUND_STEP_CAP,
-    "scopegym/AutotuneRonchigram-v1": BUDGET_BOUND_STEP_CAP,
+    "scopegym/AutotuneRonchigram-v2": BUDGET_BOUND_STEP_CAP,
     "scopegym/SpectrumDiscovery-v1": 24,
     "scopegym/Survey-v1": BUDGET_BOUND_STEP_CAP,
 }
 _ENTRY_POINTS = {
     "scopegym/DefectSearch-v1": "scopegym.envs.tasks:DefectSearchEnv",
     "scopegym/Autotune-v1": "scopegym.envs.tasks:AutotuneEnv",
-    "scopegym/AutotuneRonchigram-v1": "scopegym.envs.tasks:AutotuneRonchigramEnv",
+    "scopegym/AutotuneRonchigram-v2": "scopegym.envs.tasks:AutotuneRonchigramEnv",
     "scopegym/SpectrumDiscovery-v1": "scopegym.envs.tasks:SpectrumDiscoveryEnv",
     "scopegym/Survey-v1": "scopegym.envs.tasks:SurveyEnv",
 }

@@ -117,6 +117,9 @@ class Task(ABC):
     #: the two (``tunes``, ``ronchigram_tunes``) and both images' raw detector statistics
     #: (``detector``, ``ronchigram_detector``; :mod:`scopegym.envs.detector`).
     acquisition_pairs: bool = False
+    #: With ``acquisition_pairs``: the corrector change since each kind's latest acquisition
+    #: (``tunes_since``, ``ronchigram_tunes_since``) [:data:`TUNES_SINCE_SCALES` tune scales].
+    tunes_since: bool = False
     #: The observation marks the spectrum grid positions that hold a spectrum already
     #: (``spectra``, rows ``y * grid + x``): without it a policy with no memory of its own
     #: cannot tell which positions it has measured.
@@ -247,6 +250,10 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 obs[f"{prefix}detector"] = spaces.Box(
                     -1.0, 1.0, (2 * len(DETECTOR_PAIR),), np.float32
                 )
+                if task.tunes_since:
+                    obs[f"{prefix}tunes_since"] = spaces.Box(
+                        -1.0, 1.0, (len(TUNABLE_ABERRATIONS),), np.float32
+                    )
         if task.spectrum_positions:
             cells = task.action_config.spectrum_grid**2
             obs["spectra"] = spaces.Box(0.0, 1.0, (cells,), np.float32)
@@ -434,8 +441,12 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                     self._commanded_nm, self._last_move_nm, reach, move_range
                 )
         if self.task.acquisition_pairs:
-            scales = np.array(
-                [8.0 * cfg.tune_scale_nm.get(name, 1.0) for name in TUNABLE_ABERRATIONS]
+            tune_scales = np.array(
+                [cfg.tune_scale_nm.get(name, 1.0) for name in TUNABLE_ABERRATIONS]
+            )
+            scales = 8.0 * tune_scales
+            settings_now = np.array(
+                [state.aberrations_nm.get(name, 0.0) for name in TUNABLE_ABERRATIONS]
             )
             kinds = ("frame", "ronchigram") if self.task.uses_ronchigram else ("frame",)
             for kind in kinds:
@@ -444,6 +455,10 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 obs[f"{kind}_previous"] = pair.previous_image.copy()
                 obs[f"{prefix}tunes"] = pair.tunes(scales)
                 obs[f"{prefix}detector"] = pair.detector()
+                if self.task.tunes_since:
+                    obs[f"{prefix}tunes_since"] = pair.tunes_since(
+                        settings_now, TUNES_SINCE_SCALES * tune_scales
+                    )
         if self.task.spectrum_positions:
             obs["spectra"] = self._spectra.copy()
         if self.episode_map is not None:
@@ -614,6 +629,9 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.instrument.close()
 
 
+#: Tune scales per unit of the ``tunes_since`` observations: wider than the ``tunes`` entries'
+#: 8, because a correction of a full-range draw (C21 up to 300 nm, 15 scales) must not clip.
+TUNES_SINCE_SCALES = 32.0
 #: The acquisitions whose statistics the ``detector`` observations carry, in order.
 DETECTOR_PAIR = ("latest", "previous")
 
@@ -649,6 +667,13 @@ class _AcquisitionPair:
         if self.latest_settings_nm is None or self.previous_settings_nm is None:
             return np.zeros(len(scales_nm), np.float32)
         change = (self.latest_settings_nm - self.previous_settings_nm) / scales_nm
+        return np.clip(change, -1.0, 1.0).astype(np.float32)
+
+    def tunes_since(self, settings_nm: np.ndarray, scales_nm: np.ndarray) -> np.ndarray:
+        """The corrector change from the latest acquisition to ``settings_nm`` / scales, clipped."""
+        if self.latest_settings_nm is None:
+            return np.zeros(len(scales_nm), np.float32)
+        change = (settings_nm - self.latest_settings_nm) / scales_nm
         return np.clip(change, -1.0, 1.0).astype(np.float32)
 
     def detector(self) -> np.ndarray:

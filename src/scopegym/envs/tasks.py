@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -35,10 +35,13 @@ RONCHIGRAM_EXPOSURE_MS = 2.0
 #: Largest random offset of the episode's starting position from the specimen centre [nm].
 START_OFFSET_NM = 500.0
 
-#: Interface versions of every task: 1 is registered; 0 is the dropped v0 one, kept for
-#: policies trained on it and published results (``env=defect_search_v0``,
+#: Interface versions of every task: the highest is registered; 0 is the dropped v0 one, kept
+#: for policies trained on it and published results (``env=defect_search_v0``,
 #: ``env=autotune_v0``, ``env=spectrum_discovery_v0``).
 INTERFACE_VERSIONS = (0, 1)
+#: AutotuneRonchigram is at v2 (the tunes since each kind's latest acquisition); version 1
+#: restores v1 (``env=autotune_ronchigram_v1``).
+RONCHIGRAM_INTERFACE_VERSIONS = (0, 1, 2)
 #: Step limits the dropped v0 ids had; a config that restores v0 passes them as
 #: ``max_episode_steps``.
 V0_MAX_EPISODE_STEPS = {
@@ -50,12 +53,14 @@ V0_MAX_EPISODE_STEPS = {
 }
 
 
-def _check_version(name: str, version: int) -> int:
-    if isinstance(version, bool) or version not in INTERFACE_VERSIONS:
+def _check_version(
+    name: str, version: int, versions: tuple[int, ...] = INTERFACE_VERSIONS
+) -> int:
+    if isinstance(version, bool) or version not in versions:
+        latest = max(versions)
         raise ValueError(
-            f"{name}: version must be one of {INTERFACE_VERSIONS} (1: scopegym/{name}-v1; 0: "
-            f"the dropped scopegym/{name}-v0 interface, for policies trained on it), "
-            f"got {version!r}"
+            f"{name}: version must be one of {versions} ({latest}: scopegym/{name}-v{latest}; "
+            f"lower: the earlier interfaces, for policies trained on them), got {version!r}"
         )
     return int(version)
 
@@ -78,10 +83,12 @@ def _with_pairs(task: Task, version: int) -> None:
     """Version 1 of the tuning tasks: acquisition pairs; the budgets, not a step cap, end episodes.
 
     Each image kind's latest two acquisitions, the tunes between them and their raw detector
-    statistics (see ``Task.acquisition_pairs``).
+    statistics (see ``Task.acquisition_pairs``); from version 2 (AutotuneRonchigram) also the
+    tunes since each kind's latest acquisition (``Task.tunes_since``).
     """
     task.interface_id = f"scopegym/{task.name}-v{version}"
     task.acquisition_pairs = version >= 1
+    task.tunes_since = version >= 2
 
 
 def _random_offset(rng: np.random.Generator, reach_nm: float = START_OFFSET_NM) -> Move:
@@ -206,6 +213,8 @@ class AutotuneTask(Task):
     """Correct random residual aberrations using tune and scan commands."""
 
     name = "Autotune"
+    #: Interface versions this task offers (see :data:`INTERFACE_VERSIONS`).
+    interface_versions: ClassVar[tuple[int, ...]] = INTERFACE_VERSIONS
 
     #: Residual aberrations drawn uniformly in ±these [nm] at every reset.
     RESIDUALS_NM: Mapping[str, float] = {
@@ -237,7 +246,7 @@ class AutotuneTask(Task):
             reward_weights or {"probe_correction": 1.0, "time_penalty": 1.0, "dose_penalty": 1.0},
             reward_params,
         )
-        self.version = _check_version(self.name, version)
+        self.version = _check_version(self.name, version, self.interface_versions)
         _with_pairs(self, self.version)
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
@@ -323,6 +332,7 @@ class AutotuneRonchigramTask(AutotuneTask):
 
     name = "AutotuneRonchigram"
     uses_ronchigram = True
+    interface_versions: ClassVar[tuple[int, ...]] = RONCHIGRAM_INTERFACE_VERSIONS
 
     def __init__(
         self,
@@ -330,7 +340,7 @@ class AutotuneRonchigramTask(AutotuneTask):
         budget: Budget = AUTOTUNE_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
-        version: int = 1,
+        version: int = 2,
     ) -> None:
         super().__init__(frame_px, budget, reward_weights, reward_params, version)
         # Autotune's bins, with the Ronchigram as the first verb.
@@ -374,8 +384,13 @@ class AutotuneRonchigramEnv(TaskEnv):
     and ``detector``, and the same for Ronchigrams: ``ronchigram_previous`` (the Ronchigram
     before the latest), ``ronchigram_tunes`` (the corrector change between the two) and
     ``ronchigram_detector`` (the camera's mean counts and excess variance of both). A pair of
-    Ronchigrams around a known tune gives the signs a single one cannot. ``version=0`` observes
-    only ``frame``, ``ronchigram`` and ``state``.
+    Ronchigrams around a known tune gives the signs a single one cannot. Then ``tunes_since``
+    and ``ronchigram_tunes_since``: the corrector change since the latest frame and since the
+    latest Ronchigram [32 tune scales], so that what a policy estimated from its latest images
+    and what it has corrected since are both in the observation (the state's corrector settings
+    are clipped at 8 tune scales from the start, and the settings at an acquisition are not
+    shown). ``version=1`` drops those two entries; ``version=0`` observes only ``frame``,
+    ``ronchigram`` and ``state``.
 
     ## Rewards
     As Autotune: ``probe_correction`` (needs the twin) minus ``time_penalty`` and
@@ -394,8 +409,9 @@ class AutotuneRonchigramEnv(TaskEnv):
     ## Arguments
     ``samples``, ``frame_px`` (default 64; also the Ronchigram's size), ``budget``,
     ``reward_weights``, ``reward_params``, ``instrument``, ``instrument_name``/
-    ``instrument_kwargs``, ``render_mode``, ``odometry``, ``version`` (1; 0 restores the
-    dropped ``scopegym/AutotuneRonchigram-v0`` interface: ``env=autotune_ronchigram_v0``).
+    ``instrument_kwargs``, ``render_mode``, ``odometry``, ``version`` (2; 1 restores the
+    ``scopegym/AutotuneRonchigram-v2`` interface, ``env=autotune_ronchigram_v1``; 0 the
+    dropped ``scopegym/AutotuneRonchigram-v0`` one, ``env=autotune_ronchigram_v0``).
     """
 
     task_class = AutotuneRonchigramTask
