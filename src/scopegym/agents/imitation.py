@@ -63,6 +63,66 @@ def _relevant_entries(verbs: Sequence[str], action: np.ndarray) -> np.ndarray:
     return relevant
 
 
+class _Recorder:
+    """Episodes of one environment, kept as :class:`Demonstrations` step by step.
+
+    Each step records the observation, the environment's mask and an action to imitate; the
+    environment is stepped with a possibly different action (a student acting while a
+    teacher labels), and the returns are those of the episode that was run.
+    """
+
+    def __init__(self, env: gym.Env[Any, Any], gamma: float) -> None:
+        self.env = env
+        core: Any = env.unwrapped
+        self.core = core
+        self.verbs = core.codec.config.verbs
+        self.gamma = float(gamma)
+        self.observations: dict[str, list[np.ndarray]] = {}
+        self.actions: list[np.ndarray] = []
+        self.masks: list[np.ndarray] = []
+        self.relevant: list[np.ndarray] = []
+        self.returns: list[np.ndarray] = []
+        self.totals: list[float] = []
+
+    def episode(
+        self, seed: int, choose: Callable[[Any, np.ndarray], tuple[np.ndarray, np.ndarray]]
+    ) -> None:
+        """Run one episode; ``choose(obs, mask)`` gives (recorded action, executed action)."""
+        obs, _ = self.env.reset(seed=seed)
+        rewards: list[float] = []
+        done = False
+        while not done:
+            mask = self.core.action_masks()
+            recorded, executed = choose(obs, mask)
+            recorded = np.asarray(recorded, dtype=np.int64)
+            for key, value in obs.items():
+                self.observations.setdefault(key, []).append(np.asarray(value))
+            self.actions.append(recorded)
+            self.masks.append(mask)
+            self.relevant.append(_relevant_entries(self.verbs, recorded))
+            obs, reward, terminated, truncated, _ = self.env.step(executed)
+            rewards.append(float(reward))
+            done = terminated or truncated
+        discounted = np.zeros(len(rewards))
+        running = 0.0
+        for t in range(len(rewards) - 1, -1, -1):
+            running = rewards[t] + self.gamma * running
+            discounted[t] = running
+        self.returns.append(discounted)
+        self.totals.append(sum(rewards))
+
+    def demonstrations(self) -> Demonstrations:
+        """Everything recorded so far."""
+        return Demonstrations(
+            observations={key: np.stack(values) for key, values in self.observations.items()},
+            actions=np.stack(self.actions),
+            masks=np.stack(self.masks),
+            relevant=np.stack(self.relevant),
+            returns=np.concatenate(self.returns).astype(np.float32),
+            episode_returns=np.asarray(self.totals),
+        )
+
+
 def make_demonstrator(name: str, env: gym.Env[Any, Any]) -> ScriptedPolicy:
     """A scripted baseline or a privileged teacher (:data:`~scopegym.agents.teachers.TEACHERS`).
 
@@ -96,46 +156,23 @@ def collect_demonstrations(
         seed: Reset seed of the first episode; the others follow.
     """
     env = make_env()
-    core: Any = env.unwrapped
-    verbs = core.codec.config.verbs
-    observations: dict[str, list[np.ndarray]] = {}
-    actions, masks, relevant, returns, totals = [], [], [], [], []
+    recorder = _Recorder(env, gamma)
     try:
         for p_index, name in enumerate(policies):
             policy = make_demonstrator(name, env)
+
+            def demonstrate(
+                obs: Any, mask: np.ndarray, policy: ScriptedPolicy = policy
+            ) -> tuple[np.ndarray, np.ndarray]:
+                action, _ = policy.predict(obs, action_masks=mask, deterministic=True)
+                return action, action
+
             for episode in range(episodes):
-                obs, _ = env.reset(seed=seed + p_index * episodes + episode)
                 policy.reset()
-                rewards: list[float] = []
-                done = False
-                while not done:
-                    mask = core.action_masks()
-                    action, _ = policy.predict(obs, action_masks=mask, deterministic=True)
-                    for key, value in obs.items():
-                        observations.setdefault(key, []).append(np.asarray(value))
-                    actions.append(np.asarray(action, dtype=np.int64))
-                    masks.append(mask)
-                    relevant.append(_relevant_entries(verbs, actions[-1]))
-                    obs, reward, terminated, truncated, _ = env.step(action)
-                    rewards.append(float(reward))
-                    done = terminated or truncated
-                discounted = np.zeros(len(rewards))
-                running = 0.0
-                for t in range(len(rewards) - 1, -1, -1):
-                    running = rewards[t] + gamma * running
-                    discounted[t] = running
-                returns.append(discounted)
-                totals.append(sum(rewards))
+                recorder.episode(seed + p_index * episodes + episode, demonstrate)
     finally:
         env.close()
-    return Demonstrations(
-        observations={key: np.stack(values) for key, values in observations.items()},
-        actions=np.stack(actions),
-        masks=np.stack(masks),
-        relevant=np.stack(relevant),
-        returns=np.concatenate(returns).astype(np.float32),
-        episode_returns=np.asarray(totals),
-    )
+    return recorder.demonstrations()
 
 
 def _batch_figures(
@@ -320,48 +357,24 @@ def collect_student_steps(
         TypeError: The teacher cannot label observations it did not reach itself.
     """
     env = make_env()
-    core: Any = env.unwrapped
-    verbs = core.codec.config.verbs
     labeller: Any = make_demonstrator(teacher, env)
     if not callable(getattr(labeller, "label", None)):
         raise TypeError(f"{teacher} cannot label observations it did not reach itself")
-    observations: dict[str, list[np.ndarray]] = {}
-    actions, masks, relevant, returns, totals = [], [], [], [], []
+    kwargs: dict[str, Any] = {}
+
+    def act_and_label(obs: Any, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if maskable:
+            kwargs["action_masks"] = mask
+        action, _ = model.predict(obs, deterministic=True, **kwargs)
+        return labeller.label(obs, mask), action
+
+    recorder = _Recorder(env, gamma)
     try:
         for episode in range(episodes):
-            obs, _ = env.reset(seed=seed + episode)
-            rewards: list[float] = []
-            done = False
-            while not done:
-                mask = core.action_masks()
-                label = np.asarray(labeller.label(obs, mask), dtype=np.int64)
-                for key, value in obs.items():
-                    observations.setdefault(key, []).append(np.asarray(value))
-                actions.append(label)
-                masks.append(mask)
-                relevant.append(_relevant_entries(verbs, label))
-                kwargs = {"action_masks": mask} if maskable else {}
-                action, _ = model.predict(obs, deterministic=True, **kwargs)
-                obs, reward, terminated, truncated, _ = env.step(action)
-                rewards.append(float(reward))
-                done = terminated or truncated
-            discounted = np.zeros(len(rewards))
-            running = 0.0
-            for t in range(len(rewards) - 1, -1, -1):
-                running = rewards[t] + gamma * running
-                discounted[t] = running
-            returns.append(discounted)
-            totals.append(sum(rewards))
+            recorder.episode(seed + episode, act_and_label)
     finally:
         env.close()
-    return Demonstrations(
-        observations={key: np.stack(values) for key, values in observations.items()},
-        actions=np.stack(actions),
-        masks=np.stack(masks),
-        relevant=np.stack(relevant),
-        returns=np.concatenate(returns).astype(np.float32),
-        episode_returns=np.asarray(totals),
-    )
+    return recorder.demonstrations()
 
 
 def aggregate(
