@@ -217,9 +217,7 @@ def run_specimen(specimen: Case, regions: int, trials: int, seed: int) -> dict:
                 params, score = optimiser(frame.counts, pixel, rng=rng, **options)
                 elapsed = time.perf_counter() - start
                 found = find_atoms(frame.counts, pixel, params)
-                match = match_positions(
-                    found[inner(found, pixel)], truth_xy[true_inside], MATCH_NM
-                )
+                match = match_positions(found[inner(found, pixel)], truth_xy[true_inside], MATCH_NM)
                 entry = totals[(name, dwell)]
                 entry.tp += match.true_positives
                 entry.fp += match.false_positives
@@ -297,9 +295,7 @@ def main() -> None:
     parser.add_argument("--regions", type=int, default=8, help="clean regions per specimen")
     parser.add_argument("--trials", type=int, default=100, help="random-search trials")
     parser.add_argument("--seed", type=int, default=0, help="twin seed and region draw")
-    parser.add_argument(
-        "--specimens", nargs="+", default=list(SPECIMENS), choices=list(SPECIMENS)
-    )
+    parser.add_argument("--specimens", nargs="+", default=list(SPECIMENS), choices=list(SPECIMENS))
     parser.add_argument("--json", type=str, default=None, help="write results to this file")
     args = parser.parse_args()
     results = run(args.regions, args.trials, args.seed, args.specimens)

@@ -44,10 +44,15 @@ def main(argv: list[str] | None = None) -> None:
             errors.append(phase_error_rms_rad(optics))
         best = min(range(len(errors)), key=errors.__getitem__)
         reached = next((i for i, e in enumerate(errors) if e <= MARECHAL_PHASE_RMS_RAD), None)
-        scans = sum(1 for step in record.steps if step.command is not None
-                    and type(step.command).__name__ in ("Scan", "Ronchigram"))
-        print(f"{path}: {len(states)} states, {scans} acquisitions, "
-              f"{states[0].voltage_kV:g} kV, {states[0].convergence_mrad:g} mrad")
+        scans = sum(
+            1
+            for step in record.steps
+            if step.command is not None and type(step.command).__name__ in ("Scan", "Ronchigram")
+        )
+        print(
+            f"{path}: {len(states)} states, {scans} acquisitions, "
+            f"{states[0].voltage_kV:g} kV, {states[0].convergence_mrad:g} mrad"
+        )
         for label, index in (("start", 0), ("best", best), ("final", len(states) - 1)):
             values = ", ".join(
                 f"{name} {states[index].aberrations_nm.get(name, 0.0):+.1f}"
@@ -55,8 +60,11 @@ def main(argv: list[str] | None = None) -> None:
                 if name in ("C10", "C12a", "C12b", "C21a", "C21b")
             )
             print(f"  {label:5s} (state {index:3d}): {errors[index]:.3f} rad; {values} nm")
-        print(f"  within tolerance from state {reached}" if reached is not None
-              else "  never within tolerance")
+        print(
+            f"  within tolerance from state {reached}"
+            if reached is not None
+            else "  never within tolerance"
+        )
 
 
 if __name__ == "__main__":

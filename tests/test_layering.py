@@ -10,8 +10,9 @@ import sys
 import pytest
 
 
-@pytest.mark.parametrize("package", ["scopegym", "scopegym.envs", "scopegym.rewards",
-                                     "scopegym.instrument"])
+@pytest.mark.parametrize(
+    "package", ["scopegym", "scopegym.envs", "scopegym.rewards", "scopegym.instrument"]
+)
 def test_package_imports_no_simulator(package):
     code = (
         f"import sys, {package}\n"

@@ -180,9 +180,7 @@ def make_gallery(out: Path, seed: int = 0) -> list[Path]:
         edge = image.max_angle_mrad
         disc = image.counts[image.counts > 0.5 * np.percentile(image.counts, 99.0)]
         lo, hi = np.percentile(disc, [1.0, 99.0])
-        ax.imshow(
-            image.counts, cmap="gray", extent=(-edge, edge, edge, -edge), vmin=lo, vmax=hi
-        )
+        ax.imshow(image.counts, cmap="gray", extent=(-edge, edge, edge, -edge), vmin=lo, vmax=hi)
         ax.set_title(title, fontsize=9)
         ax.set_xlabel("θx [mrad]")
     axes[0].set_ylabel("θy [mrad]")

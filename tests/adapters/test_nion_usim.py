@@ -375,8 +375,13 @@ def test_the_shipped_defect_search_policy_runs_unchanged_on_usim(tmp_path):
     # The README's deployment example: the policy trained on the twin, as shipped, on usim
     # (trained on DefectSearch-v0: the legacy config restores that interface).
     result = _run(
-        [*RUN, "env=defect_search_v0", *END_TO_END[1:], "max_steps=30",
-         f"checkpoint={SHIPPED_POLICY}"],
+        [
+            *RUN,
+            "env=defect_search_v0",
+            *END_TO_END[1:],
+            "max_steps=30",
+            f"checkpoint={SHIPPED_POLICY}",
+        ],
         tmp_path,
     )
     _assert_ran(result, 30)

@@ -213,8 +213,12 @@ def test_exported_policy_is_smaller_keeps_its_config_and_refuses_another_env(
     assert train.returncode == 0, train.stderr[-2000:]
     exported = tmp_path / "policies" / "tiny.zip"
     export = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "export_policy.py"), str(run_dir / "final.zip"),
-         str(exported)],
+        [
+            sys.executable,
+            str(ROOT / "scripts" / "export_policy.py"),
+            str(run_dir / "final.zip"),
+            str(exported),
+        ],
         capture_output=True,
         text=True,
         timeout=120,
@@ -229,8 +233,14 @@ def test_exported_policy_is_smaller_keeps_its_config_and_refuses_another_env(
     for attempt in range(2):
         out = tmp_path / f"stochastic{attempt}"
         out.mkdir()
-        proc = _run(out, "episodes=2", "max_steps=6", "policies=[]", "stochastic=true",
-                    f"checkpoint={exported}")
+        proc = _run(
+            out,
+            "episodes=2",
+            "max_steps=6",
+            "policies=[]",
+            "stochastic=true",
+            f"checkpoint={exported}",
+        )
         assert proc.returncode == 0, proc.stderr
         assert "| MaskablePPO:tiny:stochastic | 2 |" in (out / "report.md").read_text()
         episodes = json.loads((out / "results.json").read_text())["episodes"]
@@ -262,8 +272,17 @@ def test_shipped_policy_is_scored_on_a_heldout_sample(tmp_path: Path, policy: Pa
     configs = sorted((ROOT / "src" / "scopegym" / "configs" / "env").glob("*.yaml"))
     env = next(c.stem for c in configs if yaml.safe_load(c.read_text()) == trained)
     proc = subprocess.run(
-        [sys.executable, "-m", "scopegym.agents.eval_cli", f"hydra.run.dir={tmp_path}",
-         f"env={env}", "episodes=1", "max_steps=20", "policies=[]", f"checkpoint={policy}"],
+        [
+            sys.executable,
+            "-m",
+            "scopegym.agents.eval_cli",
+            f"hydra.run.dir={tmp_path}",
+            f"env={env}",
+            "episodes=1",
+            "max_steps=20",
+            "policies=[]",
+            f"checkpoint={policy}",
+        ],
         capture_output=True,
         text=True,
         timeout=300,

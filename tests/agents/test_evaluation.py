@@ -297,8 +297,9 @@ def test_a_macro_steps_commands_are_all_in_the_trajectory() -> None:
     env = gym.make("scopegym/DefectSearch-v1", frame_px=96)
 
     class InspectCentre:
-        def predict(self, observation, state=None, episode_start=None, deterministic=True,
-                    action_masks=None):
+        def predict(
+            self, observation, state=None, episode_start=None, deterministic=True, action_masks=None
+        ):
             action = np.zeros(9, dtype=np.int64)
             action[0] = env.unwrapped.codec.config.verbs.index("inspect")
             action[5] = action[6] = 3  # off centre: the view has to move

@@ -750,6 +750,9 @@ def test_the_shipped_v0_policy_runs_in_the_legacy_config_and_is_refused_by_v1(tm
     assert "MaskablePPO:defect_search_maskable_ppo on scopegym/DefectSearch-v1" in (
         printed.getvalue()
     )
-    with pytest.raises(RunConfigError, match=r"trained on observations frame \(1, 96, 96\), "
-                                             r"state \(14,\), the environment has"):
+    with pytest.raises(
+        RunConfigError,
+        match=r"trained on observations frame \(1, 96, 96\), "
+        r"state \(14,\), the environment has",
+    ):
         run_in_process(current, io.StringIO(), run_dir=tmp_path / "current")

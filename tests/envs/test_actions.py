@@ -54,8 +54,10 @@ def test_shift_and_the_macros_are_verbs_tasks_opt_into():
 
 
 def test_the_legacy_v0_interface_keeps_its_action_space():
-    for task, nvec in (("DefectSearch", [3, 3, 9, 5, 5, 1, 1, 1, 1]),
-                       ("Survey", [5, 3, 9, 5, 5, 8, 8, 3, 4])):
+    for task, nvec in (
+        ("DefectSearch", [3, 3, 9, 5, 5, 1, 1, 1, 1]),
+        ("Survey", [5, 3, 9, 5, 5, 8, 8, 3, 4]),
+    ):
         env = gym.make(f"scopegym/{task}-v1", version=0)
         assert env.action_space.nvec.tolist() == nvec
         env.close()

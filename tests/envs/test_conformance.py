@@ -121,8 +121,11 @@ def test_observations_hold_no_ground_truth(env_id):
         "map",
         "spectra",  # where this episode's spectra were taken (the agent's own commands)
         *(f"{kind}_previous" for kind in ("frame", "ronchigram")),
-        *(f"{prefix}{entry}" for prefix in ("", "ronchigram_")
-          for entry in ("tunes", "detector", "tunes_since")),
+        *(
+            f"{prefix}{entry}"
+            for prefix in ("", "ronchigram_")
+            for entry in ("tunes", "detector", "tunes_since")
+        ),
     }
     assert obs["frame"].dtype == np.uint8
     env.close()

@@ -78,6 +78,7 @@ def test_ronchigram_observation_follows_the_optics():
     tuned, _, _, _, info = env.step(ronchigram)
     assert info["result"]["result"] == "RonchigramImage"
     assert tuned["state"][-1] == 1.0
+
     # Counting noise and drift change a repeat little; 4 nm of defocus changes the shadow image
     # more. Smoothing over ~2 px keeps the shadow image and averages the counting noise.
     def smooth(observation):

@@ -39,8 +39,16 @@ def _one_thread():
 @pytest.mark.parametrize("env_id", sorted(ENV_IDS))
 def test_maskable_ppo_trains(env_id):
     env = gym.make(env_id, frame_px=64)
-    model = MaskablePPO("MultiInputPolicy", env, n_steps=128, batch_size=64, n_epochs=1,
-                        policy_kwargs=SMALL_CNN, seed=0, device="cpu")
+    model = MaskablePPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=128,
+        batch_size=64,
+        n_epochs=1,
+        policy_kwargs=SMALL_CNN,
+        seed=0,
+        device="cpu",
+    )
     before = _parameters(model)
     model.learn(total_timesteps=STEPS)
     assert model.num_timesteps >= STEPS
@@ -55,8 +63,18 @@ def test_maskable_ppo_trains(env_id):
 @pytest.mark.parametrize("env_id", sorted(ENV_IDS))
 def test_sac_trains_on_the_box_encoding(env_id):
     env = BoxActions(gym.make(env_id, frame_px=64))
-    model = SAC("MultiInputPolicy", env, buffer_size=STEPS, learning_starts=128, batch_size=32,
-                train_freq=8, gradient_steps=1, policy_kwargs=SMALL_CNN, seed=0, device="cpu")
+    model = SAC(
+        "MultiInputPolicy",
+        env,
+        buffer_size=STEPS,
+        learning_starts=128,
+        batch_size=32,
+        train_freq=8,
+        gradient_steps=1,
+        policy_kwargs=SMALL_CNN,
+        seed=0,
+        device="cpu",
+    )
     before = _parameters(model)
     model.learn(total_timesteps=STEPS)
     assert model.num_timesteps >= STEPS

@@ -745,8 +745,7 @@ def test_shift_predicts_no_dose_and_is_held_to_the_facility_shift_range():
     with pytest.raises(SafetyLimitError) as refused:
         safe.execute(Shift(30.0, 0.0))
     assert str(refused.value) == (
-        "Shift.dx_nm = 30 nm would take the shift x to 60 nm, outside the safety range "
-        "[-50, 50] nm"
+        "Shift.dx_nm = 30 nm would take the shift x to 60 nm, outside the safety range [-50, 50] nm"
     )
     assert snapshot(twin) == before
     # The instrument's own range comes first, with the instrument's message.

@@ -128,7 +128,7 @@ def test_the_completeness_exponent_defaults_to_one_plus_the_coordination(lattice
     scores = {k: score_atoms(missed, extent, LatticePrior(completeness_exponent=k)) for k in (0, 4)}
     # Power 0 is the former reward, to which 3 % missed atoms were nearly free.
     assert scores[0].reward > 0.99
-    lattice_term = scores[4].regularity * scores[4].completeness**4
+    lattice_term = scores[4].regularity * scores[4].completeness ** 4
     assert scores[4].reward == pytest.approx(
         (1 - scores[4].qc + 1 - scores[4].er + lattice_term) / 3
     )
@@ -175,9 +175,7 @@ def test_square_cation_lattice_needs_its_dim_columns():
     """SrTiO3 [001] in HAADF: the atoms are the Sr and Ti-O columns, a square net of spacing
     a / sqrt(2); a result with only the bright Sr columns must score far below both."""
     a = 0.3905
-    prior = LatticePrior(
-        atoms_per_nm2=2 / a**2, bond_nm=a / np.sqrt(2), coordination=4, symmetry=4
-    )
+    prior = LatticePrior(atoms_per_nm2=2 / a**2, bond_nm=a / np.sqrt(2), coordination=4, symmetry=4)
     extent = (4.5, 4.5)
     sr, tio = square_cations(4.5, a)
     both = score_atoms(np.concatenate([sr, tio]), extent, prior)
@@ -199,9 +197,7 @@ def test_tuned_finder_finds_the_ti_o_columns_of_srtio3_up_to_the_frame_edge():
     """Issue 9: in SrTiO3 most misses were the dim Ti-O columns; they lay at the frame edge,
     where a cut column responds more weakly than inside."""
     a = 0.3905
-    prior = LatticePrior(
-        atoms_per_nm2=2 / a**2, bond_nm=a / np.sqrt(2), coordination=4, symmetry=4
-    )
+    prior = LatticePrior(atoms_per_nm2=2 / a**2, bond_nm=a / np.sqrt(2), coordination=4, symmetry=4)
     config = TwinConfig(stage=StageParams.ideal(), damage=None, voltage_kV=200.0)
     twin = TwinMicroscope("srtio3", seed=0, config=config)
     twin.execute(Zoom(fov_nm=4.5))

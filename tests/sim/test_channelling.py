@@ -62,6 +62,7 @@ def test_a_dopant_column_takes_its_hosts_kernel_and_an_efficiency_near_it():
 
 def test_thick_columns_grow_less_than_linearly_with_thickness():
     """Frozen-phonon multislice: 4x the cells gives well under 4x the integrated signal."""
+
     def sr_weight(cells):
         xy, numbers, counts, n = _cell_rows(cells)
         return channelling.thick_columns(xy, numbers, counts, n, 200.0)[0][0]

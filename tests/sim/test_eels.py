@@ -46,8 +46,14 @@ def test_invalid_axis_is_rejected(kwargs: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{"voltage_kV": 0.0}, {"beam_current_pA": -1.0}, {"zlp_fwhm_eV": 0.0},
-     {"collection_mrad": -5.0}, {"camera_gain": 0.0}, {"read_noise_counts": -1.0}],
+    [
+        {"voltage_kV": 0.0},
+        {"beam_current_pA": -1.0},
+        {"zlp_fwhm_eV": 0.0},
+        {"collection_mrad": -5.0},
+        {"camera_gain": 0.0},
+        {"read_noise_counts": -1.0},
+    ],
 )
 def test_invalid_conditions_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError):
@@ -162,8 +168,12 @@ def _hydrogenic_k_cross_section_nm2(
     continuum = np.exp(-2.0 * angle / kh) / (1.0 - np.exp(-2.0 * np.pi / kh))
     bound = np.exp(-np.log((q + 1.0 - kh2 + 2.0 * kh) / (q + 1.0 - kh2 - 2.0 * kh)) / kh)
     factor = np.where(kh2 >= 0.0, continuum, bound)
-    gos = 256.0 * energy * (q + kh2 / 3.0 + 1.0 / 3.0) * factor / (
-        ((q - kh2 + 1.0) ** 2 + 4.0 * kh2) ** 3 * rydberg**2 * zs**4
+    gos = (
+        256.0
+        * energy
+        * (q + kh2 / 3.0 + 1.0 / 3.0)
+        * factor
+        / (((q - kh2 + 1.0) ** 2 + 4.0 * kh2) ** 3 * rydberg**2 * zs**4)
     )
     log_q2 = np.log(q2)
     integral = np.trapezoid(gos, log_q2, axis=1) + gos[:, 0] * (
@@ -175,8 +185,13 @@ def _hydrogenic_k_cross_section_nm2(
 
 @pytest.mark.parametrize(
     ("symbol", "z", "voltage_kV", "beta_mrad", "window_eV"),
-    [("C", 6, 60.0, 50.0, 100.0), ("C", 6, 100.0, 10.0, 100.0), ("C", 6, 200.0, 30.0, 50.0),
-     ("B", 5, 60.0, 50.0, 100.0), ("O", 8, 100.0, 20.0, 100.0)],
+    [
+        ("C", 6, 60.0, 50.0, 100.0),
+        ("C", 6, 100.0, 10.0, 100.0),
+        ("C", 6, 200.0, 30.0, 50.0),
+        ("B", 5, 60.0, 50.0, 100.0),
+        ("O", 8, 100.0, 20.0, 100.0),
+    ],
 )
 def test_k_edges_agree_with_the_hydrogenic_model(
     symbol: str, z: int, voltage_kV: float, beta_mrad: float, window_eV: float
@@ -510,9 +525,14 @@ def _probe_weighted_carbon(twin, probe_xy: np.ndarray, energy_eV: float) -> tupl
     conditions = twin.config.eels
     weights = np.array(
         [
-            float((probe * eels.inelastic_object_function(
-                energy_eV, conditions, np.hypot(cx - x - sx, cy - y - sy)
-            )).sum())
+            float(
+                (
+                    probe
+                    * eels.inelastic_object_function(
+                        energy_eV, conditions, np.hypot(cx - x - sx, cy - y - sy)
+                    )
+                ).sum()
+            )
             for cx, cy in carbon
         ]
     )

@@ -40,8 +40,9 @@ class _PeriodicCell(Specimen):
         xy = (positions_nm[None, :, :] + shifts[:, None, :]).reshape(-1, 2)
         z = np.tile(numbers, len(shifts)).astype(np.int16)
         n = len(z)
-        self._atoms = Atoms(xy, z, np.ones(n, np.float32), np.zeros(n, np.int8),
-                            np.zeros(n, np.float32))
+        self._atoms = Atoms(
+            xy, z, np.ones(n, np.float32), np.zeros(n, np.int8), np.zeros(n, np.float32)
+        )
 
     def atoms_in(self, x0, y0, x1, y1):
         xy = self._atoms.xy
@@ -65,16 +66,22 @@ def _twin_image(reference, aberrations, voltage_kV=None):
     fov = n * step
     geometry = RasterGeometry(
         center_nm=(x0 + 0.5 * fov - 0.5 * step, y0 + 0.5 * fov - 0.5 * step),
-        fov_nm=fov, size_px=n, dwell_us=1.0,
-        line_drift_nm=np.zeros((n, 2)), line_velocity_nm_per_s=np.zeros((n, 2)),
+        fov_nm=fov,
+        size_px=n,
+        dwell_us=1.0,
+        line_drift_nm=np.zeros((n, 2)),
+        line_velocity_nm_per_s=np.zeros((n, 2)),
         line_jitter_nm=np.zeros(n),
     )
-    specimen = _PeriodicCell(reference["positions_nm"], reference["numbers"],
-                             np.asarray(reference["cell_nm"], float))
+    specimen = _PeriodicCell(
+        reference["positions_nm"], reference["numbers"], np.asarray(reference["cell_nm"], float)
+    )
     voltage = float(reference["voltage_kV"]) if voltage_kV is None else voltage_kV
-    optics = Optics(voltage_kV=voltage,
-                    convergence_mrad=float(reference["convergence_mrad"]),
-                    aberrations_nm=aberrations)
+    optics = Optics(
+        voltage_kV=voltage,
+        convergence_mrad=float(reference["convergence_mrad"]),
+        aberrations_nm=aberrations,
+    )
     return scattered_fraction(specimen, optics, geometry, STILL)[:ny, :nx]
 
 

@@ -167,8 +167,10 @@ def _asymmetry(image):
 @settings(max_examples=12, deadline=None)
 @given(odd=_coefficients(ODD_TERMS, _ODD_RANGE_NM), even=_coefficients(EVEN_TERMS, _EVEN_RANGE_NM))
 # Weak three-fold astigmatism: its asymmetry lies in the tails, not at the peak (found by CI).
-@example(odd={"C21a": 0.0, "C21b": 0.0, "C23a": 0.0, "C23b": 34.0},
-         even={"C10": 0.0, "C12a": 0.0, "C12b": 0.0})
+@example(
+    odd={"C21a": 0.0, "C21b": 0.0, "C23a": 0.0, "C23b": 34.0},
+    even={"C10": 0.0, "C12a": 0.0, "C12b": 0.0},
+)
 def test_image_of_a_lone_atom_is_the_probe_point_reflected(odd, even):
     """A probe at r meets the atom at r_i with P(r_i - r): the image is P(-r), not P(r)."""
     n, pixel = 255, 0.01  # odd: the atom sits on a pixel centre, the probe grid's centre

@@ -61,7 +61,10 @@ class _PerfectCrystal(Specimen):
         xy = np.array([c[0] for c in columns]) + 500.0
         z = np.array([c[1] for c in columns], np.int16)
         self._atoms = Atoms(
-            xy, z, np.full(len(z), self._cells, np.float32), np.zeros(len(z), np.int8),
+            xy,
+            z,
+            np.full(len(z), self._cells, np.float32),
+            np.zeros(len(z), np.int8),
             np.zeros(len(z), np.float32),
         )
 
@@ -84,12 +87,18 @@ def twin_cell_image(reference, cells: int) -> np.ndarray:
     first = 500.0
     center = first + 0.5 * (n - 1) * step
     geometry = RasterGeometry(
-        center_nm=(center, center), fov_nm=n * step, size_px=n, dwell_us=1.0,
-        line_drift_nm=np.zeros((n, 2)), line_velocity_nm_per_s=np.zeros((n, 2)),
+        center_nm=(center, center),
+        fov_nm=n * step,
+        size_px=n,
+        dwell_us=1.0,
+        line_drift_nm=np.zeros((n, 2)),
+        line_velocity_nm_per_s=np.zeros((n, 2)),
         line_jitter_nm=np.zeros(n),
     )
-    optics = Optics(voltage_kV=float(reference["reference_voltage_kV"]),
-                    convergence_mrad=float(reference["convergence_mrad"]))
+    optics = Optics(
+        voltage_kV=float(reference["reference_voltage_kV"]),
+        convergence_mrad=float(reference["convergence_mrad"]),
+    )
     image = scattered_fraction(_PerfectCrystal(cells, a_nm), optics, geometry, STILL)
     middle = slice(steps, 2 * steps)
     return image[middle, middle]

@@ -129,8 +129,9 @@ def test_dose_scales_with_dwell_and_accumulates():
 def test_longer_dwell_gives_better_signal_to_noise():
     from scopegym.sim.imaging import electrons_per_pixel, scattered_fraction
 
-    config = TwinConfig(damage=None, stage=QUIET_STAGE, initial_fov_nm=4.0,
-                        timing=RasterTiming(line_jitter_nm=0.0))
+    config = TwinConfig(
+        damage=None, stage=QUIET_STAGE, initial_fov_nm=4.0, timing=RasterTiming(line_jitter_nm=0.0)
+    )
     snr = []
     for dwell in (1.0, 16.0):
         twin = TwinMicroscope("graphene", seed=0, config=config)
@@ -364,6 +365,7 @@ def test_spectrum_over_a_hole_is_only_zero_loss():
 
 def test_residual_aberrations_are_hidden_and_corrected_by_tuning():
     from scopegym.instrument import SampleSpec
+
     marechal_rad = 2 * np.pi / 14  # RMS phase error of a well-corrected probe (Strehl 0.8)
 
     twin = TwinMicroscope("graphene", seed=0)

@@ -816,8 +816,9 @@ def results_json(document: Mapping[str, Any]) -> str:
         if key == "episodes" and isinstance(value, list):
             episodes = [json.dumps(e, ensure_ascii=False, separators=(",", ":")) for e in value]
             body = ",\n".join(f"    {line}" for line in episodes)
-            lines.append(f'  "episodes": [\n{body}\n  ]{comma}' if episodes else
-                         f'  "episodes": []{comma}')
+            lines.append(
+                f'  "episodes": [\n{body}\n  ]{comma}' if episodes else f'  "episodes": []{comma}'
+            )
         else:
             text = json.dumps(value, indent=2, ensure_ascii=False).replace("\n", "\n  ")
             lines.append(f"  {json.dumps(key)}: {text}{comma}")

@@ -578,8 +578,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             time_used, dose_used = self._used(after)
             terminated = bool(self.task.terminated(self, ctx))
             truncated = (
-                time_used >= self.task.budget.time_s
-                or dose_used >= self.task.budget.dose_e_per_A2
+                time_used >= self.task.budget.time_s or dose_used >= self.task.budget.dose_e_per_A2
             )
             if terminated or truncated:
                 break

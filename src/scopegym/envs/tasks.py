@@ -53,9 +53,7 @@ V0_MAX_EPISODE_STEPS = {
 }
 
 
-def _check_version(
-    name: str, version: int, versions: tuple[int, ...] = INTERFACE_VERSIONS
-) -> int:
+def _check_version(name: str, version: int, versions: tuple[int, ...] = INTERFACE_VERSIONS) -> int:
     if isinstance(version, bool) or version not in versions:
         latest = max(versions)
         raise ValueError(

@@ -76,5 +76,8 @@ class SampleSpec:
 
 
 __all__ = [
-    "SampleSpec", "available_instruments", "make_instrument", "register_instrument",
+    "SampleSpec",
+    "available_instruments",
+    "make_instrument",
+    "register_instrument",
 ]

@@ -866,9 +866,7 @@ DELOCALISATION_NODES_EV: tuple[float, ...] = (10.0, 20.0, 50.0, 100.0, 200.0, 50
 
 # Radii of the tabulated object function [nm]: fine near the atom, where it peaks at about
 # 1 / (k theta_max) ~ 0.015 nm, and out to 1.5 nm, beyond any window a caller needs.
-_OBJECT_RADII_NM = np.concatenate(
-    (np.linspace(0.0, 0.05, 126)[:-1], np.geomspace(0.05, 1.5, 400))
-)
+_OBJECT_RADII_NM = np.concatenate((np.linspace(0.0, 0.05, 126)[:-1], np.geomspace(0.05, 1.5, 400)))
 
 
 @lru_cache(maxsize=256)
@@ -1075,9 +1073,7 @@ def _variant_densities(
     amorphous = np.minimum(environment.get(_AMORPHOUS, 0.0), density - undercoordinated)
     crystalline = density - undercoordinated - amorphous
     parts = [(_BULK, crystalline), (_UNDERCOORDINATED, undercoordinated), (_AMORPHOUS, amorphous)]
-    return [
-        (variant, n if np.ndim(n) else float(n)) for variant, n in parts if np.any(n > 0.0)
-    ]
+    return [(variant, n if np.ndim(n) else float(n)) for variant, n in parts if np.any(n > 0.0)]
 
 
 def _checked_nodes(nodes_eV: Sequence[float] | None) -> FloatArray | None:
