@@ -12,7 +12,7 @@ from sb3_contrib import MaskablePPO
 from stable_baselines3.common.torch_layers import CombinedExtractor
 
 import scopegym  # noqa: F401  (registers the ids)
-from scopegym.agents.features import FourierFeatures, ScopeFeaturesExtractor
+from scopegym.agents.features import FourierFeatures, ScopeFeaturesExtractor, SignedLogFeatures
 from scopegym.agents.imitation import Demonstrations, agreement, clone
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -100,6 +100,23 @@ def test_fourier_features_keep_the_values_and_resolve_a_tile_on_the_stage():
     assert FourierFeatures(0)(values) is values
     with pytest.raises(ValueError, match="octaves"):
         FourierFeatures(-1)
+
+
+def test_signed_log_features_space_octave_thresholds_evenly_and_keep_the_sign():
+    features = SignedLogFeatures(span=16.0, resolution=1.0 / 16.0)
+    values = torch.tensor([[0.125, -0.875, 3.875, -100.0, 0.0]])
+    out = features(values)
+    assert out.shape == (1, features.output_dim(5)) == (1, 15)
+    linear, signed, magnitude = out[0, :5], out[0, 5:10], out[0, 10:]
+    torch.testing.assert_close(linear, torch.tensor([0.125, -0.875, 3.875, -16.0, 0.0]) / 16.0)
+    assert (magnitude >= 0).all() and (magnitude <= 1).all() and magnitude[3] == 1.0
+    torch.testing.assert_close(signed, torch.sign(values[0]) * magnitude)
+    # The bin thresholds 1/8, 7/8 and 31/8 of a tune scale, a factor of 7 and 4.4 apart, sit
+    # 0.29 and 0.26 of the range apart: about even, where the linear value crowds them at 0.
+    assert torch.allclose(magnitude[1] - magnitude[0], magnitude[2] - magnitude[1], atol=0.05)
+    assert magnitude[0] > 0.19 and linear[0] < 0.01
+    with pytest.raises(ValueError, match="resolution"):
+        SignedLogFeatures(span=1.0, resolution=2.0)
 
 
 def test_a_state_bit_is_learned_beside_a_frame_of_noise():

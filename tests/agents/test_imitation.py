@@ -5,6 +5,7 @@ import copy
 import gymnasium as gym
 import numpy as np
 import pytest
+import torch
 from sb3_contrib import MaskablePPO
 from stable_baselines3 import PPO
 
@@ -113,6 +114,42 @@ def test_cloning_runs_at_its_own_learning_rate_and_restores_the_models(legacy_de
     # Same initial weights and minibatches: only the rate differs.
     assert figures[1e-9]["nll_after"] == pytest.approx(figures[1e-9]["nll_before"], rel=1e-3)
     assert figures[3e-3]["nll_after"] < 0.8 * figures[3e-3]["nll_before"]
+
+
+def test_the_value_heads_error_does_not_slow_the_policys_cloning(legacy_demonstrations):
+    # A student's failed episodes (what aggregation adds) have returns the value head misses by
+    # tens; clipped together with the value's gradient, the policy's steps shrank on exactly
+    # those batches. With separate feature extractors, the policy's parameters must now follow
+    # the same path whatever the returns' scale.
+    far_off = copy.copy(legacy_demonstrations)
+    far_off.returns = legacy_demonstrations.returns * 1000.0
+    weights = []
+    for demonstrations in (legacy_demonstrations, far_off):
+        model = MaskablePPO(
+            "MultiInputPolicy",
+            make_legacy_env(),
+            n_steps=64,
+            batch_size=32,
+            policy_kwargs={**SMALL, "share_features_extractor": False},
+            seed=0,
+            device="cpu",
+        )
+        clone(model, demonstrations, epochs=2, batch_size=64, learning_rate=1e-3)
+        policy = model.policy
+        weights.append(
+            (
+                [p.detach().clone() for p in policy.action_net.parameters()]
+                + [p.detach().clone() for p in policy.pi_features_extractor.parameters()],
+                [p.detach().clone() for p in policy.value_net.parameters()],
+            )
+        )
+    (policy_a, value_a), (policy_b, value_b) = weights
+
+    def same(first, second):
+        return all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+    assert same(policy_a, policy_b)
+    assert not same(value_a, value_b)  # the value head did see the other returns
 
 
 DEFECT_SEARCH = "scopegym/DefectSearch-v1"

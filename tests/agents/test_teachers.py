@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gymnasium as gym
+import numpy as np
 import pytest
 
 import scopegym  # noqa: F401  (registers the ids)
+from scopegym.agents.baselines import make_baseline
 from scopegym.agents.evaluation import run_episode
 from scopegym.agents.imitation import collect_demonstrations, make_demonstrator
-from scopegym.agents.teachers import TEACHERS, AutotuneOracle
+from scopegym.agents.teachers import TEACHERS, AutotuneOracle, DefectOracle
 
 
 @pytest.mark.parametrize("env_id", ["scopegym/AutotuneRonchigram-v2", "scopegym/Autotune-v1"])
@@ -45,3 +47,33 @@ def test_demonstrators_include_teachers_and_name_both_kinds_when_unknown() -> No
         demonstrations.observations
     )
     assert (demonstrations.episode_returns > 1.0).all()  # the Maréchal bonus was reached
+
+
+def test_defect_oracle_outsearches_the_best_operator_and_labels_any_state() -> None:
+    # The defect oracle sees through the specimen, so it must beat the rim follower by far: it
+    # is the ceiling a student imitates, not a baseline.
+    env = gym.make("scopegym/DefectSearch-v1", samples="validation")
+    oracle, expert = make_demonstrator("defect_oracle", env), make_baseline("shift_expert", env)
+    for seed in (0, 1):
+        ours = run_episode(env, oracle, seed=seed).metrics
+        theirs = run_episode(env, expert, seed=seed).metrics
+        assert ours["defects_per_hour"] > 1.2 * theirs["defects_per_hour"]
+    # Its action depends on the present state only: from a state another policy reached, label()
+    # says what predict() does from there.
+    observation, _ = env.reset(seed=2)
+    for _ in range(6):
+        observation, *_ = env.step(expert.predict(observation)[0])
+    masks = env.unwrapped.action_masks()
+    labelled = oracle.label(observation, masks)
+    oracle.reset()
+    assert np.array_equal(labelled, oracle.predict(observation, action_masks=masks)[0])
+    assert env.unwrapped.codec.verb(labelled) in ("tile", "zoom", "scan", "inspect")
+
+
+def test_defect_oracle_needs_ground_truth_and_the_macros() -> None:
+    env = gym.make("scopegym/DefectSearch-v1")
+    with pytest.raises(ValueError, match="macros"):
+        DefectOracle(gym.make("scopegym/DefectSearch-v1", version=0))
+    env.unwrapped.instrument.truth = None
+    with pytest.raises(ValueError, match="ground truth"):
+        DefectOracle(env)

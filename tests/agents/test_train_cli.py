@@ -111,6 +111,14 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
             "needs exactly one pretrain.policies entry that labels any observation",
         ),
         ("pretrain.aggregate_iterations=-1", "must be a non-negative integer"),
+        (
+            "pretrain.policies=[raster] pretrain.kwargs={shift_expert:{targets:4}}",
+            "pretrain.kwargs maps names in pretrain.policies to their arguments",
+        ),
+        (
+            "pretrain.policies=[raster] pretrain.kwargs={raster:{deadband:0.7}}",
+            "pretrain.kwargs.raster: raster takes no ['deadband']; it takes ['side']",
+        ),
         ("seed=abc", "seed must be an integer, got 'abc'"),
         ("instrument=replay", "instrument.kwargs.path must be given (instrument=replay"),
         (

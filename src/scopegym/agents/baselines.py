@@ -394,6 +394,9 @@ class ScriptedPolicy:
     """
 
     name: ClassVar[str] = "scripted"
+    #: Changes smaller than this fraction of an aberration's finest tune bin are left alone
+    #: (:meth:`tune_bins_toward`); half a bin is the least that never overshoots.
+    tune_deadband: float = 0.5
 
     def __init__(self, env: gym.Env[Any, Any]) -> None:
         self.env = env
@@ -498,11 +501,11 @@ class ScriptedPolicy:
 
         A bin qualifies when it has the change's sign and is at most half the finest bin longer
         than the change; they come largest first, so a plan that takes the first valid one
-        tunes in the largest steps that do not overshoot. Empty when the change is within half
-        the finest bin.
+        tunes in the largest steps that do not overshoot. Empty when the change is within
+        :attr:`tune_deadband` of the finest bin (half of it unless a policy sets otherwise).
         """
         finest = self.finest_tune_nm(name)
-        if abs(remaining_nm) < 0.5 * finest:
+        if abs(remaining_nm) < self.tune_deadband * finest:
             return []
         fits = [
             (abs(self.tune_delta_nm(name, k)), k)

@@ -143,6 +143,41 @@ class FourierFeatures(nn.Module):
         return torch.cat([values, waves], dim=-1)
 
 
+class SignedLogFeatures(nn.Module):
+    """Values with their sign and log magnitude, per entry: thresholds spread over scales.
+
+    ``x`` (in units of ``unit``) becomes ``[clip(x / span), sign(x) · m, m]`` with
+    ``m = min(1, log2(1 + |x| / resolution) / log2(1 + span / resolution))``. Decisions that
+    turn on octave-spaced magnitudes (which tune bin fits a remaining correction: 1/8, 7/8
+    and 31/8 of a tune scale) become evenly spaced thresholds, which a ReLU layer places from
+    few examples and keeps in place between them; sine/cosine features of the linear value fit
+    the same examples but interpolate poorly between them (measured on AutotuneRonchigram-v2).
+
+    Args:
+        span: Magnitude that maps to 1 [units of the input].
+        resolution: Magnitude below which the log is linear [units of the input].
+    """
+
+    def __init__(self, span: float, resolution: float) -> None:
+        super().__init__()
+        if not 0 < resolution < span:
+            raise ValueError(f"need 0 < resolution < span, got {resolution} and {span}")
+        self.span = float(span)
+        self.resolution = float(resolution)
+        self.log_span = math.log2(1.0 + self.span / self.resolution)
+
+    def output_dim(self, input_dim: int) -> int:
+        """Features produced for ``input_dim`` values."""
+        return 3 * input_dim
+
+    def forward(self, values: torch.Tensor) -> torch.Tensor:
+        """(batch, n) -> (batch, 3 · n)."""
+        magnitude = torch.log2(1.0 + values.abs() / self.resolution) / self.log_span
+        magnitude = magnitude.clamp(max=1.0)
+        linear = (values / self.span).clamp(-1.0, 1.0)
+        return torch.cat([linear, torch.sign(values) * magnitude, magnitude], dim=-1)
+
+
 class VectorEncoder(nn.Module):
     """An MLP with LayerNorm for one vector entry, optionally on Fourier features.
 

@@ -16,7 +16,7 @@ updates do not undo the cloning with advantages from an untrained critic.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,20 +123,25 @@ class _Recorder:
         )
 
 
-def make_demonstrator(name: str, env: gym.Env[Any, Any]) -> ScriptedPolicy:
+def make_demonstrator(name: str, env: gym.Env[Any, Any], **kwargs: Any) -> ScriptedPolicy:
     """A scripted baseline or a privileged teacher (:data:`~scopegym.agents.teachers.TEACHERS`).
+
+    Args:
+        name: Baseline or teacher name.
+        env: The environment.
+        **kwargs: The policy's own arguments (``deadband`` of ``pair_regressor``, ...).
 
     Raises:
         KeyError: Unknown name; the message lists baselines and teachers.
     """
     if name in TEACHERS:
-        return TEACHERS[name](env)
+        return TEACHERS[name](env, **kwargs)
     if name not in BASELINES:
         raise KeyError(
             f"unknown demonstrator {name!r}; baselines: {sorted(BASELINES)}, "
             f"teachers: {sorted(TEACHERS)}"
         )
-    return make_baseline(name, env)
+    return make_baseline(name, env, **kwargs)
 
 
 def collect_demonstrations(
@@ -145,6 +150,7 @@ def collect_demonstrations(
     episodes: int,
     gamma: float,
     seed: int = 0,
+    policy_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Demonstrations:
     """Run scripted baselines and keep what they saw and did.
 
@@ -154,12 +160,13 @@ def collect_demonstrations(
         episodes: Episodes per baseline.
         gamma: Discount of the returns the value head is fitted to.
         seed: Reset seed of the first episode; the others follow.
+        policy_kwargs: Arguments of some of the policies, by name.
     """
     env = make_env()
     recorder = _Recorder(env, gamma)
     try:
         for p_index, name in enumerate(policies):
-            policy = make_demonstrator(name, env)
+            policy = make_demonstrator(name, env, **dict((policy_kwargs or {}).get(name, {})))
 
             def demonstrate(
                 obs: Any, mask: np.ndarray, policy: ScriptedPolicy = policy
@@ -290,16 +297,27 @@ def clone(
     if learning_rate is not None:
         for group in policy.optimizer.param_groups:
             group["lr"] = float(learning_rate)
+    parameters = list(policy.parameters())
     policy.set_training_mode(True)
     for _ in range(epochs):
         order = rng.permutation(n)
         for start in range(0, n, batch_size):
             index = order[start : start + batch_size]
             nll, value_loss, _ = _batch_figures(policy, demonstrations, index, maskable)
-            loss = nll + value_coef * value_loss
+            # Each loss's gradient is clipped on its own. Clipped together, a batch whose
+            # returns the value head misses by tens (a student's failed episodes, exactly the
+            # states aggregation adds) scaled the policy's step down with the value's.
             policy.optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 0.5)
+            nll.backward(retain_graph=value_coef > 0)
+            torch.nn.utils.clip_grad_norm_(parameters, 0.5)
+            if value_coef > 0:
+                policy_grads = [None if p.grad is None else p.grad.clone() for p in parameters]
+                policy.optimizer.zero_grad()
+                (value_coef * value_loss).backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 0.5)
+                for parameter, grad in zip(parameters, policy_grads, strict=True):
+                    if grad is not None:
+                        parameter.grad = grad if parameter.grad is None else parameter.grad + grad
             policy.optimizer.step()
     for group, rate in zip(policy.optimizer.param_groups, rates, strict=True):
         group["lr"] = rate
@@ -337,6 +355,7 @@ def collect_student_steps(
     gamma: float,
     seed: int = 0,
     maskable: bool = True,
+    teacher_kwargs: Mapping[str, Any] | None = None,
 ) -> Demonstrations:
     """Run a model and label every observation it reaches with the teacher's action.
 
@@ -352,12 +371,13 @@ def collect_student_steps(
         gamma: Discount of the returns.
         seed: Reset seed of the first episode; the others follow.
         maskable: Give the environment's action masks to the model.
+        teacher_kwargs: The teacher's own arguments.
 
     Raises:
         TypeError: The teacher cannot label observations it did not reach itself.
     """
     env = make_env()
-    labeller: Any = make_demonstrator(teacher, env)
+    labeller: Any = make_demonstrator(teacher, env, **dict(teacher_kwargs or {}))
     if not callable(getattr(labeller, "label", None)):
         raise TypeError(f"{teacher} cannot label observations it did not reach itself")
     kwargs: dict[str, Any] = {}
@@ -386,6 +406,8 @@ def aggregate(
     episodes: int,
     gamma: float,
     seed: int = 0,
+    on_round: Callable[[int, Demonstrations, dict[str, float]], None] | None = None,
+    teacher_kwargs: Mapping[str, Any] | None = None,
     **clone_kwargs: Any,
 ) -> tuple[Demonstrations, list[dict[str, float]]]:
     """Dataset aggregation (DAgger; Ross, Gordon and Bagnell, AISTATS 2011) after cloning.
@@ -405,6 +427,9 @@ def aggregate(
         episodes: Episodes the model runs per round.
         gamma: Discount of the returns.
         seed: Reset seed of the first episode of the first round; the others follow.
+        on_round: Called after each round with its number (from 1), all demonstrations so far
+            and the round's figures (below), e.g. to log or save them while a long run goes on.
+        teacher_kwargs: The teacher's own arguments (as in the demonstrations it cloned).
         **clone_kwargs: Passed to :func:`clone` (epochs, batch size, learning rate, ...).
 
     Returns:
@@ -421,6 +446,7 @@ def aggregate(
             gamma,
             seed=seed + iteration * episodes,
             maskable=bool(clone_kwargs.get("maskable", True)),
+            teacher_kwargs=teacher_kwargs,
         )
         demonstrations = concatenate([demonstrations, student])
         figures = clone(model, demonstrations, **clone_kwargs)
@@ -431,6 +457,8 @@ def aggregate(
                 **figures,
             }
         )
+        if on_round is not None:
+            on_round(iteration + 1, demonstrations, rounds[-1])
     return demonstrations, rounds
 
 

@@ -13,11 +13,16 @@ name               protocol
 autotune_oracle    take a Ronchigram (or, without the verb, a frame) whenever the latest image
                    predates the last Tune; otherwise send the one tune bin that lowers the true
                    RMS phase error most
+defect_oracle      at the finest field, ``tile`` to the neighbouring field (steps of half and
+                   whole fields) with the most defects not yet credited; where none has any,
+                   zoom out to a 64 nm field, scan it, and ``inspect`` its richest 4 nm cell;
+                   where that field has none either, ``tile`` on by one 64 nm field
 =================  =============================================================================
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -81,7 +86,119 @@ class AutotuneOracle(ScriptedPolicy):
             yield tune if tune is not None else self._image()
 
 
-#: The privileged teachers by name.
-TEACHERS: dict[str, type[ScriptedPolicy]] = {"autotune_oracle": AutotuneOracle}
+def _credited_defects(core: Any) -> tuple[frozenset[int], frozenset[str]]:
+    """Uids the environment's discovery reward has credited, and the kinds it counts."""
+    module = core.reward_module
+    discovery = getattr(module, "parts", {}).get("discovery", module)
+    credited: frozenset[int] = getattr(discovery, "credited", frozenset())
+    kinds = getattr(discovery, "kinds", frozenset(("dopant", "vacancy", "grain_boundary", "edge")))
+    return frozenset(credited), frozenset(kinds)
 
-__all__ = ["TEACHERS", "AutotuneOracle"]
+
+class DefectOracle(ScriptedPolicy):
+    """Greedy defect search from the twin's ground truth, one field at a time.
+
+    What an operator would do if they could see through the specimen: at atomic resolution,
+    step to whichever neighbouring field holds the most defects the episode has not yet
+    credited (the discovery reward's record); where the neighbourhood is exhausted, look
+    around in a 64 nm field (a cheap scan) and ``inspect`` its richest 4 nm cell. Every
+    decision reads the present state of the twin only, so :meth:`label` gives its action for
+    any observation, also one a student reached (dataset aggregation).
+
+    Args:
+        env: A DefectSearch-v1 or Survey-v1 environment on the twin (needs ground truth and
+            the ``inspect`` and ``tile`` macros).
+        look_fov_nm: Field of the look-around scans [nm].
+        look_dwell_us: Dwell of the look-around scans [µs].
+
+    Raises:
+        ValueError: No ground truth, or no ``inspect``/``tile`` macros.
+    """
+
+    name: ClassVar[str] = "defect_oracle"
+
+    def __init__(
+        self, env: gym.Env[Any, Any], look_fov_nm: float = 64.0, look_dwell_us: float = 16.0
+    ) -> None:
+        super().__init__(env)
+        if getattr(self.unwrapped, "truth", None) is None:
+            raise ValueError("defect_oracle reads the twin's ground truth; use a twin")
+        if not {"scan", "zoom", "inspect", "tile"} <= set(self.config.verbs):
+            raise ValueError("defect_oracle needs the inspect and tile macros (DefectSearch-v1)")
+        levels = list(self.config.fov_levels_nm)
+        self.look_fov_nm = float(look_fov_nm)
+        self._look_level = levels.index(min(levels, key=lambda f: abs(f - look_fov_nm)))
+        dwells = list(self.config.dwell_us)
+        self._look_dwell = dwells.index(min(dwells, key=lambda d: abs(d - look_dwell_us)))
+        self._scoring_dwell = len(dwells) - 1
+
+    def _uncredited(self, x_nm: float, y_nm: float, half_nm: float) -> int:
+        credited, kinds = _credited_defects(self.unwrapped)
+        found = self.unwrapped.truth.defects_in(
+            x_nm - half_nm, y_nm - half_nm, x_nm + half_nm, y_nm + half_nm
+        )
+        return sum(1 for d in found if d.kind in kinds and d.uid not in credited)
+
+    def _best(self, candidates: list[tuple[np.ndarray, float, float]]) -> np.ndarray | None:
+        """The valid action whose field [nm] holds the most uncredited defects (None: none)."""
+        half = 0.5 * self.finest_fov_nm
+        best, best_count = None, 0
+        for action, x_nm, y_nm in candidates:
+            count = self._uncredited(x_nm, y_nm, half)
+            if count > best_count and self.is_valid(action):
+                best, best_count = action, count
+        return best
+
+    def label(self, observation: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
+        """The oracle's action in the environment's present state."""
+        self.observation = observation
+        self.masks = np.asarray(masks, dtype=bool).reshape(-1)
+        fov = self.instrument_state.fov_nm
+        current = float(np.asarray(observation["state"])[-1]) > 0.5
+        cx, cy = self.unwrapped.truth.view_center_nm()
+        if math.isclose(fov, self.finest_fov_nm):
+            if not current:
+                return self.action("scan", dwell=self._scoring_dwell)
+            steps = self.config.move_steps
+            candidates = [
+                (self.action("tile", dx=i, dy=j), cx + sx * fov, cy + sy * fov)
+                for i, sx in enumerate(steps)
+                for j, sy in enumerate(steps)
+                if sx or sy
+            ]
+            step = self._best(candidates)
+            if step is not None:
+                return step
+            return self.action("zoom", fov=self._look_level)
+        if not math.isclose(fov, self.look_fov_nm):
+            return self.action("zoom", fov=self._look_level)
+        if not current:
+            return self.action("scan", dwell=self._look_dwell)
+        grid = int(self.config.inspect_grid)
+        candidates = [
+            (
+                self.action("inspect", x=i, y=j),
+                cx + ((i + 0.5) / grid - 0.5) * fov,
+                cy + ((j + 0.5) / grid - 0.5) * fov,
+            )
+            for i in range(grid)
+            for j in range(grid)
+        ]
+        target = self._best(candidates)
+        if target is not None:
+            return target
+        moves = list(self.config.move_steps)
+        return self.action("tile", dx=moves.index(1.0), dy=moves.index(0.0))
+
+    def _script(self) -> Any:
+        while True:
+            yield self.label(self.observation, self.masks)
+
+
+#: The privileged teachers by name.
+TEACHERS: dict[str, type[ScriptedPolicy]] = {
+    "autotune_oracle": AutotuneOracle,
+    "defect_oracle": DefectOracle,
+}
+
+__all__ = ["TEACHERS", "AutotuneOracle", "DefectOracle"]

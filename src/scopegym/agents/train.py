@@ -13,6 +13,7 @@ multiruns keep their runs apart. The held-out split is refused here: it is for f
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import logging
 import math
@@ -192,6 +193,21 @@ def validate(cfg: DictConfig) -> None:
                 f"pretrain.policies: unknown baselines {unknown_baselines}; "
                 f"known: {sorted(BASELINES)}, teachers (twin only): {sorted(TEACHERS)}"
             )
+        arguments = OmegaConf.select(cfg, "pretrain.kwargs", default=None) or {}
+        strays = sorted(set(map(str, arguments)) - set(map(str, pretrain.policies)))
+        if strays or not all(isinstance(v, DictConfig) for v in arguments.values()):
+            raise TrainConfigError(
+                "pretrain.kwargs maps names in pretrain.policies to their arguments, e.g. "
+                f"{{pair_regressor: {{deadband: 0.75}}}}; got {OmegaConf.to_container(arguments)}"
+            )
+        for name, values in arguments.items():
+            accepted = inspect.signature(known[str(name)].__init__).parameters
+            unknown_arguments = sorted(set(map(str, values)) - set(accepted) - {"env", "self"})
+            if unknown_arguments:
+                raise TrainConfigError(
+                    f"pretrain.kwargs.{name}: {str(name)} takes no {unknown_arguments}; "
+                    f"it takes {sorted(set(accepted) - {'env', 'self'})}"
+                )
         if cfg.agent.box_actions:
             raise TrainConfigError(
                 "pretrain.policies clones MultiDiscrete actions into PPO or MaskablePPO; "
@@ -367,6 +383,12 @@ def training_plan(cfg: DictConfig, run_dir: Path, steps: int) -> tuple[list[str]
         "rendered images",
         f"TensorBoard ({run_dir / 'tensorboard'})",
     )
+    rounds = int(OmegaConf.select(cfg, "pretrain.aggregate_iterations", default=0) or 0)
+    if rounds:
+        lines.append(
+            f"  aggregation: {rounds} round(s) after cloning, each model -> "
+            f"{run_dir / 'checkpoints' / 'aggregation_round_<k>.zip'}"
+        )
     final = f"  final model: {run_dir / 'final.zip'}"
     if evaluating:
         final += f", then scored on the validation split -> {run_dir / 'validation.json'}"
@@ -375,17 +397,27 @@ def training_plan(cfg: DictConfig, run_dir: Path, steps: int) -> tuple[list[str]
     return lines, warnings
 
 
-def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> None:
-    """Clone the configured baselines into the fresh model before RL (``pretrain`` group)."""
+def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_dir: Path) -> None:
+    """Clone the configured baselines into the fresh model before RL (``pretrain`` group).
+
+    Each aggregation round's model is saved as ``checkpoints/aggregation_round_<k>.zip``, so
+    that a round can be chosen on validation episodes, as RL checkpoints are.
+    """
     from scopegym.agents.imitation import aggregate, clone, collect_demonstrations
 
     names = [str(name) for name in cfg.pretrain.policies]
+    arguments = OmegaConf.select(cfg, "pretrain.kwargs", default=None)
+    policy_kwargs: dict[str, dict[str, Any]] = {
+        str(name): dict(OmegaConf.to_container(values))  # type: ignore[arg-type]
+        for name, values in (arguments or {}).items()
+    }
     demonstrations = collect_demonstrations(
         factory,
         names,
         episodes=int(cfg.pretrain.episodes),
         gamma=_gamma(cfg),
         seed=seed + 30_000,
+        policy_kwargs=policy_kwargs,
     )
     figures = clone(
         model,
@@ -411,7 +443,21 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> No
     )
     rounds = int(OmegaConf.select(cfg, "pretrain.aggregate_iterations", default=0) or 0)
     if rounds:
-        demonstrations, figures_per_round = aggregate(
+
+        def log_round(index: int, so_far: Any, figures: dict[str, float]) -> None:
+            log.info(
+                "aggregation round %d: the clone's mean return %.2f over %d steps, labelled by "
+                "%s; refitted on %d steps: %.0f %% matched",
+                index,
+                figures["student_return"],
+                int(figures["steps_added"]),
+                names[0],
+                len(so_far),
+                100 * figures["accuracy_after"],
+            )
+            model.save(run_dir / "checkpoints" / f"aggregation_round_{index}.zip")
+
+        aggregate(
             model,
             factory,
             names[0],
@@ -420,6 +466,8 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> No
             episodes=int(cfg.pretrain.aggregate_episodes),
             gamma=_gamma(cfg),
             seed=seed + 40_000,
+            on_round=log_round,
+            teacher_kwargs=policy_kwargs.get(names[0], {}),
             epochs=int(
                 OmegaConf.select(cfg, "pretrain.aggregate_epochs", default=None)
                 or cfg.pretrain.epochs
@@ -429,19 +477,6 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int) -> No
             maskable=bool(cfg.agent.maskable),
             learning_rate=OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
         )
-        steps = len(demonstrations) - sum(int(f["steps_added"]) for f in figures_per_round)
-        for index, figures in enumerate(figures_per_round, start=1):
-            steps += int(figures["steps_added"])
-            log.info(
-                "aggregation round %d: the clone's mean return %.2f over %d steps, labelled by "
-                "%s; refitted on %d steps: %.0f %% matched",
-                index,
-                figures["student_return"],
-                int(figures["steps_added"]),
-                names[0],
-                steps,
-                100 * figures["accuracy_after"],
-            )
 
 
 def train(cfg: DictConfig, run_dir: Path) -> Path:
@@ -537,7 +572,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     for warning in warnings:
         log.warning(warning)
     if resume is None and cfg.pretrain.policies:
-        _pretrain(cfg, model, factory, seed)
+        _pretrain(cfg, model, factory, seed, run_dir)
 
     callbacks: list[BaseCallback] = [EpisodeStatsCallback()]
     if cfg.checkpoint.freq > 0:
