@@ -41,6 +41,20 @@ def make_legacy_env():
     return make_env(version=0)
 
 
+def small_model(algorithm=MaskablePPO, policy_kwargs=SMALL, **kwargs):
+    """A PPO or MaskablePPO model with the small extractor on the legacy interface."""
+    return algorithm(
+        "MultiInputPolicy",
+        make_legacy_env(),
+        n_steps=64,
+        batch_size=32,
+        policy_kwargs=policy_kwargs,
+        seed=0,
+        device="cpu",
+        **kwargs,
+    )
+
+
 @pytest.fixture(scope="module")
 def demonstrations():
     return collect_demonstrations(make_env, ["raster"], episodes=2, gamma=0.99, seed=0)
@@ -78,15 +92,7 @@ def test_demonstrations_keep_what_the_baseline_saw_did_and_earned(demonstrations
 
 @pytest.mark.parametrize("algorithm", [MaskablePPO, PPO])
 def test_cloning_makes_the_demonstrated_commands_likelier(legacy_demonstrations, algorithm):
-    model = algorithm(
-        "MultiInputPolicy",
-        make_legacy_env(),
-        n_steps=64,
-        batch_size=32,
-        policy_kwargs=SMALL,
-        seed=0,
-        device="cpu",
-    )
+    model = small_model(algorithm)
     figures = clone(
         model, legacy_demonstrations, epochs=30, batch_size=64, maskable=algorithm is MaskablePPO
     )
@@ -97,16 +103,7 @@ def test_cloning_makes_the_demonstrated_commands_likelier(legacy_demonstrations,
 def test_cloning_runs_at_its_own_learning_rate_and_restores_the_models(legacy_demonstrations):
     figures = {}
     for rate in (1e-9, 3e-3):
-        model = MaskablePPO(
-            "MultiInputPolicy",
-            make_legacy_env(),
-            n_steps=64,
-            batch_size=32,
-            policy_kwargs=SMALL,
-            seed=0,
-            device="cpu",
-            learning_rate=3e-4,
-        )
+        model = small_model(learning_rate=3e-4)
         figures[rate] = clone(
             model, legacy_demonstrations, epochs=4, batch_size=64, learning_rate=rate
         )
@@ -125,15 +122,7 @@ def test_the_value_heads_error_does_not_slow_the_policys_cloning(legacy_demonstr
     far_off.returns = legacy_demonstrations.returns * 1000.0
     weights = []
     for demonstrations in (legacy_demonstrations, far_off):
-        model = MaskablePPO(
-            "MultiInputPolicy",
-            make_legacy_env(),
-            n_steps=64,
-            batch_size=32,
-            policy_kwargs={**SMALL, "share_features_extractor": False},
-            seed=0,
-            device="cpu",
-        )
+        model = small_model(policy_kwargs={**SMALL, "share_features_extractor": False})
         clone(model, demonstrations, epochs=2, batch_size=64, learning_rate=1e-3)
         policy = model.policy
         weights.append(

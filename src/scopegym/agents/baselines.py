@@ -515,29 +515,37 @@ class ScriptedPolicy:
         ]
         return [k for _magnitude, k in sorted(fits, reverse=True)]
 
+    def tune_toward(self, name: str, change_nm: float) -> np.ndarray | None:
+        """The next tune towards a change [nm], or None where no bin is left to take.
+
+        It is the largest bin of :meth:`tune_bins_toward` that the present masks and limits
+        allow; None also for an aberration the task does not tune.
+        """
+        if name not in self.config.aberrations:
+            return None
+        index = self.config.aberrations.index(name)
+        for k in self.tune_bins_toward(name, change_nm):
+            action = self.action("tune", aberration=index, delta=k)
+            if self.is_valid(action):
+                return action
+        return None
+
     def tune_by(self, name: str, change_nm: float) -> Iterator[np.ndarray]:
         """Tune one aberration by a change [nm] in the largest valid bins that do not overshoot.
 
-        Each step takes the largest bin of :meth:`tune_bins_toward` that the present masks and
-        limits allow; the plan ends when none is, or when the change is within half the finest
-        bin. Nothing happens for an aberration the task does not tune.
+        Each step is :meth:`tune_toward` the change left; the plan ends when it gives none,
+        i.e. when the change is within the deadband. Nothing happens for an aberration the task
+        does not tune.
         """
-        if name not in self.config.aberrations:
-            return
-        index = self.config.aberrations.index(name)
         remaining = float(change_nm)
         for _step in range(64):
-            valid = [
-                k
-                for k in self.tune_bins_toward(name, remaining)
-                if self.is_valid(self.action("tune", aberration=index, delta=k))
-            ]
-            if not valid:
+            action = self.tune_toward(name, remaining)
+            if action is None:
                 return
-            yield self.action("tune", aberration=index, delta=valid[0])
+            yield action
             if self.replaced:
                 return
-            remaining -= self.tune_delta_nm(name, valid[0])
+            remaining -= self.tune_delta_nm(name, int(action[1 + ARGUMENTS.index("delta")]))
 
     def fallback(self, masks: np.ndarray) -> np.ndarray:
         """A valid action when the plan's is not: a scan at the longest dwell if possible."""
@@ -561,10 +569,14 @@ class ScriptedPolicy:
         """A scan at the longest dwell offered."""
         return self.action("scan", dwell=int(np.argmax(self.config.dwell_us)))
 
+    def nearest_fov_level(self, fov_nm: float) -> int:
+        """Index of the offered field of view nearest ``fov_nm`` [nm] (on a log scale)."""
+        levels = np.asarray(self.config.fov_levels_nm)
+        return int(np.argmin(np.abs(np.log(levels / fov_nm))))
+
     def zoom_to(self, fov_nm: float) -> np.ndarray:
         """A zoom to the offered level nearest a field of view [nm]."""
-        levels = np.asarray(self.config.fov_levels_nm)
-        return self.action("zoom", fov=int(np.argmin(np.abs(np.log(levels / fov_nm)))))
+        return self.action("zoom", fov=self.nearest_fov_level(fov_nm))
 
     @property
     def finest_fov_nm(self) -> float:

@@ -287,8 +287,9 @@ class PairEstimateExtractor(BaseFeaturesExtractor):
         for parameter in regressor.parameters():
             parameter.requires_grad_(False)
         self.regressor = regressor
-        steps = unit * np.array([TUNE_SCALE_NM[name] for name in PAIR_ABERRATIONS])
-        since_nm = TUNES_SINCE_SCALES * np.array([TUNE_SCALE_NM[name] for name in PAIR_ABERRATIONS])
+        tune_scales_nm = np.array([TUNE_SCALE_NM[name] for name in PAIR_ABERRATIONS])
+        steps = unit * tune_scales_nm
+        since_nm = TUNES_SINCE_SCALES * tune_scales_nm
         self.label_scale: torch.Tensor
         self.feature_step: torch.Tensor
         self.since_scale: torch.Tensor
@@ -438,23 +439,13 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
             scale = TUNES_SINCE_SCALES * cfg.tune_scale_nm.get(name, 1.0)
             return float(since_scaled[TUNABLE_ABERRATIONS.index(name)]) * scale
 
-        def first_valid(name: str, change_nm: float) -> np.ndarray | None:
-            if name not in cfg.aberrations:
-                return None
-            index = cfg.aberrations.index(name)
-            for k in self.tune_bins_toward(name, change_nm):
-                action = self.action("tune", aberration=index, delta=k)
-                if self.is_valid(action):
-                    return action
-            return None
-
         if not np.asarray(observation["ronchigram_previous"]).any():
             # No pair yet: the probe, then the Ronchigram that closes the first pair.
-            probe = first_valid(probe_name, probe_nm) if fresh else None
+            probe = self.tune_toward(probe_name, probe_nm) if fresh else None
             return probe if probe is not None else self.action("ronchigram")
         estimate = estimate_aberrations(self.model, self.scale, observation)
         remaining = {name: -(self.gain * estimate[name]) - since_nm(name) for name in estimate}
-        corrections = {name: first_valid(name, remaining[name]) for name in PAIR_ABERRATIONS}
+        corrections = {name: self.tune_toward(name, remaining[name]) for name in PAIR_ABERRATIONS}
         others_done = all(corrections[n] is None for n in PAIR_ABERRATIONS if n != probe_name)
         probed = abs(remaining[probe_name] + probe_nm) < self.tune_deadband * self.finest_tune_nm(
             probe_name
@@ -465,7 +456,7 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
             correction = corrections[name]
             if correction is not None:
                 return correction
-        probe = first_valid(probe_name, probe_nm)
+        probe = self.tune_toward(probe_name, probe_nm)
         return probe if probe is not None else self.action("ronchigram")
 
     def _ronchigram_if_stale(self) -> Iterator[np.ndarray]:

@@ -125,26 +125,20 @@ class DefectOracle(ScriptedPolicy):
             raise ValueError("defect_oracle reads the twin's ground truth; use a twin")
         if not {"scan", "zoom", "inspect", "tile"} <= set(self.config.verbs):
             raise ValueError("defect_oracle needs the inspect and tile macros (DefectSearch-v1)")
-        levels = list(self.config.fov_levels_nm)
-        self.look_fov_nm = float(look_fov_nm)
-        self._look_level = levels.index(min(levels, key=lambda f: abs(f - look_fov_nm)))
+        # The offered level the zoom reaches, so that the policy knows when it is there.
+        self.look_fov_nm = float(self.config.fov_levels_nm[self.nearest_fov_level(look_fov_nm)])
         dwells = list(self.config.dwell_us)
         self._look_dwell = dwells.index(min(dwells, key=lambda d: abs(d - look_dwell_us)))
-        self._scoring_dwell = len(dwells) - 1
-
-    def _uncredited(self, x_nm: float, y_nm: float, half_nm: float) -> int:
-        credited, kinds = _credited_defects(self.unwrapped)
-        found = self.unwrapped.truth.defects_in(
-            x_nm - half_nm, y_nm - half_nm, x_nm + half_nm, y_nm + half_nm
-        )
-        return sum(1 for d in found if d.kind in kinds and d.uid not in credited)
 
     def _best(self, candidates: list[tuple[np.ndarray, float, float]]) -> np.ndarray | None:
         """The valid action whose field [nm] holds the most uncredited defects (None: none)."""
+        credited, kinds = _credited_defects(self.unwrapped)
+        truth = self.unwrapped.truth
         half = 0.5 * self.finest_fov_nm
         best, best_count = None, 0
         for action, x_nm, y_nm in candidates:
-            count = self._uncredited(x_nm, y_nm, half)
+            found = truth.defects_in(x_nm - half, y_nm - half, x_nm + half, y_nm + half)
+            count = sum(1 for d in found if d.kind in kinds and d.uid not in credited)
             if count > best_count and self.is_valid(action):
                 best, best_count = action, count
         return best
@@ -158,7 +152,7 @@ class DefectOracle(ScriptedPolicy):
         cx, cy = self.unwrapped.truth.view_center_nm()
         if math.isclose(fov, self.finest_fov_nm):
             if not current:
-                return self.action("scan", dwell=self._scoring_dwell)
+                return self.longest_scan()
             steps = self.config.move_steps
             candidates = [
                 (self.action("tile", dx=i, dy=j), cx + sx * fov, cy + sy * fov)
@@ -169,9 +163,9 @@ class DefectOracle(ScriptedPolicy):
             step = self._best(candidates)
             if step is not None:
                 return step
-            return self.action("zoom", fov=self._look_level)
+            return self.zoom_to(self.look_fov_nm)
         if not math.isclose(fov, self.look_fov_nm):
-            return self.action("zoom", fov=self._look_level)
+            return self.zoom_to(self.look_fov_nm)
         if not current:
             return self.action("scan", dwell=self._look_dwell)
         grid = int(self.config.inspect_grid)
