@@ -408,7 +408,7 @@ class AutotuneRonchigramEnv(TaskEnv):
     ``samples``, ``frame_px`` (default 64; also the Ronchigram's size), ``budget``,
     ``reward_weights``, ``reward_params``, ``instrument``, ``instrument_name``/
     ``instrument_kwargs``, ``render_mode``, ``odometry``, ``version`` (2; 1 restores the
-    ``scopegym/AutotuneRonchigram-v2`` interface, ``env=autotune_ronchigram_v1``; 0 the
+    ``scopegym/AutotuneRonchigram-v1`` interface, ``env=autotune_ronchigram_v1``; 0 the
     dropped ``scopegym/AutotuneRonchigram-v0`` one, ``env=autotune_ronchigram_v0``).
     """
 
