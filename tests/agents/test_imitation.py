@@ -257,3 +257,59 @@ def test_aggregation_labels_the_clones_own_observations_with_the_teacher():
         action, _ = student.predict(obs, deterministic=True, action_masks=masks)
         obs, *_ = env.step(action)
     env.close()
+
+
+def test_perturbed_steps_are_labelled_by_the_teacher_beside_its_own():
+    from scopegym.agents.imitation import can_perturb, perturbed_steps
+    from scopegym.agents.model_tuner import PAIR_ABERRATIONS
+    from scopegym.envs.core import STATE_FEATURES, TUNES_SINCE_SCALES
+    from scopegym.instrument.aberrations import TUNABLE_ABERRATIONS
+
+    def make_tuning_env():
+        return gym.make("scopegym/AutotuneRonchigram-v2", samples="train", max_episode_steps=30)
+
+    assert can_perturb("pair_regressor") and not can_perturb("raster")
+    taught = collect_demonstrations(
+        make_tuning_env, ["pair_regressor"], 1, 0.99, seed=3, policy_kwargs=None
+    )
+    with pytest.raises(TypeError, match="beside its own"):
+        perturbed_steps(make_tuning_env, "shift_expert", taught, 1)
+    steps = len(taught)
+    paired = taught.observations["ronchigram_previous"].reshape(steps, -1).any(axis=1)
+    assert 0 < paired.sum() < steps  # the opening probe and Ronchigram have no pair
+    beside = perturbed_steps(make_tuning_env, "pair_regressor", taught, copies=3, seed=1)
+    assert 0 < len(beside) <= 3 * paired.sum()
+    assert beside.episode_returns.size == 0
+    env = make_tuning_env()
+    teacher = make_baseline("pair_regressor", env)
+    columns = [TUNABLE_ABERRATIONS.index(name) for name in PAIR_ABERRATIONS]
+    scales = np.array([env.unwrapped.codec.config.tune_scale_nm[n] for n in PAIR_ABERRATIONS])
+    flag = STATE_FEATURES.index("have_frame")
+    changed_labels = 0
+    for i in range(len(beside)):
+        obs = {key: value[i] for key, value in beside.observations.items()}
+        # Each copy is a demonstrated observation with the corrector moved since its pair.
+        origin = [
+            j
+            for j in np.flatnonzero(paired)
+            if np.array_equal(taught.observations["ronchigram"][j], obs["ronchigram"])
+            and np.array_equal(
+                taught.observations["ronchigram_previous"][j], obs["ronchigram_previous"]
+            )
+        ]
+        assert origin
+        since_nm = obs["ronchigram_tunes_since"][columns] * TUNES_SINCE_SCALES * scales
+        before = [
+            taught.observations["ronchigram_tunes_since"][j][columns] * TUNES_SINCE_SCALES * scales
+            for j in origin
+        ]
+        moved = [np.abs(since_nm - b) for b in before]
+        assert any(m.max() > 0.05 * scales.min() and m.max() < 6.4 * scales.max() for m in moved)
+        assert obs["state"][flag] <= 0.0  # the image predates the tune
+        label = teacher.label(obs, beside.masks[i])
+        np.testing.assert_array_equal(label, beside.actions[i])
+        assert teacher.is_valid(label, beside.masks[i])
+        changed_labels += any(not np.array_equal(label, taught.actions[j]) for j in origin)
+    env.close()
+    # The changes matter: many copies call for another action than the step they came from.
+    assert changed_labels >= len(beside) // 4

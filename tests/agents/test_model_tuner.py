@@ -236,7 +236,7 @@ def test_the_shipped_autotune_policy_reads_v2_and_tunes_a_validation_draw(env: A
     assert model.observation_space == env.observation_space
     assert isinstance(model.policy.features_extractor, PairEstimateExtractor)
     corrected = 0
-    for seed in range(4):  # validation draws; it corrects 15 of the first 20
+    for seed in range(4):  # validation draws; it corrects 35 of the first 40
         obs, _ = env.reset(seed=seed)
         done, steps, terminated = False, 0, False
         while not done:
@@ -277,3 +277,76 @@ def test_blank_unpaired_gives_no_estimate_before_the_first_pair(env: Any) -> Non
     blanked = PairEstimateExtractor(space, encoding="log", blank_unpaired=True)(batch)[0, :n]
     assert kept.abs().max() > 0  # the regressor's reading of a blank previous image
     torch.testing.assert_close(blanked, torch.zeros(n))  # nothing tuned since the start either
+
+
+def test_state_features_pass_only_the_chosen_state_entries(env: Any) -> None:
+    from scopegym.envs.core import STATE_FEATURES
+
+    space = env.observation_space
+    obs, _ = env.reset(seed=3)
+    obs["state"] = np.linspace(-0.9, 0.9, len(STATE_FEATURES)).astype(np.float32)
+    batch = {key: torch.as_tensor(value)[None] for key, value in obs.items()}
+    every = PairEstimateExtractor(space)
+    chosen = PairEstimateExtractor(space, state_features=["have_frame", "time_used"])
+    assert every.features_dim - chosen.features_dim == len(STATE_FEATURES) - 2
+    tail = chosen(batch)[0, -2:].numpy()
+    picked = [STATE_FEATURES.index("have_frame"), STATE_FEATURES.index("time_used")]
+    np.testing.assert_allclose(tail, obs["state"][picked])
+    np.testing.assert_allclose(every(batch)[0, -len(STATE_FEATURES) :].numpy(), obs["state"])
+    with pytest.raises(ValueError, match="C99"):
+        PairEstimateExtractor(space, state_features=["C99"])
+    alone = PairEstimateExtractor(space, state_features=["have_frame"], tunes_since=False)
+    encoded = every.encoder.output_dim(len(PAIR_ABERRATIONS))
+    assert alone.features_dim == encoded + 1 + 1
+    # The estimate now leads either way; without the tunes since, the pair flag follows it.
+    torch.testing.assert_close(alone(batch)[0, :encoded], every(batch)[0, :encoded])
+    torch.testing.assert_close(alone(batch)[0, encoded:], every(batch)[0, [2 * encoded, -1]])
+
+
+def test_the_loops_thresholds_change_its_step_and_perturb_can_aim_at_them(env: Any) -> None:
+    from scopegym.agents.imitation import make_demonstrator
+
+    teacher = make_demonstrator("pair_regressor", env, deadband=0.75, perturb_at_thresholds=1.0)
+    assert teacher.thresholds_nm("C12a") == [-3.875, -0.875, -0.1875, 0.1875, 0.875, 3.875]
+    assert teacher.thresholds_nm("C21b")[3:] == [3.75, 17.5, 77.5]  # 20 nm tune scale
+    assert teacher.thresholds_nm("C10")[-2:] == [-4.1875, -3.8125]  # the probe's band
+    core = env.unwrapped
+    obs, _ = env.reset(seed=11)
+    for _ in range(2):  # the probe and the Ronchigram that closes the first pair
+        obs, *_ = env.step(teacher.label(obs, core.action_masks()))
+    masks = core.action_masks()
+    estimate = estimate_aberrations(teacher.model, teacher.scale, obs)
+    column = TUNABLE_ABERRATIONS.index("C10")
+
+    def with_remaining(remaining_nm: float) -> dict[str, np.ndarray]:
+        changed = {key: np.array(value, copy=True) for key, value in obs.items()}
+        since_nm = -remaining_nm - estimate["C10"]
+        changed["ronchigram_tunes_since"][column] = since_nm / TUNES_SINCE_SCALES
+        changed["state"][-1] = 0.0
+        return changed
+
+    # C10 comes first in the loop's order: its step changes across each of its thresholds
+    # (the probe's band matters only once the others are done).
+    for threshold in teacher.thresholds_nm("C10")[:-2]:
+        inside, outside = (with_remaining(threshold * f) for f in (0.97, 1.03))
+        assert not np.array_equal(teacher.label(inside, masks), teacher.label(outside, masks)), (
+            threshold
+        )
+    batch = {key: np.repeat(value[None], 40, axis=0) for key, value in obs.items()}
+    changed, moved = teacher.perturb(batch, np.random.default_rng(0))
+    assert moved.all()
+    for row in range(40):
+        observation = {key: value[row] for key, value in changed.items()}
+        near = []
+        for name in PAIR_ABERRATIONS:
+            since_nm = (
+                observation["ronchigram_tunes_since"][TUNABLE_ABERRATIONS.index(name)]
+                * TUNES_SINCE_SCALES
+                * TUNE_SCALE_NM[name]
+            )
+            remaining = -estimate[name] - since_nm
+            gap = min(abs(remaining - t) for t in teacher.thresholds_nm(name))
+            near.append(gap <= 0.2 * teacher.finest_tune_nm(name) + 1e-3 * TUNE_SCALE_NM[name])
+        assert any(near), row
+    with pytest.raises(ValueError, match="perturb_at_thresholds"):
+        make_demonstrator("pair_regressor", env, perturb_at_thresholds=1.5)

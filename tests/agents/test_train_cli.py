@@ -1,6 +1,7 @@
 """scopegym-train: config composition, tiny training runs in subprocesses and clear refusals."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,15 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
             "needs exactly one pretrain.policies entry that labels any observation",
         ),
         ("pretrain.aggregate_iterations=-1", "must be a non-negative integer"),
+        ("pretrain.perturbed_copies=-2", "pretrain.perturbed_copies must be a non-negative"),
+        (
+            "pretrain.policies=[raster] pretrain.perturbed_copies=2",
+            "needs exactly one pretrain.policies entry that makes and labels observations",
+        ),
+        (
+            "pretrain.aggregate_learning_rate=0",
+            "pretrain.aggregate_learning_rate must be a positive number",
+        ),
         (
             "pretrain.policies=[raster] pretrain.kwargs={shift_expert:{targets:4}}",
             "pretrain.kwargs maps names in pretrain.policies to their arguments",
@@ -308,6 +318,35 @@ def test_a_clone_alone_is_saved_and_scored_when_total_timesteps_is_0(tmp_path):
     assert (tmp_path / "final.zip").is_file()
     score = json.loads((tmp_path / "validation.json").read_text())
     assert score["episodes"] == 1 and score["steps"] == 0
+
+
+def test_aggregation_with_perturbed_copies_saves_each_round(tmp_path):
+    result = run_cli(
+        "env=autotune_ronchigram",
+        "agent=pair_estimate_ppo",
+        "pretrain.policies=[pair_regressor]",
+        "pretrain.kwargs={pair_regressor: {deadband: 0.75}}",
+        "pretrain.episodes=1",
+        "pretrain.epochs=1",
+        "pretrain.perturbed_copies=2",
+        "pretrain.aggregate_iterations=2",
+        "pretrain.aggregate_episodes=1",
+        "pretrain.aggregate_learning_rate=3e-4",
+        "total_timesteps=0",
+        "eval.n_episodes=0",
+        "+env.kwargs.max_episode_steps=30",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stderr + result.stdout
+    cloned = re.search(r"cloned \['pair_regressor'\] from (\d+) steps .*; (\d+) of the steps", log)
+    assert cloned is not None, log[-2000:]
+    # 30 steps of the teacher, and two perturbed copies of each of its steps with a pair.
+    assert int(cloned.group(1)) == 30 + int(cloned.group(2)) and int(cloned.group(2)) > 0
+    for k in (1, 2):
+        assert f"aggregation round {k}:" in log
+        assert (tmp_path / "checkpoints" / f"aggregation_round_{k}.zip").is_file()
+    assert (tmp_path / "final.zip").is_file()
 
 
 @pytest.mark.slow

@@ -16,7 +16,7 @@ pairs as well as on pairs around the probe alone).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -30,7 +30,7 @@ from torch import nn
 from scopegym.agents.baselines import ScriptedPolicy
 from scopegym.agents.features import FourierFeatures, SignedLogFeatures
 from scopegym.envs.actions import TUNE_SCALE_NM
-from scopegym.envs.core import TUNES_SINCE_SCALES
+from scopegym.envs.core import STATE_FEATURES, TUNES_SINCE_SCALES
 from scopegym.instrument.aberrations import TUNABLE_ABERRATIONS
 
 #: Aberrations the regressor estimates, in its output order.
@@ -221,8 +221,10 @@ class PairEstimateExtractor(BaseFeaturesExtractor):
       (:class:`~scopegym.agents.features.FourierFeatures`): which tune bin comes next turns on
       thresholds a quarter of a tune scale apart, which a plain MLP on the raw value learns
       slowly (cloning ``pair_regressor`` matched 46 % of its steps without them);
-    * the tunes since the latest Ronchigram, the same five, encoded the same way;
-    * whether a pair exists yet (a previous Ronchigram) and the observation's ``state``.
+    * the tunes since the latest Ronchigram, the same five, encoded the same way (unless
+      ``tunes_since`` is false);
+    * whether a pair exists yet (a previous Ronchigram) and the observation's ``state`` (or the
+      entries of it chosen by ``state_features``).
 
     The regressor's weights are not trained further (they were fitted to the twin's labels,
     which reinforcement learning does not see); only the policy and value heads on top learn.
@@ -243,8 +245,18 @@ class PairEstimateExtractor(BaseFeaturesExtractor):
             saw it fitted its opening tunes to it: a clone with it kept sent C10 -4 nm where
             its teacher probes +4, then tuned without a pair). False keeps the behaviour the
             first shipped policy was trained with.
+        state_features: Names of the ``state`` entries to pass on
+            (:data:`~scopegym.envs.core.STATE_FEATURES`; None: all of them, as the first
+            policies were trained). The corrector settings among them differ from episode to
+            episode and the loop never reads them; a clone given them can tell its training
+            episodes apart by them and learn each one's steps rather than the rule.
+        tunes_since: Also give the tunes since the latest Ronchigram on their own. The loop
+            reads them only inside the estimate now; alone they are a second route from
+            input to action, which along the loop's episodes predicts its steps as well as the
+            estimate does and off them does not.
 
     Raises:
+        ValueError: An unknown ``encoding`` or state entry.
         KeyError: The observation lacks an entry the features need (an earlier version).
     """
 
@@ -263,6 +275,8 @@ class PairEstimateExtractor(BaseFeaturesExtractor):
         weights: str | None = None,
         encoding: str = "fourier",
         blank_unpaired: bool = False,
+        state_features: Sequence[str] | None = None,
+        tunes_since: bool = True,
     ) -> None:
         missing = [key for key in self.REQUIRED if key not in observation_space.spaces]
         if missing:
@@ -279,8 +293,19 @@ class PairEstimateExtractor(BaseFeaturesExtractor):
             unit = 1.0
         else:
             raise ValueError(f"encoding must be 'fourier' or 'log', got {encoding!r}")
-        state_size = int(np.prod(observation_space.spaces["state"].shape or (0,)))
-        features = 2 * encoder.output_dim(len(PAIR_ABERRATIONS)) + 1 + state_size
+        if state_features is None:
+            state_size = int(np.prod(observation_space.spaces["state"].shape or (0,)))
+            state_index = list(range(state_size))
+        else:
+            unknown = [name for name in state_features if name not in STATE_FEATURES]
+            if unknown:
+                raise ValueError(
+                    f"state_features: {unknown} are not state entries; choose from "
+                    f"{list(STATE_FEATURES)}"
+                )
+            state_index = [STATE_FEATURES.index(name) for name in state_features]
+        encoded = (2 if tunes_since else 1) * encoder.output_dim(len(PAIR_ABERRATIONS))
+        features = encoded + 1 + len(state_index)
         super().__init__(observation_space, features_dim=features)
         self.encoder = encoder
         regressor, scale = load_regressor(weights)
@@ -298,6 +323,8 @@ class PairEstimateExtractor(BaseFeaturesExtractor):
         self.register_buffer("since_scale", torch.as_tensor(since_nm, dtype=torch.float32))
         self.since_index = [TUNABLE_ABERRATIONS.index(name) for name in PAIR_ABERRATIONS]
         self.blank_unpaired = bool(blank_unpaired)
+        self.state_index = state_index
+        self.tunes_since = bool(tunes_since)
 
     def apply(self, fn: Callable[[nn.Module], None]) -> PairEstimateExtractor:
         """Apply ``fn`` to every submodule but the frozen regressor, then to this module.
@@ -341,15 +368,11 @@ class PairEstimateExtractor(BaseFeaturesExtractor):
         paired = (images[:, 0].flatten(1).amax(dim=1, keepdim=True) > 0).float()
         if self.blank_unpaired:
             estimate_nm = estimate_nm * paired
-        return torch.cat(
-            [
-                self.encoder((estimate_nm + since_nm) / self.feature_step),
-                self.encoder(since_nm / self.feature_step),
-                paired,
-                observations["state"].float(),
-            ],
-            dim=1,
-        )
+        parts = [self.encoder((estimate_nm + since_nm) / self.feature_step)]
+        if self.tunes_since:
+            parts.append(self.encoder(since_nm / self.feature_step))
+        parts += [paired, observations["state"].float()[:, self.state_index]]
+        return torch.cat(parts, dim=1)
 
 
 class PairRegressorTunerPolicy(ScriptedPolicy):
@@ -379,6 +402,10 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
             Maréchal budget notices (0.7 of C21's 5 nm bin is 3.5 nm, against the
             regressor's ~50 nm error) and leaves a student that imitates the loop room to
             misplace the threshold without stepping back and forth across it.
+        perturb_at_thresholds: Share of the observations :meth:`perturb` makes that put one
+            aberration's remaining correction within a fifth of the finest bin of one of the
+            loop's thresholds (:meth:`thresholds_nm`), where a student's choice is closest to
+            a tie; the rest are tuned at random. Changes nothing the loop itself does.
 
     Raises:
         ValueError: ``ronchigrams_per_iteration`` is neither 1 nor 2.
@@ -393,6 +420,7 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
         gain: float = 1.0,
         ronchigrams_per_iteration: int = 1,
         deadband: float = 0.5,
+        perturb_at_thresholds: float = 0.0,
     ) -> None:
         super().__init__(env)
         if ronchigrams_per_iteration not in (1, 2):
@@ -406,6 +434,11 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
         if not 0.5 <= deadband < 1.0:
             raise ValueError(f"deadband must be in [0.5, 1), got {deadband}")
         self.tune_deadband = float(deadband)
+        if not 0.0 <= perturb_at_thresholds <= 1.0:
+            raise ValueError(
+                f"perturb_at_thresholds must be in [0, 1], got {perturb_at_thresholds}"
+            )
+        self.perturb_at_thresholds = float(perturb_at_thresholds)
         #: The latest estimate [nm], for inspection.
         self.estimate: dict[str, float] = {}
 
@@ -458,6 +491,107 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
                 return correction
         probe = self.tune_toward(probe_name, probe_nm)
         return probe if probe is not None else self.action("ronchigram")
+
+    def perturb(
+        self, observations: Mapping[str, np.ndarray], rng: np.random.Generator
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Observations beside the given ones: the corrector tuned further since the Ronchigram.
+
+        For cloning (:func:`scopegym.agents.imitation.perturbed_steps`): each observation with
+        a pair is changed as if, after its latest Ronchigram, each of the five aberrations had
+        been tuned by a further random amount (with probability 1/2 each, a magnitude
+        log-uniform over 0.06-6.3 tune scales, e.g. 0.06-6.3 nm of C12 and 1.3-126 nm of C21,
+        either sign). The pair itself is unchanged, so the regressor's estimate is too; the
+        estimate *now* moves by the change, and :meth:`label` says what the loop does there.
+        The entries that report the corrector move with it: ``ronchigram_tunes_since``,
+        ``tunes_since`` (once there is a frame), the corrector settings in ``state`` and its
+        image flag (an image taken before a tune is no longer current). A student's mistakes
+        take it to exactly such observations (an estimate left half-corrected, or overshot),
+        which its teacher's own episodes rarely show.
+
+        Args:
+            observations: AutotuneRonchigram-v2 observation entries, each with a leading step
+                axis.
+            rng: Source of the random changes.
+
+        Returns:
+            The observations, changed where they had a pair, and which rows changed.
+        """
+        from scopegym.envs.core import STATE_FEATURES
+
+        changed = {key: np.array(value, copy=True) for key, value in observations.items()}
+        steps = int(changed["state"].shape[0])
+        paired = changed["ronchigram_previous"].reshape(steps, -1).any(axis=1)
+        state = changed["state"]
+        have_frame = state[:, STATE_FEATURES.index("have_frame")] > -0.5
+        targeted = np.zeros(steps, dtype=bool)
+        if self.perturb_at_thresholds > 0:  # no draw otherwise: the same changes as before it
+            targeted = paired & (rng.random(steps) < self.perturb_at_thresholds)
+
+        def tune_since(rows: np.ndarray, name: str, change_nm: np.ndarray) -> None:
+            scale_nm = self.config.tune_scale_nm.get(name, 1.0)
+            column = TUNABLE_ABERRATIONS.index(name)
+            since = change_nm / (TUNES_SINCE_SCALES * scale_nm)
+            changed["ronchigram_tunes_since"][rows, column] += since
+            if "tunes_since" in changed:
+                changed["tunes_since"][rows, column] += since * have_frame[rows]
+            state[rows, STATE_FEATURES.index(name)] += change_nm / (8.0 * scale_nm)
+
+        moved = targeted.copy()
+        for name in PAIR_ABERRATIONS:
+            scale_nm = self.config.tune_scale_nm.get(name, 1.0)
+            tuned = paired & ~targeted & (rng.random(steps) < 0.5)
+            change_nm = (
+                tuned
+                * rng.choice([-1.0, 1.0], steps)
+                * 10.0 ** rng.uniform(-1.2, 0.8, steps)
+                * scale_nm
+            )
+            tune_since(np.arange(steps), name, change_nm)
+            moved |= tuned
+        for row in np.flatnonzero(targeted):
+            # One aberration's remaining correction put beside one of the loop's thresholds.
+            name = PAIR_ABERRATIONS[int(rng.integers(len(PAIR_ABERRATIONS)))]
+            targets = self.thresholds_nm(name)
+            target = targets[int(rng.integers(len(targets)))]
+            target += rng.uniform(-0.2, 0.2) * self.finest_tune_nm(name)
+            estimate = estimate_aberrations(
+                self.model, self.scale, {key: value[row] for key, value in changed.items()}
+            )
+            scale_nm = self.config.tune_scale_nm.get(name, 1.0)
+            since_nm = (
+                float(changed["ronchigram_tunes_since"][row, TUNABLE_ABERRATIONS.index(name)])
+                * TUNES_SINCE_SCALES
+                * scale_nm
+            )
+            # remaining = -(gain * estimate) - since, so this since leaves the target.
+            wanted_since_nm = -target - self.gain * estimate[name]
+            tune_since(np.array([row]), name, np.array([wanted_since_nm - since_nm]))
+        for key in ("ronchigram_tunes_since", "tunes_since", "state"):
+            if key in changed:
+                np.clip(changed[key], -1.0, 1.0, out=changed[key])
+        flag = STATE_FEATURES.index("have_frame")
+        state[moved, flag] = np.minimum(state[moved, flag], 0.0)
+        return changed, moved
+
+    def thresholds_nm(self, name: str) -> list[float]:
+        """Remaining corrections [nm] at which the loop's next step for an aberration changes.
+
+        Either side of the deadband, of each larger bin's first use (its size less half the
+        finest bin), and, for the probe's aberration, of the probe's band (the remaining
+        correction minus the probe, within the deadband, ends the iteration), both signs.
+        """
+        finest = self.finest_tune_nm(name)
+        magnitudes = [self.tune_deadband * finest]
+        for k in range(len(self.config.delta_steps)):
+            size = abs(self.tune_delta_nm(name, k))
+            if size - 0.5 * finest > magnitudes[0]:
+                magnitudes.append(size - 0.5 * finest)
+        signed = sorted({sign * m for m in magnitudes for sign in (-1.0, 1.0)})
+        probe_name, probe_nm = PROBE_TUNE
+        if name == probe_name:
+            signed += [-probe_nm - magnitudes[0], -probe_nm + magnitudes[0]]
+        return signed
 
     def _ronchigram_if_stale(self) -> Iterator[np.ndarray]:
         """A Ronchigram when the latest image predates the last tune."""

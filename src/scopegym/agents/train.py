@@ -140,11 +140,12 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             hint = " (0 only with pretrain.policies: the clone without RL)" if timesteps else ""
             raise TrainConfigError(f"{key} must be a positive integer, got {value!r}{hint}")
-    rate = OmegaConf.select(cfg, "pretrain.learning_rate", default=None)
-    if rate is not None and (
-        isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
-    ):
-        raise TrainConfigError(f"pretrain.learning_rate must be a positive number, got {rate!r}")
+    for key in ("pretrain.learning_rate", "pretrain.aggregate_learning_rate"):
+        rate = OmegaConf.select(cfg, key, default=None)
+        if rate is not None and (
+            isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
+        ):
+            raise TrainConfigError(f"{key} must be a positive number, got {rate!r}")
     for key in (
         "pretrain.episodes",
         "pretrain.epochs",
@@ -155,19 +156,26 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if value is not None and (not isinstance(value, int) or value <= 0):
             raise TrainConfigError(f"{key} must be a positive integer, got {value!r}")
-    rounds = OmegaConf.select(cfg, "pretrain.aggregate_iterations", default=0)
-    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 0:
-        raise TrainConfigError(
-            f"pretrain.aggregate_iterations must be a non-negative integer, got {rounds!r}"
-        )
-    if rounds:
+    teachers = [str(name) for name in OmegaConf.select(cfg, "pretrain.policies") or []]
+    for key in ("pretrain.aggregate_iterations", "pretrain.perturbed_copies"):
+        value = OmegaConf.select(cfg, key, default=0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise TrainConfigError(f"{key} must be a non-negative integer, got {value!r}")
+    if OmegaConf.select(cfg, "pretrain.aggregate_iterations", default=0):
         from scopegym.agents.imitation import can_label
 
-        teachers = [str(name) for name in OmegaConf.select(cfg, "pretrain.policies") or []]
         if len(teachers) != 1 or not can_label(teachers[0]):
             raise TrainConfigError(
                 "pretrain.aggregate_iterations needs exactly one pretrain.policies entry that "
                 f"labels any observation (pair_regressor), got {teachers}"
+            )
+    if OmegaConf.select(cfg, "pretrain.perturbed_copies", default=0):
+        from scopegym.agents.imitation import can_perturb
+
+        if len(teachers) != 1 or not can_perturb(teachers[0]):
+            raise TrainConfigError(
+                "pretrain.perturbed_copies needs exactly one pretrain.policies entry that "
+                f"makes and labels observations beside its own (pair_regressor), got {teachers}"
             )
     for key in ("eval.freq", "eval.n_episodes", "checkpoint.freq", "tensorboard.image_freq"):
         value = OmegaConf.select(cfg, key)
@@ -403,7 +411,13 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
     Each aggregation round's model is saved as ``checkpoints/aggregation_round_<k>.zip``, so
     that a round can be chosen on validation episodes, as RL checkpoints are.
     """
-    from scopegym.agents.imitation import aggregate, clone, collect_demonstrations
+    from scopegym.agents.imitation import (
+        aggregate,
+        clone,
+        collect_demonstrations,
+        concatenate,
+        perturbed_steps,
+    )
 
     names = [str(name) for name in cfg.pretrain.policies]
     arguments = OmegaConf.select(cfg, "pretrain.kwargs", default=None)
@@ -419,6 +433,22 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
         seed=seed + 30_000,
         policy_kwargs=policy_kwargs,
     )
+    copies = int(OmegaConf.select(cfg, "pretrain.perturbed_copies", default=0) or 0)
+    own_steps = len(demonstrations)
+    if copies:
+        demonstrations = concatenate(
+            [
+                demonstrations,
+                perturbed_steps(
+                    factory,
+                    names[0],
+                    demonstrations,
+                    copies,
+                    seed=seed + 50_000,
+                    teacher_kwargs=policy_kwargs.get(names[0], {}),
+                ),
+            ]
+        )
     figures = clone(
         model,
         demonstrations,
@@ -431,12 +461,13 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
         learning_rate=OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
     )
     log.info(
-        "cloned %s from %d steps (%d episodes, mean return %.2f): action NLL %.2f -> %.2f nats, "
-        "%.0f %% of steps matched",
+        "cloned %s from %d steps (%d episodes, mean return %.2f; %d of the steps perturbed): "
+        "action NLL %.2f -> %.2f nats, %.0f %% of steps matched",
         names,
         len(demonstrations),
         demonstrations.episode_returns.size,
         float(demonstrations.episode_returns.mean()),
+        len(demonstrations) - own_steps,
         figures["nll_before"],
         figures["nll_after"],
         100 * figures["accuracy_after"],
@@ -447,11 +478,12 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
         def log_round(index: int, so_far: Any, figures: dict[str, float]) -> None:
             log.info(
                 "aggregation round %d: the clone's mean return %.2f over %d steps, labelled by "
-                "%s; refitted on %d steps: %.0f %% matched",
+                "%s (and %d perturbed); refitted on %d steps: %.0f %% matched",
                 index,
                 figures["student_return"],
                 int(figures["steps_added"]),
                 names[0],
+                int(figures["perturbed_added"]),
                 len(so_far),
                 100 * figures["accuracy_after"],
             )
@@ -468,6 +500,7 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
             seed=seed + 40_000,
             on_round=log_round,
             teacher_kwargs=policy_kwargs.get(names[0], {}),
+            perturbed_copies=copies,
             epochs=int(
                 OmegaConf.select(cfg, "pretrain.aggregate_epochs", default=None)
                 or cfg.pretrain.epochs
@@ -475,7 +508,8 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
             batch_size=int(cfg.pretrain.batch_size),
             value_coef=0.0 if cfg.vec_normalize else 0.5,
             maskable=bool(cfg.agent.maskable),
-            learning_rate=OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
+            learning_rate=OmegaConf.select(cfg, "pretrain.aggregate_learning_rate", default=None)
+            or OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
         )
 
 
