@@ -313,3 +313,39 @@ def test_perturbed_steps_are_labelled_by_the_teacher_beside_its_own():
     env.close()
     # The changes matter: many copies call for another action than the step they came from.
     assert changed_labels >= len(beside) // 4
+
+
+def test_a_joint_action_model_is_cloned_on_whole_commands():
+    from scopegym.agents.imitation import to_joint
+    from scopegym.agents.model_tuner import PairEstimateExtractor
+    from scopegym.envs import JointActions
+
+    def make_tuning_env():
+        return gym.make("scopegym/AutotuneRonchigram-v2", samples="train", max_episode_steps=30)
+
+    taught = collect_demonstrations(make_tuning_env, ["pair_regressor"], 2, 0.99, seed=5)
+    joint = JointActions(make_tuning_env())
+    encoded = to_joint(taught, joint)
+    assert encoded.actions.shape == (len(taught), 1) and encoded.masks.shape[1] == 32
+    for original, command, masks in zip(
+        taught.actions, encoded.actions, encoded.masks, strict=True
+    ):
+        decoded = joint.action(command[0])
+        read = joint.reads[command[0]]
+        np.testing.assert_array_equal(decoded[read], original[read])
+        assert masks[command[0]]  # the demonstrated command is allowed
+    model = MaskablePPO(
+        "MultiInputPolicy",
+        joint,
+        n_steps=64,
+        seed=0,
+        device="cpu",
+        policy_kwargs={"features_extractor_class": PairEstimateExtractor, "net_arch": [32]},
+    )
+    with pytest.raises(ValueError, match="JointActions"):
+        clone(model, taught, epochs=1)
+    figures = clone(model, taught, epochs=60, batch_size=32, learning_rate=3e-3, joint=joint)
+    assert figures["nll_after"] < 0.5 * figures["nll_before"]
+    assert agreement(model, taught, joint=joint)["agreement"] == pytest.approx(
+        figures["accuracy_after"]
+    )

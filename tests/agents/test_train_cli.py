@@ -343,10 +343,90 @@ def test_aggregation_with_perturbed_copies_saves_each_round(tmp_path):
     assert cloned is not None, log[-2000:]
     # 30 steps of the teacher, and two perturbed copies of each of its steps with a pair.
     assert int(cloned.group(1)) == 30 + int(cloned.group(2)) and int(cloned.group(2)) > 0
+    assert "perturbed copies: 2 beside each demonstrated step and each aggregated one" in log
     for k in (1, 2):
         assert f"aggregation round {k}:" in log
         assert (tmp_path / "checkpoints" / f"aggregation_round_{k}.zip").is_file()
     assert (tmp_path / "final.zip").is_file()
+
+
+def test_a_joint_action_agent_clones_trains_and_is_scored_on_whole_commands(tmp_path):
+    from sb3_contrib import MaskablePPO
+
+    result = run_cli(
+        "env=autotune_ronchigram",
+        "agent=pair_estimate_ppo",
+        "agent.joint_actions=true",
+        "agent.model.n_steps=64",
+        "agent.model.batch_size=32",
+        "agent.model.n_epochs=1",
+        "pretrain.policies=[pair_regressor]",
+        "pretrain.episodes=1",
+        "pretrain.epochs=2",
+        "pretrain.perturbed_copies=1",
+        "pretrain.aggregate_iterations=1",
+        "pretrain.aggregate_episodes=1",
+        "total_timesteps=64",
+        "eval.freq=64",
+        "eval.n_episodes=1",
+        "checkpoint.freq=0",
+        "tensorboard.image_freq=64",
+        "tensorboard.image_steps=2",
+        "+env.kwargs.max_episode_steps=30",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    model = MaskablePPO.load(tmp_path / "final.zip", device="cpu")
+    assert model.action_space.n == 32  # a Ronchigram, 5 aberrations x 6 bins, a scan
+    assert model.num_timesteps == 64
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scopegym.agents.eval_cli",
+            "env=autotune_ronchigram",
+            "episodes=1",
+            "max_steps=8",
+            "policies=[]",
+            f"checkpoint={tmp_path / 'final.zip'}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"][0]
+    assert episode["scalars"]["steps"] == 8.0
+    # Each step decoded to one whole command of the task's verbs.
+    assert len(episode["commands"]) == 8
+    assert {c["command"] for c in episode["commands"]} <= {"Ronchigram", "Tune", "Scan"}
+    ran = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scopegym.agents.run_cli",
+            "env=autotune_ronchigram",
+            f"checkpoint={tmp_path / 'final.zip'}",
+            "max_steps=3",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert ran.returncode == 0, ran.stderr[-2000:]
+    assert ran.stdout.count("-> {'command':") == 3
+
+
+def test_joint_actions_refuse_the_box_encoding_and_rllib(tmp_path):
+    for overrides, message in (
+        (["agent=sac", "+agent.joint_actions=true"], "exclude each other"),
+        (["agent.joint_actions=true", "trainer=rllib"], "joint_actions is for trainer=sb3"),
+    ):
+        result = run_cli(*overrides, f"hydra.run.dir={tmp_path}", timeout=60)
+        assert result.returncode != 0
+        assert message in result.stderr, result.stderr[-1000:]
 
 
 @pytest.mark.slow

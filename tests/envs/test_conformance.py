@@ -7,8 +7,8 @@ from gymnasium.utils.env_checker import check_env as gym_check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
 import scopegym  # noqa: F401  (registers the ids)
-from scopegym.envs import ENV_IDS, BoxActions
-from scopegym.envs.actions import MACRO_VERBS
+from scopegym.envs import ENV_IDS, BoxActions, JointActions
+from scopegym.envs.actions import ARGUMENTS, MACRO_VERBS, VERB_ARGUMENTS
 from scopegym.instrument import COMMAND_TYPES
 
 IDS = sorted(ENV_IDS)
@@ -35,6 +35,43 @@ def test_sb3_check_env(env_id):
     env = gym.make(env_id)
     sb3_check_env(env.unwrapped, warn=True)
     sb3_check_env(BoxActions(env.unwrapped), warn=True)
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", IDS)
+def test_joint_actions_are_whole_commands_with_their_own_masks(env_id):
+    env = gym.make(env_id)
+    joint = JointActions(env.unwrapped)
+    sb3_check_env(joint, warn=True)
+    nvec = env.action_space.nvec
+    verbs = env.unwrapped.codec.config.verbs
+    # One command per verb and combination of the entries it reads; nothing else.
+    assert joint.action_space.n == sum(
+        int(np.prod([nvec[1 + ARGUMENTS.index(a)] for a in VERB_ARGUMENTS[v]])) for v in verbs
+    )
+    for k in range(joint.action_space.n):
+        action = joint.action(k)
+        assert joint.encode(action) == k
+        assert not action[~joint.reads[k]].any()
+    rng = np.random.default_rng(0)
+    joint.reset(seed=3)
+    offsets = np.concatenate([[0], np.cumsum(nvec)])
+    for _ in range(6):
+        flat = env.unwrapped.action_masks()
+        masks = joint.action_masks()
+        for k in range(joint.action_space.n):
+            action = joint.action(k)
+            entries = np.flatnonzero(joint.reads[k])
+            assert masks[k] == all(flat[offsets[e] + action[e]] for e in entries)
+        # A command and the MultiDiscrete action it stands for do the same.
+        k = int(rng.choice(np.flatnonzero(masks)))
+        _, _, terminated, truncated, info = joint.step(k)
+        assert info["refused"] is None
+        verb = verbs[joint.action(k)[0]]
+        if verb not in MACRO_VERBS:
+            assert info["command"]["command"].lower() == verb, (verb, info["command"])
+        if terminated or truncated:
+            break
     env.close()
 
 

@@ -133,7 +133,9 @@ class RenderImageCallback(BaseCallback):
         for _ in range(self.policy_steps):
             kwargs: dict[str, Any] = {"deterministic": False}
             if self.use_masks:
-                kwargs["action_masks"] = env.unwrapped.action_masks()  # type: ignore[attr-defined]
+                # A JointActions wrapper has masks of its own (one per whole command).
+                masks_of = getattr(env, "action_masks", None) or env.unwrapped.action_masks  # type: ignore[attr-defined]
+                kwargs["action_masks"] = masks_of()
             action, _ = self.model.predict(obs, **kwargs)
             obs, _, terminated, truncated, _ = env.step(action)
             if terminated or truncated:

@@ -82,6 +82,9 @@ class ModelPolicy:
         name: Name in the report.
         maskable: Pass action masks to ``model.predict`` (MaskablePPO).
         box_actions: Decodes the model's Box actions to the MultiDiscrete encoding (SAC), or None.
+        joint_actions: The environment's :class:`~scopegym.envs.JointActions`, for a model that
+            chooses whole commands (a Discrete action space): the harness's MultiDiscrete masks
+            are translated for it and its command decoded; or None.
         sample_actions: Sample from the policy's action distribution even when the harness asks
             for deterministic actions (the most likely entry of each MultiDiscrete dimension
             can be a poorer policy than the distribution PPO learned).
@@ -92,6 +95,7 @@ class ModelPolicy:
     maskable: bool = False
     box_actions: Any = None
     sample_actions: bool = False
+    joint_actions: Any = None
 
     def predict(
         self,
@@ -103,6 +107,8 @@ class ModelPolicy:
     ) -> tuple[Any, Any]:
         """The model's next action in the environment's MultiDiscrete encoding."""
         deterministic = deterministic and not self.sample_actions
+        if self.joint_actions is not None and action_masks is not None:
+            action_masks = self.joint_actions.joint_masks(action_masks)
         if self.maskable:
             action, state = self.model.predict(
                 observation, state, episode_start, deterministic, action_masks=action_masks
@@ -111,7 +117,16 @@ class ModelPolicy:
             action, state = self.model.predict(observation, state, episode_start, deterministic)
         if self.box_actions is not None:
             action = self.box_actions.action(action)
+        if self.joint_actions is not None:
+            action = self.joint_actions.action(action)
         return action, state
+
+
+def chooses_commands(model: Any) -> bool:
+    """Whether a model chooses whole commands (trained on :class:`~scopegym.envs.JointActions`)."""
+    from gymnasium import spaces
+
+    return isinstance(getattr(model, "action_space", None), spaces.Discrete)
 
 
 def _run_config(checkpoint: Path) -> DictConfig | None:
@@ -913,7 +928,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, progress: TextIO | None = Non
         (str(name), _baseline_factory(str(name))) for name in cfg.policies
     ]
     if cfg.checkpoint is not None:
-        from scopegym.envs import BoxActions
+        from scopegym.envs import BoxActions, JointActions
 
         path = Path(str(cfg.checkpoint))
         model, maskable, box = load_checkpoint(path, str(cfg.device))
@@ -927,7 +942,12 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, progress: TextIO | None = Non
 
         def model_factory(env: gym.Env[Any, Any]) -> Policy:
             return ModelPolicy(
-                model, label, maskable, BoxActions(env) if box else None, sample_actions
+                model,
+                label,
+                maskable,
+                BoxActions(env) if box else None,
+                sample_actions,
+                JointActions(env) if chooses_commands(model) else None,
             )
 
         factories.append((label, model_factory))

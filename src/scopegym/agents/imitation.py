@@ -182,6 +182,41 @@ def collect_demonstrations(
     return recorder.demonstrations()
 
 
+def to_joint(demonstrations: Demonstrations, joint: Any) -> Demonstrations:
+    """Demonstrations in a :class:`~scopegym.envs.JointActions` encoding: one command index each.
+
+    Args:
+        demonstrations: Recorded in the environment's MultiDiscrete encoding.
+        joint: The JointActions wrapper of that environment (its table and masks).
+    """
+    actions = np.array([[joint.encode(a)] for a in demonstrations.actions], dtype=np.int64)
+    return Demonstrations(
+        observations=demonstrations.observations,
+        actions=actions.reshape(-1, 1),
+        masks=np.stack([joint.joint_masks(m) for m in demonstrations.masks]).reshape(
+            len(demonstrations), -1
+        ),
+        relevant=np.ones((len(demonstrations), 1), dtype=bool),
+        returns=demonstrations.returns,
+        episode_returns=demonstrations.episode_returns,
+    )
+
+
+def _encoded(model: Any, demonstrations: Demonstrations, joint: Any) -> Demonstrations:
+    """The demonstrations in the model's action encoding (MultiDiscrete, or JointActions)."""
+    from gymnasium import spaces
+
+    if isinstance(model.action_space, spaces.Discrete):
+        if joint is None or joint.action_space != model.action_space:
+            raise ValueError(
+                "the model chooses whole commands (a Discrete action space): pass the "
+                "environment's JointActions wrapper as joint="
+            )
+        return to_joint(demonstrations, joint)
+    assert len(np.asarray(model.action_space.nvec)) == demonstrations.actions.shape[1]
+    return demonstrations
+
+
 def _batch_figures(
     policy: Any, demonstrations: Demonstrations, index: np.ndarray, maskable: bool
 ) -> tuple[Any, Any, Any]:
@@ -201,8 +236,11 @@ def _batch_figures(
         distribution = policy.get_distribution(obs_tensor, action_masks=masks)
     else:
         distribution = policy.get_distribution(obs_tensor)
-    # One categorical per action entry: sb3-contrib names the list `distributions`.
+    # One categorical per action entry: sb3-contrib names the list `distributions`; a
+    # Discrete action space (JointActions) has a single one.
     parts = getattr(distribution, "distributions", None) or distribution.distribution
+    if not isinstance(parts, (list, tuple)):
+        parts = [parts]
     actions = torch.as_tensor(demonstrations.actions[index], device=policy.device)
     weights = torch.as_tensor(
         demonstrations.relevant[index], dtype=torch.float32, device=policy.device
@@ -237,7 +275,11 @@ def _evaluate(
 
 
 def agreement(
-    model: Any, demonstrations: Demonstrations, maskable: bool = True, batch_size: int = 256
+    model: Any,
+    demonstrations: Demonstrations,
+    maskable: bool = True,
+    batch_size: int = 256,
+    joint: Any = None,
 ) -> dict[str, float]:
     """How well a policy's most likely actions match demonstrations it may never have seen.
 
@@ -246,13 +288,16 @@ def agreement(
         demonstrations: From :func:`collect_demonstrations`, e.g. on validation samples.
         maskable: Give the demonstrations' action masks to the policy (MaskablePPO).
         batch_size: Steps per forward pass.
+        joint: The environment's :class:`~scopegym.envs.JointActions` wrapper, for a model
+            that chooses whole commands (None otherwise).
 
     Returns:
         ``nll`` (negative log-likelihood of the demonstrated entries, per step [nats]) and
         ``agreement`` (fraction of steps whose most likely action matches the demonstration on
         every entry the demonstrated verb reads).
     """
-    nll, matched = _evaluate(model.policy, demonstrations, maskable, batch_size)
+    encoded = _encoded(model, demonstrations, joint)
+    nll, matched = _evaluate(model.policy, encoded, maskable, batch_size)
     return {"nll": nll, "agreement": matched}
 
 
@@ -265,6 +310,7 @@ def clone(
     maskable: bool = True,
     seed: int = 0,
     learning_rate: float | None = None,
+    joint: Any = None,
 ) -> dict[str, float]:
     """Fit an SB3 actor-critic policy (PPO, MaskablePPO) to demonstrations.
 
@@ -278,6 +324,9 @@ def clone(
         seed: Seed of the minibatch order.
         learning_rate: The optimiser's learning rate while cloning (None: the model's own);
             the model's rate is restored afterwards.
+        joint: The environment's :class:`~scopegym.envs.JointActions` wrapper, for a model
+            that chooses whole commands; the demonstrations (MultiDiscrete) are encoded with
+            it (:func:`to_joint`).
 
     Returns:
         ``nll_before``/``nll_after`` (negative log-likelihood of the demonstrated entries,
@@ -287,11 +336,10 @@ def clone(
     import torch
 
     policy = model.policy
-    nvec = np.asarray(model.action_space.nvec)
+    demonstrations = _encoded(model, demonstrations, joint)
     rng = np.random.default_rng(seed)
     n = len(demonstrations)
 
-    assert len(nvec) == demonstrations.actions.shape[1]
     nll_before, _ = _evaluate(policy, demonstrations, maskable, batch_size)
     rates = [group["lr"] for group in policy.optimizer.param_groups]
     if learning_rate is not None:
@@ -434,6 +482,7 @@ def collect_student_steps(
     seed: int = 0,
     maskable: bool = True,
     teacher_kwargs: Mapping[str, Any] | None = None,
+    joint: Any = None,
 ) -> Demonstrations:
     """Run a model and label every observation it reaches with the teacher's action.
 
@@ -450,6 +499,9 @@ def collect_student_steps(
         seed: Reset seed of the first episode; the others follow.
         maskable: Give the environment's action masks to the model.
         teacher_kwargs: The teacher's own arguments.
+        joint: The environment's :class:`~scopegym.envs.JointActions` wrapper, for a model
+            that chooses whole commands (its masks and actions are translated; the steps are
+            recorded in the MultiDiscrete encoding, as the teacher's).
 
     Raises:
         TypeError: The teacher cannot label observations it did not reach itself.
@@ -462,8 +514,10 @@ def collect_student_steps(
 
     def act_and_label(obs: Any, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if maskable:
-            kwargs["action_masks"] = mask
+            kwargs["action_masks"] = mask if joint is None else joint.joint_masks(mask)
         action, _ = model.predict(obs, deterministic=True, **kwargs)
+        if joint is not None:
+            action = joint.action(action)
         return labeller.label(obs, mask), action
 
     recorder = _Recorder(env, gamma)
@@ -529,6 +583,7 @@ def aggregate(
             seed=seed + iteration * episodes,
             maskable=bool(clone_kwargs.get("maskable", True)),
             teacher_kwargs=teacher_kwargs,
+            joint=clone_kwargs.get("joint"),
         )
         added = [student]
         if perturbed_copies:

@@ -52,11 +52,12 @@ from scopegym.agents.eval_cli import (
     EvalConfigError,
     ModelPolicy,
     check_checkpoint_matches,
+    chooses_commands,
     env_kwargs,
     load_checkpoint,
 )
 from scopegym.agents.evaluation import Policy
-from scopegym.envs import BoxActions
+from scopegym.envs import BoxActions, JointActions
 from scopegym.instrument import (
     CommandLimitError,
     Instrument,
@@ -123,9 +124,10 @@ def _policy(cfg: DictConfig, env: gym.Env[Any, Any]) -> tuple[Policy, str]:
         except EvalConfigError as error:
             raise RunConfigError(str(error)) from None
         wrapper = BoxActions(env.unwrapped) if box else None
+        joint = JointActions(env.unwrapped) if chooses_commands(model) else None
         # A checkpoint without its run config beside it escapes check_checkpoint_matches; its
         # saved spaces still tell which frame size and task it was trained on.
-        action_space = wrapper.action_space if wrapper is not None else env.action_space
+        action_space = (wrapper or joint or env).action_space
         for what, trained, here in (
             ("observations", model.observation_space, env.observation_space),
             ("actions", model.action_space, action_space),
@@ -138,7 +140,9 @@ def _policy(cfg: DictConfig, env: gym.Env[Any, Any]) -> tuple[Policy, str]:
                     f"{_describe_space(here)}; pick the matching env=... and env.kwargs.frame_px"
                 )
         name = f"{type(model).__name__}:{checkpoint.stem}"
-        return ModelPolicy(model, name, maskable=maskable, box_actions=wrapper), name
+        return ModelPolicy(
+            model, name, maskable=maskable, box_actions=wrapper, joint_actions=joint
+        ), name
     name = str(cfg.policy)
     return make_baseline(name, env), name
 

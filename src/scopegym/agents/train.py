@@ -12,6 +12,7 @@ multiruns keep their runs apart. The held-out split is refused here: it is for f
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -63,19 +64,22 @@ class EnvFactory:
         kwargs: Keyword arguments of ``gymnasium.make`` (samples, frame_px, reward weights, ...).
         box_actions: Wrap in :class:`~scopegym.envs.BoxActions`.
         monitor: Wrap in SB3's Monitor (episode returns for the logger and evaluation).
+        joint_actions: Wrap in :class:`~scopegym.envs.JointActions` (one categorical of whole
+            commands).
     """
 
     env_id: str
     kwargs: dict[str, Any] = field(default_factory=dict)
     box_actions: bool = False
     monitor: bool = True
+    joint_actions: bool = False
 
     def __call__(self) -> gym.Env[Any, Any]:
         """Make the environment."""
         # Importing registers the ids, also in a fresh worker process.
         from stable_baselines3.common.monitor import Monitor
 
-        from scopegym.envs import BoxActions
+        from scopegym.envs import BoxActions, JointActions
 
         try:
             env: gym.Env[Any, Any] = gym.make(self.env_id, **self.kwargs)
@@ -90,11 +94,13 @@ class EnvFactory:
             env = Monitor(env)
         if self.box_actions:
             env = BoxActions(env)
+        if self.joint_actions:
+            env = JointActions(env)
         return env
 
     def with_kwargs(self, **changes: Any) -> EnvFactory:
         """A copy with some ``gymnasium.make`` keyword arguments replaced."""
-        return EnvFactory(self.env_id, {**self.kwargs, **changes}, self.box_actions, self.monitor)
+        return dataclasses.replace(self, kwargs={**self.kwargs, **changes})
 
 
 def validate(cfg: DictConfig) -> None:
@@ -223,6 +229,12 @@ def validate(cfg: DictConfig) -> None:
             )
     if cfg.agent.box_actions and cfg.agent.maskable:
         raise TrainConfigError("agent.box_actions and agent.maskable exclude each other")
+    if cfg.agent.box_actions and joint_actions(cfg):
+        raise TrainConfigError("agent.box_actions and agent.joint_actions exclude each other")
+    if joint_actions(cfg) and trainer_name(cfg) == "rllib":
+        raise TrainConfigError(
+            "agent.joint_actions is for trainer=sb3; RLlib's model is masked per entry"
+        )
     _validate_trainer(cfg)
 
 
@@ -321,7 +333,17 @@ def env_factory(cfg: DictConfig, samples: str) -> EnvFactory:
         kwargs["reward_weights"] = OmegaConf.to_container(cfg.reward.weights, resolve=True)
     if cfg.reward.params is not None:
         kwargs["reward_params"] = OmegaConf.to_container(cfg.reward.params, resolve=True)
-    return EnvFactory(str(cfg.env.id), kwargs, box_actions=bool(cfg.agent.box_actions))
+    return EnvFactory(
+        str(cfg.env.id),
+        kwargs,
+        box_actions=bool(cfg.agent.box_actions),
+        joint_actions=joint_actions(cfg),
+    )
+
+
+def joint_actions(cfg: DictConfig) -> bool:
+    """Whether the agent chooses whole commands (``agent.joint_actions``; false if absent)."""
+    return bool(OmegaConf.select(cfg, "agent.joint_actions", default=False))
 
 
 def vecnormalize_path(checkpoint: Path) -> Path:
@@ -397,6 +419,13 @@ def training_plan(cfg: DictConfig, run_dir: Path, steps: int) -> tuple[list[str]
             f"  aggregation: {rounds} round(s) after cloning, each model -> "
             f"{run_dir / 'checkpoints' / 'aggregation_round_<k>.zip'}"
         )
+    copies = int(OmegaConf.select(cfg, "pretrain.perturbed_copies", default=0) or 0)
+    if copies and cfg.pretrain.policies:
+        lines.append(
+            f"  perturbed copies: {copies} beside each demonstrated step"
+            + (" and each aggregated one" if rounds else "")
+            + f", labelled by {cfg.pretrain.policies[0]}"
+        )
     final = f"  final model: {run_dir / 'final.zip'}"
     if evaluating:
         final += f", then scored on the validation split -> {run_dir / 'validation.json'}"
@@ -418,8 +447,17 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
         concatenate,
         perturbed_steps,
     )
+    from scopegym.envs import JointActions
 
     names = [str(name) for name in cfg.pretrain.policies]
+    # Demonstrators act in the environment's own (MultiDiscrete) encoding; a model choosing
+    # whole commands is fitted through the JointActions table.
+    joint: Any = None
+    if factory.joint_actions:
+        factory = dataclasses.replace(factory, joint_actions=False)
+        table_env = factory()
+        joint = JointActions(table_env)
+        table_env.close()
     arguments = OmegaConf.select(cfg, "pretrain.kwargs", default=None)
     policy_kwargs: dict[str, dict[str, Any]] = {
         str(name): dict(OmegaConf.to_container(values))  # type: ignore[arg-type]
@@ -459,6 +497,7 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
         maskable=bool(cfg.agent.maskable),
         seed=seed,
         learning_rate=OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
+        joint=joint,
     )
     log.info(
         "cloned %s from %d steps (%d episodes, mean return %.2f; %d of the steps perturbed): "
@@ -510,6 +549,7 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
             maskable=bool(cfg.agent.maskable),
             learning_rate=OmegaConf.select(cfg, "pretrain.aggregate_learning_rate", default=None)
             or OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
+            joint=joint,
         )
 
 

@@ -32,7 +32,7 @@ from scopegym.envs.tasks import (
     SpectrumDiscoveryEnv,
     SurveyEnv,
 )
-from scopegym.envs.wrappers import BoxActions
+from scopegym.envs.wrappers import BoxActions, JointActions
 
 #: Safety step cap of the ids whose episodes the budgets end. The cheapest command either task
 #: offers takes 0.2 s of instrument time (a Zoom; a macro always ends with a scan of at least
@@ -80,6 +80,7 @@ __all__ = [
     "AutotuneEnv",
     "AutotuneRonchigramEnv",
     "BoxActions",
+    "JointActions",
     "DefectSearchEnv",
     "EpisodeStart",
     "MicroscopeEnv",
