@@ -517,8 +517,6 @@ class PairRegressorTunerPolicy(ScriptedPolicy):
         Returns:
             The observations, changed where they had a pair, and which rows changed.
         """
-        from scopegym.envs.core import STATE_FEATURES
-
         changed = {key: np.array(value, copy=True) for key, value in observations.items()}
         steps = int(changed["state"].shape[0])
         paired = changed["ronchigram_previous"].reshape(steps, -1).any(axis=1)
