@@ -187,3 +187,123 @@ def test_training_script_runs_end_to_end(tmp_path: Path) -> None:
     assert "epoch 1: loss" in done.stdout and "all positions" in done.stdout
     model: Any = load_locator(out)
     assert model.hidden == 8
+
+
+def _joint_env() -> Any:
+    from scopegym.envs import JointActions
+
+    return JointActions(gym.make(ENV_ID, samples="validation"))
+
+
+def _position_score_model(env: Any, init: str = "locator", pi: list[int] | None = None) -> Any:
+    from sb3_contrib import MaskablePPO
+
+    from scopegym.agents.spectrum_locator import PositionScoreExtractor, PositionScorePolicy
+
+    return MaskablePPO(
+        PositionScorePolicy,
+        env,
+        n_steps=48,
+        batch_size=24,
+        policy_kwargs={
+            "features_extractor_class": PositionScoreExtractor,
+            "features_extractor_kwargs": {"init": init},
+            "net_arch": {"pi": pi or [], "vf": [16]},
+            "ortho_init": False,
+        },
+        seed=0,
+        device="cpu",
+    )
+
+
+def test_position_scores_are_the_locators_gain_in_the_order_of_the_commands(
+    locator: SignatureLocator,
+) -> None:
+    from scopegym.agents.spectrum_locator import MEASURED_SCORE, PositionScoreExtractor
+
+    env = _joint_env()
+    obs, _ = env.reset(seed=3)
+    for command in (5, 300, 301, 575):  # measure four positions, two of them neighbours
+        obs, *_ = env.step(command)
+    extractor = PositionScoreExtractor(env.observation_space, init="locator")
+    batch = {key: torch.as_tensor(value[None]).float() for key, value in obs.items()}
+    with torch.no_grad():
+        features = extractor(batch)[0].numpy()
+    assert features.shape == (576 + 4,)
+    measured = obs["spectra"] > 0.5
+    assert measured.sum() == 4
+    gain = expected_new_classes(class_probabilities(locator, obs["frame"], 24, 8.0), measured)
+    grid_x, grid_y = env.table[:, 5], env.table[:, 6]  # the Spectrum command's x and y bins
+    position = grid_y * 24 + grid_x
+    unmeasured_score = np.log(np.maximum(gain[position], 0.0) + 1e-6)
+    expected = np.where(measured[position], MEASURED_SCORE, unmeasured_score)
+    np.testing.assert_allclose(features[:576], expected, rtol=1e-4, atol=1e-4)
+    # The measured positions are the four commands sent, and score lowest.
+    assert set(np.flatnonzero(features[:576] == MEASURED_SCORE)) == {5, 300, 301, 575}
+    assert features[576] == pytest.approx(4 / 576)
+
+
+def test_a_position_score_policy_from_the_locator_acts_as_the_locator() -> None:
+    env = _joint_env()
+    model = _position_score_model(env)
+    teacher = SignatureLocatorPolicy(env)
+    agree = steps = 0
+    for seed in (0, 1):
+        obs, _ = env.reset(seed=seed)
+        teacher.reset()
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True, action_masks=env.action_masks())
+            label, _ = teacher.predict(obs, action_masks=env.unwrapped.action_masks())
+            agree += int(np.array_equal(env.table[int(action)], label))
+            steps += 1
+            obs, _, terminated, truncated, _ = env.step(action)
+            done = terminated or truncated
+    # The same network in float32 on a /255 frame: only near-ties may differ (46/48 measured).
+    assert steps == 48 and agree >= 0.9 * steps
+
+
+def test_a_position_score_policy_needs_the_scores_as_its_latent() -> None:
+    with pytest.raises(ValueError, match="net_arch pi=\\[\\]"):
+        _position_score_model(_joint_env(), init="random", pi=[32])
+
+
+def test_position_score_extractor_rejects_what_it_cannot_read() -> None:
+    from scopegym.agents.spectrum_locator import PositionScoreExtractor
+
+    space = _joint_env().observation_space
+    with pytest.raises(ValueError, match="init='pretrained'"):
+        PositionScoreExtractor(space, init="pretrained")
+    autotune = gym.make("scopegym/AutotuneRonchigram-v2").observation_space
+    with pytest.raises(ValueError, match="reads 'frame' and 'spectra'"):
+        PositionScoreExtractor(autotune)
+
+
+@pytest.mark.slow
+def test_the_shipped_spectrum_policy_picks_distinct_positions_and_beats_random(
+    spectrum_episode: Callable[..., tuple[list[dict[str, Any]], float]],
+) -> None:
+    from sb3_contrib import MaskablePPO
+
+    from scopegym.envs import JointActions
+
+    model = MaskablePPO.load(
+        ROOT / "policies" / "spectrum_discovery_v1_position_score.zip", device="cpu"
+    )
+    assert model.action_space.n == 576
+    found = chance = 0.0
+    for seed in range(12):
+        env = JointActions(gym.make(ENV_ID, samples="validation"))
+        obs, _ = env.reset(seed=seed)
+        positions = set()
+        done = False
+        while not done:
+            action, _ = model.predict(obs, deterministic=True, action_masks=env.action_masks())
+            obs, _, terminated, truncated, info = env.step(action)
+            positions.add((info["command"]["x"], info["command"]["y"]))
+            found += info["reward_parts"].get("signatures", 0.0)
+            done = terminated or truncated
+        assert len(positions) == 24  # never the same position twice
+        plain = gym.make(ENV_ID, samples="validation")
+        chance += spectrum_episode(plain, make_baseline("random", plain), seed)[1]
+    assert found > chance

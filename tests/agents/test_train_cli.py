@@ -509,3 +509,56 @@ def test_optuna_sweep_maximises_the_final_validation_return(tmp_path):
     ]
     assert summary.best_value == pytest.approx(max(scores))
     assert 1e-4 <= summary.best_params["agent.model.learning_rate"] <= 1e-3
+
+
+def test_a_position_score_agent_clones_the_locator_trains_and_is_scored(tmp_path):
+    from sb3_contrib import MaskablePPO
+
+    result = run_cli(
+        "env=spectrum_discovery",
+        "agent=position_score_ppo",
+        "agent.model.policy_kwargs.features_extractor_kwargs.init=random",
+        "agent.model.n_steps=48",
+        "agent.model.batch_size=24",
+        "agent.model.n_epochs=1",
+        "pretrain.policies=[signature_locator]",
+        "pretrain.episodes=2",
+        "pretrain.epochs=3",
+        "pretrain.learning_rate=3e-3",
+        "total_timesteps=48",
+        "eval.n_episodes=0",
+        "checkpoint.freq=0",
+        "tensorboard.image_freq=0",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stderr + result.stdout
+    cloned = re.search(
+        r"cloned \['signature_locator'\] from 48 steps .* NLL ([\d.]+) -> ([\d.]+)", log
+    )
+    assert cloned is not None, log[-2000:]
+    # From a random class network: the clone's loss falls below the uniform choice's ln 576.
+    assert float(cloned.group(2)) < float(cloned.group(1))
+    model = MaskablePPO.load(tmp_path / "final.zip", device="cpu")
+    assert model.action_space.n == 576  # every position of the 24 x 24 grid, one command each
+    assert model.num_timesteps == 48
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scopegym.agents.eval_cli",
+            "env=spectrum_discovery",
+            "episodes=1",
+            "policies=[]",
+            f"checkpoint={tmp_path / 'final.zip'}",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"][0]
+    assert episode["scalars"]["n_spectra"] == 24.0
+    # A trained policy never measures a position twice: 24 distinct positions.
+    assert len({(c["x"], c["y"]) for c in episode["commands"]}) == 24

@@ -18,6 +18,7 @@ entry, it maximises ``sum_c p_k(c) * prod_{v in V} (1 - p_v(c))``: the chance th
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, ClassVar
@@ -25,7 +26,11 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPolicy
 from scipy import ndimage
+from stable_baselines3.common.torch_layers import BaseFeaturesExtractor
+from stable_baselines3.common.type_aliases import Schedule
 from torch import nn
 
 from scopegym.agents.baselines import ScriptedPolicy
@@ -337,10 +342,172 @@ class SignatureLocatorPolicy(ScriptedPolicy):
             yield self.action("spectrum", x=best % grid, y=best // grid)
 
 
+#: Logit given to a position that already holds a spectrum: the log of an expected gain far
+#: below any unmeasured position's [log classes].
+MEASURED_SCORE = float(np.log(1e-6))
+
+
+class PositionScoreExtractor(BaseFeaturesExtractor):
+    """SpectrumDiscovery features for a policy that points at grid positions: one score each.
+
+    The locator's computation (:func:`position_features`, :class:`SignatureLocator`,
+    :func:`expected_new_classes`) as a network whose class model learns: for every grid
+    position, the fixed frame features go through the per-position class network, and the
+    expected number of classes a spectrum there would add, given the positions the
+    observation's ``spectra`` marks as measured, is computed differentiably. The features are
+    the log of that gain at every position (:data:`MEASURED_SCORE` where a spectrum exists),
+    ordered as :class:`~scopegym.envs.JointActions` orders the Spectrum commands (x-major:
+    command ``x * grid + y``), then four numbers of the whole field for the value head (the
+    fraction measured, the largest gain, the mean gain, the expected classes recorded so far
+    over the number of classes).
+
+    The frame features are a fixed function of the frame (~30 ms for 128 px on one core),
+    computed once per distinct frame and cached (a SpectrumDiscovery episode keeps its frame);
+    gradients flow through the class network and the gain only. Plain torch and NumPy.
+
+    Args:
+        observation_space: A SpectrumDiscovery-v1 observation space (``frame`` and
+            ``spectra``).
+        field_nm: Side of the task's frame [nm] (SpectrumDiscovery-v1: 8).
+        init: ``"locator"``: start from the shipped locator's weights (trained on the twin's
+            classes); ``"random"``: a freshly initialised class network (only the feature
+            standardisation is taken from the shipped file).
+        weights: Locator weights file (None: the shipped ``data/signature_locator.pt``).
+        hidden: Width of the class network's hidden layers (``init="random"`` only; the
+            shipped locator's is 64).
+        cache_size: Frames whose features are kept.
+
+    Raises:
+        ValueError: An observation space without ``frame`` and a square ``spectra`` grid, or
+            an unknown ``init``.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        field_nm: float = 8.0,
+        init: str = "locator",
+        weights: str | None = None,
+        hidden: int = 64,
+        cache_size: int = 4096,
+    ) -> None:
+        if "frame" not in observation_space.spaces or "spectra" not in observation_space.spaces:
+            raise ValueError("PositionScoreExtractor reads 'frame' and 'spectra' observations")
+        positions = int(np.prod(observation_space["spectra"].shape or (0,)))
+        grid = round(positions**0.5)
+        if grid * grid != positions:
+            raise ValueError(f"'spectra' holds {positions} positions, not a square grid")
+        if init not in ("locator", "random"):
+            raise ValueError(f"init={init!r}: expected 'locator' or 'random'")
+        super().__init__(observation_space, features_dim=positions + 4)
+        self.grid = grid
+        self.field_nm = float(field_nm)
+        self.cache_size = int(cache_size)
+        shipped = load_locator(weights)
+        if init == "locator":
+            self.locator = shipped
+        else:
+            self.locator = SignatureLocator(hidden=hidden)
+            self.locator.feature_mean.copy_(shipped.feature_mean)
+            self.locator.feature_std.copy_(shipped.feature_std)
+        self.locator.train()
+        self._cache: dict[bytes, torch.Tensor] = {}
+
+    def frame_features(self, frames: torch.Tensor) -> torch.Tensor:
+        """:func:`position_features` of each frame, ``(batch, positions, len(FEATURES))``."""
+        rows = []
+        for frame in frames.detach().cpu().numpy():
+            key = hashlib.blake2b(np.ascontiguousarray(frame).tobytes(), digest_size=16).digest()
+            cached = self._cache.get(key)
+            if cached is None:
+                if len(self._cache) >= self.cache_size:
+                    self._cache.clear()
+                features = position_features(frame, self.grid, self.field_nm)
+                cached = torch.as_tensor(features, dtype=torch.float32)
+                self._cache[key] = cached
+            rows.append(cached)
+        return torch.stack(rows).to(frames.device)
+
+    def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Scores of every command and the four field numbers, ``(batch, positions + 4)``."""
+        probabilities = self.locator(self.frame_features(observations["frame"])).softmax(-1)
+        measured = (observations["spectra"].reshape(len(probabilities), -1) > 0.5).float()
+        # Chance that no measured position recorded class c: prod over measured of (1 - p).
+        log_absent = torch.log1p(-probabilities.clamp(max=1 - 1e-6))
+        log_unseen = (measured.unsqueeze(-1) * log_absent).sum(1)
+        unseen = log_unseen.exp()
+        gain = (probabilities * unseen.unsqueeze(1)).sum(-1)
+        scores = torch.where(
+            measured > 0, torch.full_like(gain, MEASURED_SCORE), torch.log(gain + 1e-6)
+        )
+        grid = self.grid
+        by_command = scores.reshape(-1, grid, grid).transpose(1, 2).reshape(len(scores), -1)
+        summary = torch.stack(
+            [
+                measured.mean(1),
+                gain.max(1).values,
+                gain.mean(1),
+                1.0 - unseen.mean(1),
+            ],
+            dim=1,
+        )
+        return torch.cat([by_command, summary], dim=1)
+
+
+class LeadingScores(nn.Module):
+    """Action logits: the first ``count`` features times a learnt inverse temperature.
+
+    Args:
+        count: Number of actions (the leading features are their scores).
+        inverse_temperature: Initial factor [1 / log classes].
+    """
+
+    def __init__(self, count: int, inverse_temperature: float = 4.0) -> None:
+        super().__init__()
+        self.count = int(count)
+        initial = torch.tensor(float(np.log(inverse_temperature)))
+        self.log_inverse_temperature = nn.Parameter(initial)
+
+    def forward(self, latent: torch.Tensor) -> torch.Tensor:
+        """Logits ``(batch, count)`` from a latent whose first ``count`` values are scores."""
+        return latent[..., : self.count] * self.log_inverse_temperature.exp()
+
+
+class PositionScorePolicy(MaskableMultiInputActorCriticPolicy):
+    """MaskablePPO policy whose action logits are the extractor's per-command scores.
+
+    For :class:`PositionScoreExtractor` on whole commands (``agent.joint_actions``): the
+    policy's distribution over positions is a softmax of the scores (:class:`LeadingScores`),
+    so the argmax is the position the class network expects the most new classes at, and
+    learning moves the class network rather than a 580 x 576 matrix. Give it
+    ``net_arch=dict(pi=[], vf=[...])`` so the policy latent is the features themselves, and
+    ``ortho_init=False`` to keep the extractor's initial weights.
+    """
+
+    def _build(self, lr_schedule: Schedule) -> None:
+        super()._build(lr_schedule)
+        count = int(self.action_space.n)  # type: ignore[attr-defined]
+        if self.mlp_extractor.latent_dim_pi < count:
+            raise ValueError(
+                f"PositionScorePolicy needs the {count} command scores as the policy latent "
+                f"(net_arch pi=[]); the latent has {self.mlp_extractor.latent_dim_pi} values"
+            )
+        self.action_net = LeadingScores(count)
+        self.optimizer = self.optimizer_class(
+            self.parameters(),
+            lr=lr_schedule(1),  # type: ignore[call-arg]
+            **self.optimizer_kwargs,
+        )
+
+
 __all__ = [
     "DEFAULT_WEIGHTS",
     "FEATURES",
     "LOCATOR_CLASSES",
+    "MEASURED_SCORE",
+    "LeadingScores",
+    "PositionScoreExtractor",
+    "PositionScorePolicy",
     "SignatureLocator",
     "SignatureLocatorPolicy",
     "class_probabilities",
