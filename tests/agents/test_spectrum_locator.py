@@ -20,8 +20,10 @@ from scopegym.agents.spectrum_locator import (
     DEFAULT_WEIGHTS,
     FEATURES,
     LOCATOR_CLASSES,
+    TIE_BREAK,
     SignatureLocator,
     SignatureLocatorPolicy,
+    choice_scores,
     class_probabilities,
     expected_new_classes,
     grid_signatures,
@@ -57,6 +59,22 @@ def test_expected_new_classes_prefers_a_class_not_yet_seen() -> None:
     # Once the likely dopant is measured too, a dopant is still unseen with chance 0.3.
     both = expected_new_classes(p, np.array([True, False, True]))
     np.testing.assert_allclose(both, [-1.0, 0.0, -1.0])
+
+
+def test_the_choice_breaks_the_first_spectrums_tie_by_rarity() -> None:
+    # Nothing measured: every position adds one class in expectation, and the least
+    # lattice-like one is chosen (not whichever float rounding favours).
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.99, 0.01]])
+    nothing = np.zeros(3, dtype=bool)
+    np.testing.assert_allclose(expected_new_classes(p, nothing), 1.0)
+    scores = choice_scores(p, nothing)
+    assert int(np.argmax(scores)) == 1
+    np.testing.assert_allclose(scores, 1.0 + TIE_BREAK * np.array([0.1, 0.4, 0.01]))
+    # A real difference in expected new classes outweighs the tie-break: after a likely
+    # defect, the likely lattice adds more (0.794 classes) than the even one (0.5).
+    q = np.array([[0.99, 0.01], [0.5, 0.5], [0.2, 0.8]])
+    after = choice_scores(q, np.array([False, False, True]))
+    assert after[2] == -1.0 and int(np.argmax(after)) == 0
 
 
 def _lattice(size: int = 128) -> np.ndarray:
@@ -232,7 +250,7 @@ def test_position_scores_are_the_locators_gain_in_the_order_of_the_commands(
     assert features.shape == (576 + 4,)
     measured = obs["spectra"] > 0.5
     assert measured.sum() == 4
-    gain = expected_new_classes(class_probabilities(locator, obs["frame"], 24, 8.0), measured)
+    gain = choice_scores(class_probabilities(locator, obs["frame"], 24, 8.0), measured)
     grid_x, grid_y = env.table[:, 5], env.table[:, 6]  # the Spectrum command's x and y bins
     position = grid_y * 24 + grid_x
     unmeasured_score = np.log(np.maximum(gain[position], 0.0) + 1e-6)

@@ -13,7 +13,9 @@ record (:data:`LOCATOR_CLASSES`). It is trained on the twin's ground-truth class
 highest expected number of new classes: with ``p_k(c)`` the locator's probability of class
 ``c`` at position ``k``, and the measured positions ``V`` from the observation's ``spectra``
 entry, it maximises ``sum_c p_k(c) * prod_{v in V} (1 - p_v(c))``: the chance that a spectrum at
-``k`` records a class that none of the measured ones is expected to have recorded.
+``k`` records a class that none of the measured ones is expected to have recorded; ties (the
+episode's first spectrum) go to the position least likely to be plain lattice
+(:func:`choice_scores`).
 """
 
 from __future__ import annotations
@@ -296,13 +298,38 @@ def expected_new_classes(probabilities: np.ndarray, measured: np.ndarray) -> np.
     return np.where(measured, -1.0, gain)
 
 
+#: Weight in the choice of a position's chance of holding anything but the lattice, far below
+#: any real difference in expected new classes: it decides ties. The episode's first spectrum is
+#: one: with nothing measured every position adds one class in expectation (its probabilities
+#: sum to 1), and float rounding chose it (the published locator row moved from 1.52 to 1.56
+#: signatures between two runs of the same code and weights) [classes].
+TIE_BREAK = 1e-3
+
+
+def choice_scores(probabilities: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """What the locator maximises: :func:`expected_new_classes` with ties broken by rarity.
+
+    Args:
+        probabilities: ``(positions, classes)`` class probabilities per position, the lattice
+            first (:data:`LOCATOR_CLASSES`).
+        measured: Boolean ``(positions,)``: positions that hold a spectrum already.
+
+    Returns:
+        ``(positions,)`` expected new classes plus :data:`TIE_BREAK` times the chance of a
+        class other than the lattice [classes]; measured positions get -1.
+    """
+    gain = expected_new_classes(probabilities, measured) + TIE_BREAK * (1.0 - probabilities[:, 0])
+    return np.where(measured, -1.0, gain)
+
+
 class SignatureLocatorPolicy(ScriptedPolicy):
     """Spectra where the :class:`SignatureLocator` expects classes not yet recorded.
 
     Reads the frame and the ``spectra`` entry of a SpectrumDiscovery-v1 observation, and the
     field of view the instrument reports; computes the features and the classifier once per
-    frame (~30 ms on one core for 128 px). Deterministic: ties go to the lowest row
-    ``y * grid + x``. With no ``spectra`` entry (the v0 interface) it remembers the positions
+    frame (~30 ms on one core for 128 px). Deterministic: ties in expected new classes go to
+    the position least likely to be lattice (:func:`choice_scores`), exact ties to the lowest
+    row ``y * grid + x``. With no ``spectra`` entry (the v0 interface) it remembers the positions
     it chose itself. After every position has been measured it starts over.
 
     Args:
@@ -337,7 +364,7 @@ class SignatureLocatorPolicy(ScriptedPolicy):
             if measured.all():
                 chosen[:] = False
                 measured = np.zeros_like(measured)
-            best = int(np.argmax(expected_new_classes(probabilities, measured)))
+            best = int(np.argmax(choice_scores(probabilities, measured)))
             chosen[best] = True
             yield self.action("spectrum", x=best % grid, y=best // grid)
 
@@ -351,11 +378,12 @@ class PositionScoreExtractor(BaseFeaturesExtractor):
     """SpectrumDiscovery features for a policy that points at grid positions: one score each.
 
     The locator's computation (:func:`position_features`, :class:`SignatureLocator`,
-    :func:`expected_new_classes`) as a network whose class model learns: for every grid
+    :func:`choice_scores`) as a network whose class model learns: for every grid
     position, the fixed frame features go through the per-position class network, and the
     expected number of classes a spectrum there would add, given the positions the
     observation's ``spectra`` marks as measured, is computed differentiably. The features are
-    the log of that gain at every position (:data:`MEASURED_SCORE` where a spectrum exists),
+    the log of that gain, ties broken as :func:`choice_scores` does, at every position
+    (:data:`MEASURED_SCORE` where a spectrum exists),
     ordered as :class:`~scopegym.envs.JointActions` orders the Spectrum commands (x-major:
     command ``x * grid + y``), then four numbers of the whole field for the value head (the
     fraction measured, the largest gain, the mean gain, the expected classes recorded so far
@@ -437,8 +465,9 @@ class PositionScoreExtractor(BaseFeaturesExtractor):
         log_unseen = (measured.unsqueeze(-1) * log_absent).sum(1)
         unseen = log_unseen.exp()
         gain = (probabilities * unseen.unsqueeze(1)).sum(-1)
+        choice = gain + TIE_BREAK * (1.0 - probabilities[..., 0])
         scores = torch.where(
-            measured > 0, torch.full_like(gain, MEASURED_SCORE), torch.log(gain + 1e-6)
+            measured > 0, torch.full_like(gain, MEASURED_SCORE), torch.log(choice + 1e-6)
         )
         grid = self.grid
         by_command = scores.reshape(-1, grid, grid).transpose(1, 2).reshape(len(scores), -1)
@@ -510,6 +539,8 @@ __all__ = [
     "PositionScorePolicy",
     "SignatureLocator",
     "SignatureLocatorPolicy",
+    "TIE_BREAK",
+    "choice_scores",
     "class_probabilities",
     "expected_new_classes",
     "grid_signatures",
