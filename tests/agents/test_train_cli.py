@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -38,6 +39,29 @@ def run_cli(*overrides: str, timeout: float = 120) -> subprocess.CompletedProces
         text=True,
         timeout=timeout,
     )
+
+
+def score_checkpoint(run_dir: Path, *overrides: str) -> dict[str, Any]:
+    """Score ``run_dir``'s final.zip alone with scopegym-eval; its first episode's results."""
+    scored = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "scopegym.agents.eval_cli",
+            *overrides,
+            "policies=[]",
+            f"checkpoint={run_dir / 'final.zip'}",
+            f"hydra.run.dir={run_dir / 'eval'}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    episode: dict[str, Any] = json.loads((run_dir / "eval" / "results.json").read_text())[
+        "episodes"
+    ][0]
+    return episode
 
 
 def event_files(run_dir: Path) -> list[Path]:
@@ -379,24 +403,7 @@ def test_a_joint_action_agent_clones_trains_and_is_scored_on_whole_commands(tmp_
     model = MaskablePPO.load(tmp_path / "final.zip", device="cpu")
     assert model.action_space.n == 32  # a Ronchigram, 5 aberrations x 6 bins, a scan
     assert model.num_timesteps == 64
-    scored = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scopegym.agents.eval_cli",
-            "env=autotune_ronchigram",
-            "episodes=1",
-            "max_steps=8",
-            "policies=[]",
-            f"checkpoint={tmp_path / 'final.zip'}",
-            f"hydra.run.dir={tmp_path / 'eval'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert scored.returncode == 0, scored.stderr[-2000:]
-    episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"][0]
+    episode = score_checkpoint(tmp_path, "env=autotune_ronchigram", "episodes=1", "max_steps=8")
     assert episode["scalars"]["steps"] == 8.0
     # Each step decoded to one whole command of the task's verbs.
     assert len(episode["commands"]) == 8
@@ -542,23 +549,7 @@ def test_a_position_score_agent_clones_the_locator_trains_and_is_scored(tmp_path
     model = MaskablePPO.load(tmp_path / "final.zip", device="cpu")
     assert model.action_space.n == 576  # every position of the 24 x 24 grid, one command each
     assert model.num_timesteps == 48
-    scored = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "scopegym.agents.eval_cli",
-            "env=spectrum_discovery",
-            "episodes=1",
-            "policies=[]",
-            f"checkpoint={tmp_path / 'final.zip'}",
-            f"hydra.run.dir={tmp_path / 'eval'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert scored.returncode == 0, scored.stderr[-2000:]
-    episode = json.loads((tmp_path / "eval" / "results.json").read_text())["episodes"][0]
+    episode = score_checkpoint(tmp_path, "env=spectrum_discovery", "episodes=1")
     assert episode["scalars"]["n_spectra"] == 24.0
     # A trained policy never measures a position twice: 24 distinct positions.
     assert len({(c["x"], c["y"]) for c in episode["commands"]}) == 24
