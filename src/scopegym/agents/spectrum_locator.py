@@ -403,7 +403,8 @@ class PositionScoreExtractor(BaseFeaturesExtractor):
         weights: Locator weights file (None: the shipped ``data/signature_locator.pt``).
         hidden: Width of the class network's hidden layers (``init="random"`` only; the
             shipped locator's is 64).
-        cache_size: Frames whose features are kept.
+        cache_size: Frames whose features are kept (46 kB each for a 24 x 24 grid; a PPO
+            rollout of 480 steps holds 20 frames).
 
     Raises:
         ValueError: An observation space without ``frame`` and a square ``spectra`` grid, or
@@ -417,7 +418,7 @@ class PositionScoreExtractor(BaseFeaturesExtractor):
         init: str = "locator",
         weights: str | None = None,
         hidden: int = 64,
-        cache_size: int = 4096,
+        cache_size: int = 512,
     ) -> None:
         if "frame" not in observation_space.spaces or "spectra" not in observation_space.spaces:
             raise ValueError("PositionScoreExtractor reads 'frame' and 'spectra' observations")
