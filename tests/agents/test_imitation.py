@@ -55,6 +55,20 @@ def small_model(algorithm=MaskablePPO, policy_kwargs=SMALL, **kwargs):
     )
 
 
+def pair_estimate_model(env):
+    """A MaskablePPO model reading the pair regressor's estimate, with a small head."""
+    from scopegym.agents.model_tuner import PairEstimateExtractor
+
+    return MaskablePPO(
+        "MultiInputPolicy",
+        env,
+        n_steps=64,
+        seed=0,
+        device="cpu",
+        policy_kwargs={"features_extractor_class": PairEstimateExtractor, "net_arch": [32]},
+    )
+
+
 @pytest.fixture(scope="module")
 def demonstrations():
     return collect_demonstrations(make_env, ["raster"], episodes=2, gamma=0.99, seed=0)
@@ -208,7 +222,6 @@ def test_a_clone_of_the_backlash_aware_raster_agrees_with_it_and_finds_its_defec
 
 def test_aggregation_labels_the_clones_own_observations_with_the_teacher():
     from scopegym.agents.imitation import aggregate, can_label, collect_student_steps
-    from scopegym.agents.model_tuner import PairEstimateExtractor
 
     def make_tuning_env():
         # 40 steps an episode: a failing student does not run the whole 120 s budget here.
@@ -219,14 +232,7 @@ def test_aggregation_labels_the_clones_own_observations_with_the_teacher():
         collect_student_steps(make_tuning_env, None, "raster", episodes=1, gamma=0.99)
     taught = collect_demonstrations(make_tuning_env, ["pair_regressor"], 1, 0.99, seed=0)
     env = make_tuning_env()
-    model = MaskablePPO(
-        "MultiInputPolicy",
-        env,
-        n_steps=64,
-        seed=0,
-        device="cpu",
-        policy_kwargs={"features_extractor_class": PairEstimateExtractor, "net_arch": [32]},
-    )
+    model = pair_estimate_model(env)
     clone(model, taught, epochs=2, batch_size=32)
     student = copy.deepcopy(model.policy)  # the policy that acts in the round, before refitting
     combined, rounds = aggregate(
@@ -317,7 +323,6 @@ def test_perturbed_steps_are_labelled_by_the_teacher_beside_its_own():
 
 def test_a_joint_action_model_is_cloned_on_whole_commands():
     from scopegym.agents.imitation import to_joint
-    from scopegym.agents.model_tuner import PairEstimateExtractor
     from scopegym.envs import JointActions
 
     def make_tuning_env():
@@ -334,14 +339,7 @@ def test_a_joint_action_model_is_cloned_on_whole_commands():
         read = joint.reads[command[0]]
         np.testing.assert_array_equal(decoded[read], original[read])
         assert masks[command[0]]  # the demonstrated command is allowed
-    model = MaskablePPO(
-        "MultiInputPolicy",
-        joint,
-        n_steps=64,
-        seed=0,
-        device="cpu",
-        policy_kwargs={"features_extractor_class": PairEstimateExtractor, "net_arch": [32]},
-    )
+    model = pair_estimate_model(joint)
     with pytest.raises(ValueError, match="JointActions"):
         clone(model, taught, epochs=1)
     figures = clone(model, taught, epochs=60, batch_size=32, learning_rate=3e-3, joint=joint)
