@@ -34,6 +34,7 @@ SUPPORTED = [
     ("scopegym/DefectSearch-v1", "backlash_raster"),
     ("scopegym/DefectSearch-v1", "overview_expert"),
     ("scopegym/DefectSearch-v1", "shift_expert"),
+    ("scopegym/DefectSearch-v1", "reactive_shift_expert"),
     ("scopegym/Autotune-v1", "random"),
     ("scopegym/Autotune-v1", "autofocus"),
     ("scopegym/AutotuneRonchigram-v2", "random"),
@@ -49,6 +50,7 @@ SUPPORTED = [
     ("scopegym/Survey-v1", "backlash_raster"),
     ("scopegym/Survey-v1", "overview_expert"),
     ("scopegym/Survey-v1", "shift_expert"),
+    ("scopegym/Survey-v1", "reactive_shift_expert"),
 ]
 
 
@@ -83,6 +85,7 @@ SEARCH_BASELINES = [
     "backlash_raster",
     "overview_expert",
     "shift_expert",
+    "reactive_shift_expert",
 ]
 
 
@@ -123,6 +126,7 @@ def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
         "backlash_raster",
         "overview_expert",
         "shift_expert",
+        "reactive_shift_expert",
         "autofocus",
         "ronchigram_autofocus",
         "pattern_search",
@@ -368,6 +372,85 @@ def test_shift_expert_without_macros_is_the_stage_expert() -> None:
         _full_episode(env, "shift_expert")["commands"]
         == _full_episode(env, "overview_expert")["commands"]
     )
+
+
+def test_reactive_shift_expert_searches_as_the_shift_expert_does() -> None:
+    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    reactive = _full_episode(env, "reactive_shift_expert")
+    planned = _full_episode(env, "shift_expert")
+    specimen = env.unwrapped.truth.specimen
+    assert np.mean([_on_a_rim(specimen, view) for view in reactive["views"]]) >= 0.6
+    assert reactive["distinct"] >= 0.95 * reactive["frames"] >= 0.95 * 70
+    # The same search read from observations: about as many defects in about as much time.
+    assert reactive["found"] >= 0.85 * planned["found"]
+    assert reactive["time_s"] <= 1.2 * planned["time_s"]
+
+
+def _labels_along(env: Any, labeller: Any, actor: Any, steps: int, seed: int) -> list[Any]:
+    """(observation, label, masks, action) of ``steps`` steps in which ``actor`` acts."""
+    obs, _ = env.reset(seed=seed, options={"sample": HELDOUT_SAMPLE})
+    core = env.unwrapped
+    seen = []
+    for _ in range(steps):
+        masks = core.action_masks()
+        label = labeller.label(obs, masks)
+        action, _ = actor.predict(obs, action_masks=masks)
+        seen.append((obs, label, masks, action))
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+    return seen
+
+
+def test_reactive_shift_expert_labels_states_it_did_not_reach_itself() -> None:
+    from scopegym.agents.imitation import can_label
+
+    assert can_label("reactive_shift_expert") and not can_label("shift_expert")
+    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    labeller = make_baseline("reactive_shift_expert", env)
+    # Along the planned shift expert's episode, the labels are its actions (105 of 109 steps
+    # on this sample: the misses are where its remembered heading and this hole-on-the-left
+    # rule part).
+    expert = make_baseline("shift_expert", env)
+    expert.reset()
+    steps = _labels_along(env, labeller, expert, 400, seed=0)
+    agree = [np.array_equal(label, expert_action) for _, label, _, expert_action in steps]
+    assert len(steps) >= 80 and np.mean(agree) >= 0.9
+    # A random student's states: valid labels, and a memory built from what it saw.
+    student = make_baseline("random", env, seed=3)
+    steps = _labels_along(env, labeller, student, 120, seed=0)
+    assert all(labeller.is_valid(label, masks) for _, label, masks, _ in steps)
+    # Every fresh atomic frame at a new commanded position (the odometry) is one field taken.
+    fields = [
+        tuple(obs["odometry"][:2])
+        for obs, _, _, _ in steps
+        if math.isclose(float(obs["state"][0]), -1.0, abs_tol=1e-6) and obs["state"][-1] > 0.5
+    ]
+    taken = [f for i, f in enumerate(fields) if i == 0 or f != fields[i - 1]]
+    assert len(labeller._visited) == len(taken) > 0
+    # A later episode is recognised by the instrument's clock going back, without reset().
+    obs, _ = env.reset(seed=1, options={"sample": HELDOUT_SAMPLE})
+    label = labeller.label(obs, env.unwrapped.action_masks())
+    assert labeller.config.verbs[int(label[0])] == "scan" and labeller._visited == []
+
+
+def test_reactive_shift_expert_takes_over_a_students_episode_and_searches_on() -> None:
+    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    core = env.unwrapped
+    labeller = make_baseline("reactive_shift_expert", env)
+    student = make_baseline("random", env, seed=5)
+    obs, _ = env.reset(seed=0, options={"sample": HELDOUT_SAMPLE})
+    for step in range(400):
+        masks = core.action_masks()
+        label = labeller.label(obs, masks)
+        action = student.predict(obs, action_masks=masks)[0] if step < 25 else label
+        obs, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+    # From wherever the student left the view, the labels alone find rims and follow them.
+    found = len(core.reward_module.parts["discovery"].credited)
+    alone = _full_episode(env, "reactive_shift_expert")["found"]
+    assert found >= 0.6 * alone, (found, alone)
 
 
 def _noisy(image: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -374,6 +374,33 @@ def test_aggregation_with_perturbed_copies_saves_each_round(tmp_path):
     assert (tmp_path / "final.zip").is_file()
 
 
+@pytest.mark.slow
+def test_defect_search_aggregation_is_labelled_by_the_reactive_shift_expert(tmp_path):
+    result = run_cli(
+        "env=defect_search",
+        "pretrain.policies=[reactive_shift_expert]",
+        "pretrain.episodes=1",
+        "pretrain.epochs=1",
+        "pretrain.aggregate_iterations=1",
+        "pretrain.aggregate_episodes=1",
+        "total_timesteps=0",
+        "eval.n_episodes=0",
+        "+env.kwargs.max_episode_steps=30",
+        "agent.model.policy_kwargs.features_extractor_kwargs.cnn_output_dim=32",
+        f"hydra.run.dir={tmp_path}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    log = result.stderr + result.stdout
+    assert "cloned ['reactive_shift_expert'] from 30 steps" in log
+    # The clone's own 30 steps, labelled by the search read from observations.
+    assert re.search(
+        r"aggregation round 1: .* over 30 steps, labelled by reactive_shift_expert .* "
+        r"refitted on 60 steps",
+        log,
+    ), log[-2000:]
+    assert (tmp_path / "checkpoints" / "aggregation_round_1.zip").is_file()
+
+
 def test_a_joint_action_agent_clones_trains_and_is_scored_on_whole_commands(tmp_path):
     from sb3_contrib import MaskablePPO
 

@@ -43,7 +43,7 @@ signature_locator
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any, ClassVar, NamedTuple
 
 import gymnasium as gym
@@ -1587,6 +1587,314 @@ class ShiftExpertPolicy(OverviewExpertPolicy):
             self._position = self._position + step
 
 
+class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
+    """:class:`ShiftExpertPolicy`'s rim search, decided afresh from every observation.
+
+    The shift expert runs a plan and keeps what it did in its own variables, so it can act
+    only along its own episodes. This policy takes the same decisions from what it has
+    observed, whoever chose the actions: the view's position is the reported stage position
+    plus beam shift; the fields taken at atomic resolution, the overviews surveyed and the
+    rim targets read from them are remembered from the observations as they come. So it can
+    label the states a student reaches (dataset aggregation:
+    :func:`scopegym.agents.imitation.aggregate`), and acts by :meth:`label` alone.
+
+    Each decision, from the present observation:
+
+    - a fresh atomic-resolution frame on a rim: one ``tile`` along it, hole on the left
+      (:func:`find_rim`'s orientation), recentred across it, unless that field was taken;
+      otherwise a zoom to the localisation field;
+    - a localisation field: scan it at the longest dwell if its frame is stale; on a fresh one
+      an ``inspect`` of the nearest rim point not yet taken, unless the last two looks led to
+      fewer than three fields each (the rim there is spent);
+    - otherwise travel by ``tile`` steps (fields no finer than the localisation field) to the
+      nearest rim target not yet looked at, then to the next overview half an overview away,
+      and with none left, a line of fields.
+
+    Args:
+        env: The environment.
+        targets: Largest number of rim targets read from each overview.
+        locate_fov_nm: Field of view of the localisation frames [nm].
+        creep_nm_per_s: See :class:`ShiftExpertPolicy`.
+        creep_limit_nm: See :class:`ShiftExpertPolicy`.
+    """
+
+    name = "reactive_shift_expert"
+
+    def __init__(
+        self,
+        env: gym.Env[Any, Any],
+        targets: int = 16,
+        locate_fov_nm: float = 64.0,
+        creep_nm_per_s: float = 0.25,
+        creep_limit_nm: float = 12.0,
+    ) -> None:
+        super().__init__(
+            env,
+            targets,
+            locate_fov_nm,
+            creep_nm_per_s=creep_nm_per_s,
+            creep_limit_nm=creep_limit_nm,
+        )
+        self._origin: InstrumentState | None = None
+        self._last_elapsed_s = math.inf
+        self._opening = True
+        self._targets: list[np.ndarray] = []
+        self._surveyed: list[np.ndarray] = []
+        self._looks: list[int] = []
+
+    def reset(self) -> None:
+        """Forget the episode: the next observation is taken as its first."""
+        super().reset()
+        self._origin = None
+        self._last_elapsed_s = math.inf
+
+    def predict(
+        self,
+        observation: dict[str, np.ndarray],
+        state: Any = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+        action_masks: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, Any]:
+        """The next action, as Stable-Baselines3's ``predict`` (see :meth:`label`)."""
+        if episode_start is not None and bool(np.any(episode_start)):
+            self.reset()
+        masks = self.unwrapped.action_masks() if action_masks is None else action_masks
+        return self.label(observation, masks), state
+
+    def label(self, observation: Mapping[str, np.ndarray], action_masks: np.ndarray) -> np.ndarray:
+        """The action this search takes at an observation, after remembering what it shows.
+
+        Observations must come in the order of the episode (a later episode's first
+        observation is recognised by the instrument's clock going back).
+
+        Args:
+            observation: A DefectSearch-v1 or Survey-v1 observation.
+            action_masks: The environment's flat action mask.
+        """
+        self.observation = dict(observation)
+        self.masks = np.asarray(action_masks, dtype=bool).reshape(-1)
+        self._remember()
+        action = self._decide()
+        self.replaced = action is None or not self.is_valid(action)
+        if action is None or self.replaced:
+            action = self.fallback(self.masks)
+        return action
+
+    # -- memory ---------------------------------------------------------------------------
+
+    def _view_offset_nm(self, state: InstrumentState) -> np.ndarray:
+        """The view's offset from the episode's start [nm].
+
+        The commanded offset (the odometry: the sum of the moves and shifts sent, whoever sent
+        them), as the shift expert tracks its own commands; the reported stage position would
+        add its readout's wander to every target. The odometry saturates at half the stage's
+        range, and an axis driven that far is read from the reported stage position and beam
+        shift instead.
+        """
+        assert self._origin is not None
+        stage = self.limits.stage_x_nm
+        reach = 0.5 * (stage.high - stage.low)
+        odometry = np.asarray(self.observation["odometry"], dtype=np.float64)[:2]
+        reported = np.array(
+            [
+                state.stage_x_nm
+                + state.shift_x_nm
+                - self._origin.stage_x_nm
+                - self._origin.shift_x_nm,
+                state.stage_y_nm
+                + state.shift_y_nm
+                - self._origin.stage_y_nm
+                - self._origin.shift_y_nm,
+            ]
+        )
+        return np.where(np.abs(odometry) < 0.999, odometry * reach, reported)
+
+    def _remember(self) -> None:
+        state = self.instrument_state
+        if self._origin is None or state.elapsed_s < self._last_elapsed_s - 1e-9:
+            # A new episode: its opening overview (at the reset's short dwell) is not read.
+            self._origin = state
+            self._opening = True
+            self._visited, self._visit_times = [], []
+            self._targets, self._surveyed, self._looks = [], [], []
+        else:
+            self._opening = False
+        self._last_elapsed_s = state.elapsed_s
+        self._position = self._view_offset_nm(state)
+        if not self._fresh() or self._opening:
+            return
+        fov = state.fov_nm
+        if math.isclose(fov, self.finest_fov_nm):
+            if not self._visited or np.max(np.abs(self._visited[-1] - self._position)) > 1e-6:
+                self._visited.append(self._position.copy())
+                self._visit_times.append(state.elapsed_s)
+        elif math.isclose(fov, self.locate_fov_nm):
+            near = [np.max(np.abs(t - self._position)) <= 0.375 * fov for t in self._targets]
+            if any(near):
+                # Arrived at a target: its looks start afresh.
+                self._targets = [t for t, n in zip(self._targets, near, strict=True) if not n]
+                self._looks = []
+            self._looks.append(len(self._visited))
+        elif math.isclose(fov, self._origin.fov_nm):
+            # Overviews are taken half a field apart (_next_overview); one nearer repeats one.
+            if any(np.max(np.abs(self._position - s)) < 0.25 * fov for s in self._surveyed):
+                return
+            overview = np.asarray(self.observation["frame"])[-1]
+            self._targets += [
+                self._position + np.asarray(t)
+                for t in rim_targets(overview, fov, self.targets)
+                if all(
+                    np.max(np.abs(self._position + np.asarray(t) - s)) > 0.5 * fov
+                    for s in self._surveyed
+                )
+            ]
+            self._surveyed.append(self._position.copy())
+
+    def _fresh(self) -> bool:
+        """Whether the frame shows the present view (the state's last entry)."""
+        return float(np.asarray(self.observation["state"])[-1]) > 0.5
+
+    def _searching(self) -> bool:
+        """Whether a rim target or an overview is left to go to."""
+        assert self._origin is not None
+        return (
+            bool(self._targets)
+            or not self._surveyed
+            or self._next_overview(self._origin, self._surveyed, self._origin.fov_nm) is not None
+        )
+
+    def _spent_here(self) -> bool:
+        """Whether the last two looks each led to fewer than three fields."""
+        looks = self._looks
+        return len(looks) >= 3 and looks[-1] - looks[-2] < 3 and looks[-2] - looks[-3] < 3
+
+    # -- decisions ------------------------------------------------------------------------
+
+    def _decide(self) -> np.ndarray | None:
+        if self._opening:
+            return self.longest_scan()
+        fov = self.instrument_state.fov_nm
+        fresh = self._fresh()
+        if math.isclose(fov, self.finest_fov_nm) and fresh:
+            step = self._rim_step()
+            if step is not None:
+                return step
+            # Off the rim: look around, unless nothing is left but the line of fields.
+            return self.zoom_to(self.locate_fov_nm) if self._searching() else self._travel_step()
+        if math.isclose(fov, self.locate_fov_nm):
+            if not fresh:
+                return self.longest_scan()
+            if not self._spent_here():
+                onto = self._inspect_rim()
+                if onto is not None:
+                    return onto
+        return self._travel_step()
+
+    def _rim_step(self) -> np.ndarray | None:
+        """One ``tile`` along the rim in the atomic frame, or None where the walk ends."""
+        tile = self.finest_fov_nm
+        half = 0.5 * tile
+        fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=half, atomic=True)
+        if fix is None:
+            return None
+        across = float(fix.offset_nm @ fix.normal) * fix.normal
+        step = np.clip(np.round((across + tile * fix.tangent) / half) * half, -tile, tile)
+        if not step.any() or self._seen(self._position + step):
+            return None
+        steps = list(self.config.move_steps)
+        return self.action("tile", dx=steps.index(step[0] / tile), dy=steps.index(step[1] / tile))
+
+    def _inspect_rim(self) -> np.ndarray | None:
+        """An ``inspect`` of the rim point nearest the centre not taken yet, if any."""
+        fov = self.instrument_state.fov_nm
+
+        def allowed(points: np.ndarray) -> np.ndarray:
+            return np.asarray([not self._seen(self._position + point) for point in points])
+
+        located = find_rim(self.observation["frame"], fov, 2.0, allowed=allowed)
+        if located is None:
+            return None
+        grid = int(self.nvec[1 + ARGUMENTS.index("x")])
+        pitch = fov / grid
+        index = np.clip(np.round(located.offset_nm / pitch + 0.5 * grid - 0.5), 0, grid - 1)
+        return self.action("inspect", x=int(index[0]), y=int(index[1]))
+
+    def _travel_step(self) -> np.ndarray | None:
+        """The next command towards the nearest target, or the next overview, or a line.
+
+        A target or overview the masks keep out of reach (a student may have driven the stage
+        near the end of its travel) is given up, and the next one tried.
+        """
+        fov = self.instrument_state.fov_nm
+        grain = 0.5 * self.locate_fov_nm
+        while self._targets:
+            target = min(self._targets, key=lambda t: float(np.hypot(*(t - self._position))))
+            offset = np.round((target - self._position) / grain) * grain
+            action = self._toward(offset, self.locate_fov_nm)
+            if self.is_valid(action):
+                return action
+            self._targets = [t for t in self._targets if t is not target]
+        assert self._origin is not None
+        overview_fov = self._origin.fov_nm
+        if not self._surveyed:
+            # No overview read yet (a student may never have taken one): one here.
+            return self._toward(np.zeros(2), overview_fov)
+        while True:
+            centre = self._next_overview(self._origin, self._surveyed, overview_fov)
+            if centre is None:
+                centre = self._back_in_reach(overview_fov)
+            if centre is None:
+                break
+            action = self._toward(centre - self._position, overview_fov)
+            if self.is_valid(action):
+                return action
+            self._surveyed.append(centre)
+        if not math.isclose(fov, self.finest_fov_nm):
+            return self.zoom_to(self.finest_fov_nm)
+        steps = list(self.config.move_steps)
+        for dx, dy in ((1.0, 0.0), (0.0, 1.0), (-1.0, 0.0), (0.0, -1.0)):
+            action = self.action("tile", dx=steps.index(dx), dy=steps.index(dy))
+            if self.is_valid(action):
+                return action
+        return None
+
+    def _back_in_reach(self, overview_fov: float) -> np.ndarray | None:
+        """The nearest overview field the stage covers whole.
+
+        For a view a student left near the end of the stage's travel, where no overview beside
+        those taken is in reach.
+
+        Returns:
+            Its centre relative to the episode's start [nm], or None when it was surveyed.
+        """
+        assert self._origin is not None
+        limits, half = self.limits, 0.5 * overview_fov
+        start = np.array([self._origin.stage_x_nm, self._origin.stage_y_nm])
+        low = np.array([limits.stage_x_nm.low, limits.stage_y_nm.low]) + half
+        high = np.array([limits.stage_x_nm.high, limits.stage_y_nm.high]) - half
+        centre = np.clip(start + self._position, low, high) - start
+        if any(np.max(np.abs(centre - s)) < 0.25 * overview_fov for s in self._surveyed):
+            return None
+        return centre
+
+    def _toward(self, offset: np.ndarray, end_fov_nm: float) -> np.ndarray:
+        """The first command of the ``tile`` steps by ``offset`` [nm] that end at ``end_fov_nm``."""
+        fov = self.instrument_state.fov_nm
+        plan = self._decompose(
+            float(offset[0]), float(offset[1]), self.config.move_steps, fov, end_fov_nm
+        )
+        if not plan:
+            # Arrived: a fresh frame at the end field of view.
+            if math.isclose(fov, end_fov_nm):
+                return self.longest_scan()
+            return self.zoom_to(end_fov_nm)
+        level, ix, iy = plan[0]
+        if not math.isclose(fov, level):
+            return self.zoom_to(level)
+        return self.action("tile", dx=ix, dy=iy)
+
+
 class AutofocusPolicy(_SerpentineMixin):
     """Coordinate search of image sharpness over the task's tunable aberrations.
 
@@ -1748,6 +2056,7 @@ BASELINES: dict[str, type[ScriptedPolicy]] = {
     "backlash_raster": BacklashAwareRasterPolicy,
     "overview_expert": OverviewExpertPolicy,
     "shift_expert": ShiftExpertPolicy,
+    "reactive_shift_expert": ReactiveShiftExpertPolicy,
     "autofocus": AutofocusPolicy,
     "ronchigram_autofocus": RonchigramAutofocusPolicy,
 }
@@ -1798,6 +2107,7 @@ __all__ = [
     "GreedyPolicy",
     "RandomPolicy",
     "RasterPolicy",
+    "ReactiveShiftExpertPolicy",
     "RonchigramAutofocusPolicy",
     "ScriptedPolicy",
     "ShiftExpertPolicy",
