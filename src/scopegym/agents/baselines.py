@@ -620,10 +620,14 @@ class ScriptedPolicy:
             action = next(self._plan)
         except StopIteration:
             action = None
+        return self._accepted(action), state
+
+    def _accepted(self, action: np.ndarray | None) -> np.ndarray:
+        """``action``, or :meth:`fallback` where it is None or not valid (sets :attr:`replaced`)."""
         self.replaced = action is None or not self.is_valid(action)
         if action is None or self.replaced:
-            action = self.fallback(self.masks)
-        return action, state
+            return self.fallback(self.masks)
+        return action
 
     def _script(self) -> Iterator[np.ndarray]:
         """The plan: yields one action per step (the default scans forever)."""
@@ -1520,28 +1524,54 @@ class ShiftExpertPolicy(OverviewExpertPolicy):
         yield self.longest_scan()
         return not self.replaced
 
+    def _not_taken(self, points: np.ndarray) -> np.ndarray:
+        """Which points (offsets from the view's centre [nm]) lie outside the fields taken."""
+        return np.asarray([not self._seen(self._position + point) for point in points])
+
+    def _inspect_cell(self, offset_nm: np.ndarray, fov_nm: float) -> np.ndarray:
+        """The ``inspect`` grid cell (x, y) nearest an offset from the centre [nm] of a field."""
+        grid = int(self.nvec[1 + ARGUMENTS.index("x")])
+        pitch = fov_nm / grid
+        return np.clip(np.round(offset_nm / pitch + 0.5 * grid - 0.5), 0, grid - 1)
+
+    def _step_along(self, fix: RimFix, along: np.ndarray) -> np.ndarray | None:
+        """The next finest field along the rim, recentred across it [nm], as a ``tile`` takes it.
+
+        Half or whole fields per axis; None where that is no move or a field already taken.
+        """
+        tile = self.finest_fov_nm
+        half = 0.5 * tile
+        across = float(fix.offset_nm @ fix.normal) * fix.normal
+        step = np.clip(np.round((across + tile * along) / half) * half, -tile, tile)
+        if not step.any() or self._seen(self._position + step):
+            return None
+        return step
+
+    def _tile_by(self, step_nm: np.ndarray) -> np.ndarray:
+        """The ``tile`` action moving the finest field by ``step_nm`` (half or whole fields)."""
+        tile = self.finest_fov_nm
+        steps = list(self.config.move_steps)
+        return self.action(
+            "tile", dx=steps.index(step_nm[0] / tile), dy=steps.index(step_nm[1] / tile)
+        )
+
     def _inspect_by_shift(self, target: np.ndarray) -> Plan:
         """Travel to a rim target and take the rim there, both ways, while it lasts."""
         grain = 0.5 * self.locate_fov_nm
         travel = np.round((target - self._position) / grain) * grain
         if not (yield from self._travel(travel, self.locate_fov_nm)):
             return False
-
-        def allowed(points: np.ndarray) -> np.ndarray:
-            return np.asarray([not self._seen(self._position + point) for point in points])
-
         misses = 0
         while misses < 2:
             fov = self.instrument_state.fov_nm
-            located = find_rim(self.observation["frame"], fov, 2.0, allowed=allowed)
+            located = find_rim(self.observation["frame"], fov, 2.0, allowed=self._not_taken)
             if located is None:
                 return True
-            grid = int(self.nvec[1 + ARGUMENTS.index("x")])
-            pitch = fov / grid
-            index = np.clip(np.round(located.offset_nm / pitch + 0.5 * grid - 0.5), 0, grid - 1)
+            index = self._inspect_cell(located.offset_nm, fov)
             yield self.action("inspect", x=int(index[0]), y=int(index[1]))
             if self.replaced:
                 return False
+            grid = int(self.nvec[1 + ARGUMENTS.index("x")])
             self._position = self._position + ((index + 0.5) / grid - 0.5) * fov
             taken = yield from self._follow_by_shift(located.tangent)
             if self.replaced:
@@ -1563,25 +1593,20 @@ class ShiftExpertPolicy(OverviewExpertPolicy):
             The number of fields taken (the present one included).
         """
         tile = self.finest_fov_nm
-        half = 0.5 * tile
-        steps = list(self.config.move_steps)
         taken = 0
         while True:
             taken += 1
             self._visited.append(self._position.copy())
             self._visit_times.append(self.instrument_state.elapsed_s)
-            fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=half, atomic=True)
+            fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=0.5 * tile, atomic=True)
             if fix is None:
                 return taken
             along = fix.tangent if float(fix.tangent @ heading) >= 0 else -fix.tangent
             heading = along
-            across = float(fix.offset_nm @ fix.normal) * fix.normal
-            step = np.clip(np.round((across + tile * along) / half) * half, -tile, tile)
-            if not step.any() or self._seen(self._position + step):
+            step = self._step_along(fix, along)
+            if step is None:
                 return taken
-            yield self.action(
-                "tile", dx=steps.index(step[0] / tile), dy=steps.index(step[1] / tile)
-            )
+            yield self._tile_by(step)
             if self.replaced:
                 return taken
             self._position = self._position + step
@@ -1675,11 +1700,7 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         self.observation = dict(observation)
         self.masks = np.asarray(action_masks, dtype=bool).reshape(-1)
         self._remember()
-        action = self._decide()
-        self.replaced = action is None or not self.is_valid(action)
-        if action is None or self.replaced:
-            action = self.fallback(self.masks)
-        return action
+        return self._accepted(self._decide())
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -1794,30 +1815,17 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
     def _rim_step(self) -> np.ndarray | None:
         """One ``tile`` along the rim in the atomic frame, or None where the walk ends."""
         tile = self.finest_fov_nm
-        half = 0.5 * tile
-        fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=half, atomic=True)
-        if fix is None:
-            return None
-        across = float(fix.offset_nm @ fix.normal) * fix.normal
-        step = np.clip(np.round((across + tile * fix.tangent) / half) * half, -tile, tile)
-        if not step.any() or self._seen(self._position + step):
-            return None
-        steps = list(self.config.move_steps)
-        return self.action("tile", dx=steps.index(step[0] / tile), dy=steps.index(step[1] / tile))
+        fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=0.5 * tile, atomic=True)
+        step = None if fix is None else self._step_along(fix, fix.tangent)
+        return None if step is None else self._tile_by(step)
 
     def _inspect_rim(self) -> np.ndarray | None:
         """An ``inspect`` of the rim point nearest the centre not taken yet, if any."""
         fov = self.instrument_state.fov_nm
-
-        def allowed(points: np.ndarray) -> np.ndarray:
-            return np.asarray([not self._seen(self._position + point) for point in points])
-
-        located = find_rim(self.observation["frame"], fov, 2.0, allowed=allowed)
+        located = find_rim(self.observation["frame"], fov, 2.0, allowed=self._not_taken)
         if located is None:
             return None
-        grid = int(self.nvec[1 + ARGUMENTS.index("x")])
-        pitch = fov / grid
-        index = np.clip(np.round(located.offset_nm / pitch + 0.5 * grid - 0.5), 0, grid - 1)
+        index = self._inspect_cell(located.offset_nm, fov)
         return self.action("inspect", x=int(index[0]), y=int(index[1]))
 
     def _travel_step(self) -> np.ndarray | None:
