@@ -708,6 +708,23 @@ def test_a_stop_inside_any_call_blanks_after_it_without_reentering(stop_during):
     assert inner.twin.beam_blanked and safe.blanking == "beam blanked"
 
 
+@pytest.mark.parametrize("mode", ["command", "batch"])
+def test_a_stop_in_the_state_query_before_a_question_stops_without_asking(mode):
+    # The run used to hang here: the stop was latched during the query, then the operator was
+    # asked and the program waited for an answer (the handler only interrupts a question).
+    inner = NonReentrant(quiet_twin(), "state")
+    answers = Answers("y", "y")
+    safe = inner.safe = SafeInstrument(
+        inner, approval=Approval(mode, 3, input_fn=answers, out=io.StringIO())
+    )
+    inner.armed = True
+    with pytest.raises(EmergencyStopError, match=r"Ctrl-C \(SIGINT\)\): beam blanked"):
+        safe.execute(Scan(64, 4.0))
+    assert answers.prompts == []
+    assert inner.twin.beam_blanked and inner.twin.state().n_scans == 0
+    assert not safe.awaiting_input
+
+
 def test_after_a_second_ctrl_c_the_beam_can_still_be_blanked():
     twin = quiet_twin()
 

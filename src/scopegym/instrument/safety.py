@@ -993,6 +993,10 @@ class SafeInstrument:
             return
         self._awaiting_input = True
         try:
+            # A Ctrl-C between the last check and the flag above only latched the stop (the
+            # handler interrupts questions, not state queries); asking now would wait for an
+            # answer that can no longer matter.
+            self.check_stop()
             decision = self.approval.ask(command, prediction)
         finally:
             self._awaiting_input = False
