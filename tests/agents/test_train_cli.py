@@ -11,7 +11,13 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from scopegym.agents.train import EnvFactory, env_factory, validate, vecnormalize_path
+from scopegym.agents.train import (
+    EnvFactory,
+    env_factory,
+    resumed_settings,
+    validate,
+    vecnormalize_path,
+)
 from scopegym.envs import ENV_IDS, MicroscopeEnv
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -268,6 +274,40 @@ def test_train_prints_its_plan_and_warnings(tmp_path):
     )
 
 
+def test_a_resumed_run_learns_with_the_configs_settings_and_says_which_changed():
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                "agent=maskable_ppo",
+                "agent.model.ent_coef=0.0",
+                "agent.model.learning_rate=3e-5",
+                "+agent.model.target_kl=0.02",
+            ],
+        )
+    saved = {
+        "learning_rate": 3e-4,
+        "ent_coef": 0.01,
+        "clip_range": lambda _progress: 0.2,  # SB3 saves schedules, not numbers
+        "n_steps": 512,
+        "batch_size": 64,
+        "n_epochs": 4,
+        "gamma": 0.99,
+        "gae_lambda": 0.95,
+        "target_kl": None,
+    }
+    settings, changes = resumed_settings(cfg, saved)
+    assert settings["ent_coef"] == 0.0 and settings["learning_rate"] == 3e-5
+    assert settings["target_kl"] == 0.02 and settings["clip_range"] == 0.2
+    # The network is the checkpoint's: its architecture is never taken from the config.
+    assert not {"policy", "policy_kwargs", "_target_"} & set(settings)
+    assert changes == [
+        "learning_rate 0.0003 -> 3e-05",
+        "ent_coef 0.01 -> 0.0",
+        "target_kl None -> 0.02",
+    ]
+
+
 @pytest.mark.slow
 def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
@@ -312,11 +352,22 @@ def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
         "vec_normalize=true",
         "total_timesteps=384",
         "+env.kwargs.max_episode_steps=100",
+        "agent.model.ent_coef=0.0",  # fine-tuning settings, not the checkpoint's
+        "+agent.model.target_kl=0.02",
         f"resume={checkpoint}",
         f"hydra.run.dir={second}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "loaded VecNormalize statistics" in result.stderr + result.stdout
+    assert (
+        "settings from the config, not the checkpoint: ent_coef 0.01 -> 0.0; "
+        "target_kl None -> 0.02" in result.stderr + result.stdout
+    )
+    from sb3_contrib import MaskablePPO
+
+    resumed = MaskablePPO.load(second / "final.zip", device="cpu")
+    assert resumed.ent_coef == 0.0 and resumed.target_kl == 0.02
+    assert resumed.num_timesteps == 384
     assert (second / "checkpoints" / "model_384_steps.zip").is_file()
     assert not (second / "checkpoints" / "model_128_steps.zip").exists()
 

@@ -315,6 +315,53 @@ def _check_resume(checkpoint: Path, cfg: DictConfig) -> None:
         raise TrainConfigError(str(error).replace("checkpoint=", "resume=", 1)) from None
 
 
+#: ``agent.model`` entries a resumed run does not take from the config: the network and the
+#: objects the run builds itself come from the checkpoint or from the run.
+_NOT_RESUMED = frozenset(
+    {"_target_", "_convert_", "policy", "policy_kwargs", "env", "seed", "device", "verbose"}
+)
+
+
+def _comparable(value: Any) -> Any:
+    """A saved setting as the config writes it (SB3 keeps constant schedules as callables)."""
+    frequency = getattr(value, "frequency", None)  # an off-policy TrainFreq of steps
+    if frequency is not None and str(getattr(value, "unit", "")).endswith("step"):
+        return frequency
+    if callable(value):
+        try:
+            return value(1.0)
+        except Exception:  # noqa: BLE001 - a schedule that is not constant-like: keep it opaque
+            return value
+    return value
+
+
+def resumed_settings(cfg: DictConfig, saved: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The training settings a resumed SB3 run takes from ``agent.model``, and what changes.
+
+    A checkpoint brings its network and weights; how it goes on learning (learning rate,
+    entropy bonus, clip range, KL target, rollout length, ...) is the config's, as it is for
+    a fresh run. Fine-tuning a clone needs exactly that: the clone was saved with the settings
+    of RL from scratch, which unlearn it.
+
+    Args:
+        cfg: The composed ``train`` config.
+        saved: The checkpoint's saved attributes (``load_from_zip_file``'s data).
+
+    Returns:
+        ``(settings, changes)``: the keyword arguments for ``load`` and one line
+        ``"name saved -> config"`` per setting whose value differs from the checkpoint's.
+    """
+    container = OmegaConf.to_container(cfg.agent.model, resolve=True)
+    assert isinstance(container, dict)
+    settings = {str(key): value for key, value in container.items() if str(key) not in _NOT_RESUMED}
+    changes = []
+    for key, value in settings.items():
+        before = _comparable(saved.get(key))
+        if before != value:
+            changes.append(f"{key} {before} -> {value}")
+    return settings, changes
+
+
 def env_factory(cfg: DictConfig, samples: str) -> EnvFactory:
     """The environment a config describes, drawing from one sample set.
 
@@ -570,6 +617,7 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     from hydra.utils import get_class, instantiate
     from stable_baselines3.common.base_class import BaseAlgorithm
     from stable_baselines3.common.callbacks import BaseCallback, CheckpointCallback, EvalCallback
+    from stable_baselines3.common.save_util import load_from_zip_file
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv, VecNormalize
 
     from scopegym.agents.callbacks import EpisodeStatsCallback, RenderImageCallback
@@ -618,8 +666,14 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
     if resume is not None:
         algorithm: type[BaseAlgorithm] = get_class(str(cfg.agent.model._target_))
         try:
+            saved, _, _ = load_from_zip_file(str(resume), device="cpu", load_data=True)
+            settings, changes = resumed_settings(cfg, saved or {})
             model = algorithm.load(
-                str(resume), env=venv, device=str(cfg.device), tensorboard_log=str(tensorboard_dir)
+                str(resume),
+                env=venv,
+                device=str(cfg.device),
+                tensorboard_log=str(tensorboard_dir),
+                **settings,
             )
         except Exception as error:  # noqa: BLE001 - SB3 raises many kinds for a foreign file
             venv.close()
@@ -628,6 +682,8 @@ def train(cfg: DictConfig, run_dir: Path) -> Path:
                 f"({type(error).__name__}: {error})"
             ) from None
         log.info("resumed from %s at %d steps", resume, model.num_timesteps)
+        if changes:
+            log.info("settings from the config, not the checkpoint: %s", "; ".join(changes))
     else:
         model = instantiate(
             cfg.agent.model,
