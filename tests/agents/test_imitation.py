@@ -13,7 +13,7 @@ import scopegym  # noqa: F401  (registers the ids)
 from scopegym.agents.baselines import make_baseline
 from scopegym.agents.evaluation import evaluate
 from scopegym.agents.features import ScopeFeaturesExtractor
-from scopegym.agents.imitation import agreement, clone, collect_demonstrations
+from scopegym.agents.imitation import agreement, clone, collect_demonstrations, sharpen
 from scopegym.envs.actions import ARGUMENTS
 
 #: The per-entry extractor, narrower than its defaults to keep CI's CPU time small.
@@ -112,6 +112,36 @@ def test_cloning_makes_the_demonstrated_commands_likelier(legacy_demonstrations,
     )
     assert figures["nll_after"] < 0.6 * figures["nll_before"]
     assert figures["accuracy_after"] > 0.5
+
+
+def test_sharpening_keeps_the_clones_commands_and_makes_its_slips_rarer(legacy_demonstrations):
+    model = small_model()
+    clone(model, legacy_demonstrations, epochs=10, batch_size=64)
+    obs = {key: value[:64] for key, value in legacy_demonstrations.observations.items()}
+    obs_tensor, _ = model.policy.obs_to_tensor(obs)
+
+    def heads():
+        with torch.no_grad():
+            distribution = model.policy.get_distribution(obs_tensor).distributions
+        return [torch.softmax(d.logits, dim=-1) for d in distribution]
+
+    before = heads()
+    sharpen(model, 0.5)
+    after = heads()
+    for p, q in zip(before, after, strict=True):
+        assert torch.equal(p.argmax(-1), q.argmax(-1))
+        # softmax(z / 0.5) is proportional to softmax(z) squared.
+        expected = p**2 / (p**2).sum(-1, keepdim=True)
+        assert torch.allclose(q, expected, atol=1e-5)
+        slips = 1 - p.max(-1).values
+        assert (1 - q.max(-1).values <= slips + 1e-6).all()
+    assert any(
+        (1 - q.max(-1).values < 1 - p.max(-1).values - 1e-3).any()
+        for p, q in zip(before, after, strict=True)
+    )
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="positive number"):
+            sharpen(model, bad)
 
 
 def test_cloning_runs_at_its_own_learning_rate_and_restores_the_models(legacy_demonstrations):

@@ -22,7 +22,7 @@ from scopegym.envs import ENV_IDS, MicroscopeEnv
 
 ROOT = Path(__file__).resolve().parents[2]
 ENVS = ["defect_search", "autotune", "autotune_ronchigram", "spectrum_discovery", "survey"]
-AGENTS = ["ppo", "maskable_ppo", "sac"]
+AGENTS = ["ppo", "maskable_ppo", "maskable_ppo_finetune", "sac"]
 TINY = [
     "env.kwargs.frame_px=64",
     "n_envs=1",
@@ -82,12 +82,22 @@ def test_every_env_and_agent_composes_from_the_packaged_configs(env, agent):
     assert cfg.env.id in ENV_IDS
     assert cfg.agent.name == agent
     assert cfg.agent.box_actions == (agent == "sac")
-    assert cfg.agent.maskable == (agent == "maskable_ppo")
+    assert cfg.agent.maskable == agent.startswith("maskable_ppo")
     assert cfg.samples.name == "train"
     validate(cfg)
     factory = env_factory(cfg, "validation")
     assert factory.kwargs["samples"] == "validation"
     assert factory.box_actions == (agent == "sac")
+
+
+def test_the_finetune_agent_is_maskable_ppo_without_the_entropy_bonus():
+    with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
+        plain = compose("train", overrides=["agent=maskable_ppo"]).agent.model
+        finetune = compose("train", overrides=["agent=maskable_ppo_finetune"]).agent.model
+    assert finetune.ent_coef == 0.0 and plain.ent_coef > 0.0
+    assert finetune.learning_rate < plain.learning_rate and finetune.target_kl == 0.02
+    # The same network, so that a maskable_ppo clone or checkpoint resumes under it.
+    assert finetune.policy_kwargs == plain.policy_kwargs and finetune.n_steps == plain.n_steps
 
 
 def test_observation_only_reward_reaches_the_environment():
@@ -137,6 +147,7 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("pretrain.episodes=0", "pretrain.episodes must be a positive integer"),
         ("total_timesteps=0", "0 only with pretrain.policies"),
         ("pretrain.learning_rate=-1", "pretrain.learning_rate must be a positive number"),
+        ("pretrain.temperature=0", "pretrain.temperature must be a positive number"),
         (
             "pretrain.policies=[raster] pretrain.aggregate_iterations=1",
             "needs exactly one pretrain.policies entry that labels any observation",

@@ -146,7 +146,11 @@ def validate(cfg: DictConfig) -> None:
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             hint = " (0 only with pretrain.policies: the clone without RL)" if timesteps else ""
             raise TrainConfigError(f"{key} must be a positive integer, got {value!r}{hint}")
-    for key in ("pretrain.learning_rate", "pretrain.aggregate_learning_rate"):
+    for key in (
+        "pretrain.learning_rate",
+        "pretrain.aggregate_learning_rate",
+        "pretrain.temperature",
+    ):
         rate = OmegaConf.select(cfg, key, default=None)
         if rate is not None and (
             isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0
@@ -493,6 +497,7 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
         collect_demonstrations,
         concatenate,
         perturbed_steps,
+        sharpen,
     )
     from scopegym.envs import JointActions
 
@@ -598,6 +603,10 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
             or OmegaConf.select(cfg, "pretrain.learning_rate", default=None),
             joint=joint,
         )
+    temperature = float(OmegaConf.select(cfg, "pretrain.temperature", default=1.0) or 1.0)
+    if temperature != 1.0:
+        sharpen(model, temperature)
+        log.info("the clone's action logits divided by %g before RL", temperature)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> Path:
