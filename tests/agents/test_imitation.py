@@ -377,3 +377,37 @@ def test_a_joint_action_model_is_cloned_on_whole_commands():
     assert agreement(model, taught, joint=joint)["agreement"] == pytest.approx(
         figures["accuracy_after"]
     )
+
+
+@pytest.mark.slow
+def test_the_targets_channel_experiment_runs_and_draws_targets(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "experiment_targets_channel.py"
+    out = tmp_path / "report.json"
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            *("--train-episodes", "1", "--validation-episodes", "1", "--epochs", "1"),
+            *("--rollouts", "1", "--labelled-episodes", "1", "--max-steps", "30"),
+            *("--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    # The labeller read rim targets from its overview, and the channel shows them.
+    assert report["most_target_px_in_a_step"] >= 9
+    assert report["labeller"]["defects_per_hour"] > 0
+    for variant in ("targets", "blank"):
+        entry = report[variant]
+        assert 0.0 <= entry["training_agreement"] <= 1.0
+        matched, coarse = entry["own_coarse_steps_matched"]
+        assert 0 <= matched <= coarse and coarse > 0
+        assert len(entry["episodes"]) == 1 and entry["episodes"][0]["time_s"] > 0
