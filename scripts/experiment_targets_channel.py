@@ -12,7 +12,7 @@ labeller to see where they part from it.
 
 It is an experiment, not an interface: the wrapper reads the labeller's private memory.
 
-Usage (the README's figures, ~25 min on 2 cores)::
+Usage (the README's figures, ~15 min on 2 cores)::
 
     .venv/bin/python scripts/experiment_targets_channel.py --train-episodes 60 \
         --validation-episodes 5 --epochs 10 --rollouts 10 --labelled-episodes 4 \
