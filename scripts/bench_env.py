@@ -6,6 +6,9 @@ frames.
 
 Usage:
     python scripts/bench_env.py [--steps 2000] [--ids ID ...] [--json out.json]
+
+An id may name an earlier interface as ``ID@VERSION`` (``scopegym/DefectSearch-v2@1``: made
+with ``version=1``), so that two interfaces are timed in one run and their ratio compared.
 """
 
 from __future__ import annotations
@@ -35,10 +38,17 @@ def masked_random_actions(
     )
 
 
-def one_process(env_id: str, steps: int) -> float:
+def parse_id(spec: str) -> tuple[str, dict[str, int]]:
+    """``ID`` or ``ID@VERSION`` as the id and the keyword arguments of ``gym.make``."""
+    env_id, _, version = spec.partition("@")
+    return env_id, ({"version": int(version)} if version else {})
+
+
+def one_process(spec: str, steps: int) -> float:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    env = gym.make(env_id)
+    env_id, kwargs = parse_id(spec)
+    env = gym.make(env_id, **kwargs)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     nvec = env.action_space.nvec
@@ -60,11 +70,12 @@ def one_process(env_id: str, steps: int) -> float:
     return rate
 
 
-def two_processes(env_id: str, steps: int) -> float:
+def two_processes(spec: str, steps: int) -> float:
     from stable_baselines3.common.env_util import make_vec_env
     from stable_baselines3.common.vec_env import SubprocVecEnv
 
-    venv = make_vec_env(env_id, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv)
+    env_id, kwargs = parse_id(spec)
+    venv = make_vec_env(env_id, n_envs=2, seed=0, vec_env_cls=SubprocVecEnv, env_kwargs=kwargs)
     venv.reset()
     rng = np.random.default_rng(0)
     nvec = venv.action_space.nvec
@@ -96,7 +107,7 @@ def main() -> None:
         double = two_processes(env_id, args.steps)
         results[env_id] = {"one_process": single, "subproc_2": double}
         note = ""
-        if env_id == "scopegym/DefectSearch-v1":
+        if env_id == "scopegym/DefectSearch-v2":
             note = f"  (target 300: {'met' if single >= 300 else 'MISSED'})"
         print(f"{env_id:32} {single:>20.0f} {double:>28.0f}{note}")
     if args.json:

@@ -10,7 +10,10 @@ same demonstrations with the channel blank. Both clones and the labeller then ru
 validation samples (most likely actions), and the clones' own episodes are labelled by the
 labeller to see where they part from it.
 
-It is an experiment, not an interface: the wrapper reads the labeller's private memory.
+It is an experiment, not an interface: the wrapper reads the labeller's private memory. It runs
+on the v1 interface (``version=1``); DefectSearch-v2 and Survey-v2 now have such a channel built
+in (the map's ``targets`` channel, :class:`scopegym.envs.overview.RimTargets`), which the
+labeller itself reads there.
 
 Usage (the README's figures, ~15 min on 2 cores)::
 
@@ -45,7 +48,9 @@ from scopegym.agents.imitation import (
     collect_student_steps,
 )
 
-ENV_ID = "scopegym/DefectSearch-v1"
+ENV_ID = "scopegym/DefectSearch-v2"
+#: The v1 interface: its map has no targets channel of its own.
+VERSION = 1
 LABELLER = "reactive_shift_expert"
 
 
@@ -88,7 +93,9 @@ class PendingTargetsChannel(gym.ObservationWrapper):
 
 def factory(samples: str, blank: bool = False) -> Any:
     """Builds the wrapped environment on a sample set."""
-    return lambda: PendingTargetsChannel(gym.make(ENV_ID, frame_px=96, samples=samples), blank)
+    return lambda: PendingTargetsChannel(
+        gym.make(ENV_ID, frame_px=96, samples=samples, version=VERSION), blank
+    )
 
 
 def blanked(demonstrations: Demonstrations) -> Demonstrations:

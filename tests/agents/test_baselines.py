@@ -19,7 +19,6 @@ from scopegym.agents.baselines import (
     frame_sharpness,
     make_baseline,
     overview_vacuum_mask,
-    rim_targets,
     ronchigram_flatness,
     vacuum_mask,
 )
@@ -28,13 +27,13 @@ from scopegym.envs.tasks import DefectSearchTask
 from scopegym.instrument import Ronchigram, SampleSpec, Tune
 
 SUPPORTED = [
-    ("scopegym/DefectSearch-v1", "random"),
-    ("scopegym/DefectSearch-v1", "raster"),
-    ("scopegym/DefectSearch-v1", "greedy"),
-    ("scopegym/DefectSearch-v1", "backlash_raster"),
-    ("scopegym/DefectSearch-v1", "overview_expert"),
-    ("scopegym/DefectSearch-v1", "shift_expert"),
-    ("scopegym/DefectSearch-v1", "reactive_shift_expert"),
+    ("scopegym/DefectSearch-v2", "random"),
+    ("scopegym/DefectSearch-v2", "raster"),
+    ("scopegym/DefectSearch-v2", "greedy"),
+    ("scopegym/DefectSearch-v2", "backlash_raster"),
+    ("scopegym/DefectSearch-v2", "overview_expert"),
+    ("scopegym/DefectSearch-v2", "shift_expert"),
+    ("scopegym/DefectSearch-v2", "reactive_shift_expert"),
     ("scopegym/Autotune-v1", "random"),
     ("scopegym/Autotune-v1", "autofocus"),
     ("scopegym/AutotuneRonchigram-v2", "random"),
@@ -43,14 +42,14 @@ SUPPORTED = [
     ("scopegym/SpectrumDiscovery-v1", "random"),
     ("scopegym/SpectrumDiscovery-v1", "raster"),
     ("scopegym/SpectrumDiscovery-v1", "signature_locator"),
-    ("scopegym/Survey-v1", "random"),
-    ("scopegym/Survey-v1", "raster"),
-    ("scopegym/Survey-v1", "greedy"),
-    ("scopegym/Survey-v1", "autofocus"),
-    ("scopegym/Survey-v1", "backlash_raster"),
-    ("scopegym/Survey-v1", "overview_expert"),
-    ("scopegym/Survey-v1", "shift_expert"),
-    ("scopegym/Survey-v1", "reactive_shift_expert"),
+    ("scopegym/Survey-v2", "random"),
+    ("scopegym/Survey-v2", "raster"),
+    ("scopegym/Survey-v2", "greedy"),
+    ("scopegym/Survey-v2", "autofocus"),
+    ("scopegym/Survey-v2", "backlash_raster"),
+    ("scopegym/Survey-v2", "overview_expert"),
+    ("scopegym/Survey-v2", "shift_expert"),
+    ("scopegym/Survey-v2", "reactive_shift_expert"),
 ]
 
 
@@ -110,12 +109,12 @@ def _whole_v1_episode(env_id: str, name: str) -> None:
 
 @pytest.mark.parametrize("name", SEARCH_BASELINES)
 def test_search_baselines_run_whole_defect_search_v1_episodes_through_the_harness(name: str):
-    _whole_v1_episode("scopegym/DefectSearch-v1", name)
+    _whole_v1_episode("scopegym/DefectSearch-v2", name)
 
 
 @pytest.mark.parametrize("name", SEARCH_BASELINES)
 def test_search_baselines_run_whole_survey_v1_episodes_through_the_harness(name: str) -> None:
-    _whole_v1_episode("scopegym/Survey-v1", name)
+    _whole_v1_episode("scopegym/Survey-v2", name)
 
 
 def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
@@ -135,13 +134,13 @@ def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
         "dkl",
         "signature_locator",
     }
-    env = gym.make("scopegym/DefectSearch-v1")
+    env = gym.make("scopegym/DefectSearch-v2")
     with pytest.raises(KeyError, match="known"):
         make_baseline("oracle", env)
 
 
 def test_raster_reaches_atomic_resolution_and_moves() -> None:
-    commands, env = _episode("scopegym/DefectSearch-v1", "raster", 20)
+    commands, env = _episode("scopegym/DefectSearch-v2", "raster", 20)
     state = env.unwrapped.instrument.state()
     frame_px = env.unwrapped.codec.config.frame_px
     assert state.fov_nm / frame_px <= 0.05
@@ -152,7 +151,7 @@ def test_raster_reaches_atomic_resolution_and_moves() -> None:
 
 
 def test_greedy_visits_overview_anomalies_at_atomic_resolution() -> None:
-    commands, env = _episode("scopegym/DefectSearch-v1", "greedy", 60)
+    commands, env = _episode("scopegym/DefectSearch-v2", "greedy", 60)
     zooms = [c["fov_nm"] for c in commands if c["command"] == "Zoom"]
     assert 4.0 in zooms
     assert any(c["command"] == "Move" for c in commands)
@@ -163,7 +162,7 @@ def test_autofocus_reduces_defocus_and_astigmatism_in_survey() -> None:
     # Survey's residuals (C10 within 4 nm, C12 within 2 nm) are what a coordinate search on
     # sharpness handles; on Autotune's larger, coma-coupled residuals it helps only about 6
     # seeds in 10 (a known limit of this first baseline).
-    env = gym.make("scopegym/Survey-v1")
+    env = gym.make("scopegym/Survey-v2")
     policy = make_baseline("autofocus", env)
     starts, ends = [], []
     for seed in range(3):
@@ -281,7 +280,7 @@ def _full_episode(env: Any, name: str, sample: SampleSpec = HELDOUT_SAMPLE) -> d
 
 
 def test_raster_rescans_its_tiles_under_backlash_and_the_backlash_aware_one_does_not() -> None:
-    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
     old = _full_episode(env, "raster")
     new = _full_episode(env, "backlash_raster")
     # The serpentine's reversed rows are swallowed by the stage's 15 nm of lost motion.
@@ -315,13 +314,13 @@ def test_backlash_raster_rasters_with_the_beam_shift_where_the_task_offers_it() 
     assert shifted["distinct"] == shifted["frames"] >= 70
     # The v0 interface offers stage moves only.
     stage = _full_episode(
-        gym.make("scopegym/DefectSearch-v1", samples="heldout", version=0), "backlash_raster"
+        gym.make("scopegym/DefectSearch-v2", samples="heldout", version=0), "backlash_raster"
     )
     # A shift takes 5 ms where a stage move takes half a second.
     assert shifted["time_s"] < 0.7 * stage["time_s"]
-    # DefectSearch-v1 offers the tile macro, whose moves are shifts: as fast, as distinct.
+    # DefectSearch-v2 offers the tile macro, whose moves are shifts: as fast, as distinct.
     tiled = _full_episode(
-        gym.make("scopegym/DefectSearch-v1", samples="heldout"), "backlash_raster"
+        gym.make("scopegym/DefectSearch-v2", samples="heldout"), "backlash_raster"
     )
     assert tiled["time_s"] < 0.7 * stage["time_s"]
     assert tiled["distinct"] >= 0.9 * tiled["frames"] >= 0.9 * 70
@@ -336,7 +335,7 @@ def _on_a_rim(specimen: Any, view: tuple[float, ...]) -> bool:
 
 
 def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() -> None:
-    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
     expert = _full_episode(env, "overview_expert")
     raster = _full_episode(env, "backlash_raster")
     specimen = env.unwrapped.truth.specimen
@@ -348,7 +347,7 @@ def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() ->
 
 
 def test_shift_expert_follows_rims_by_beam_shift_faster_than_the_stage_expert() -> None:
-    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
     by_shift = _full_episode(env, "shift_expert")
     by_stage = _full_episode(env, "overview_expert")
     specimen = env.unwrapped.truth.specimen
@@ -367,7 +366,7 @@ def test_shift_expert_follows_rims_by_beam_shift_faster_than_the_stage_expert() 
 
 
 def test_shift_expert_without_macros_is_the_stage_expert() -> None:
-    env = gym.make("scopegym/DefectSearch-v1", samples="heldout", version=0)
+    env = gym.make("scopegym/DefectSearch-v2", samples="heldout", version=0)
     assert (
         _full_episode(env, "shift_expert")["commands"]
         == _full_episode(env, "overview_expert")["commands"]
@@ -375,7 +374,7 @@ def test_shift_expert_without_macros_is_the_stage_expert() -> None:
 
 
 def test_reactive_shift_expert_searches_as_the_shift_expert_does() -> None:
-    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
     reactive = _full_episode(env, "reactive_shift_expert")
     planned = _full_episode(env, "shift_expert")
     specimen = env.unwrapped.truth.specimen
@@ -402,20 +401,24 @@ def _labels_along(env: Any, labeller: Any, actor: Any, steps: int, seed: int) ->
     return seen
 
 
-def test_reactive_shift_expert_labels_states_it_did_not_reach_itself() -> None:
+@pytest.mark.parametrize(("version", "least_agreement"), [(1, 0.9), (2, 0.85)])
+def test_reactive_shift_expert_labels_states_it_did_not_reach_itself(
+    version: int, least_agreement: float
+) -> None:
     from scopegym.agents.imitation import can_label
 
     assert can_label("reactive_shift_expert") and not can_label("shift_expert")
-    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v2", samples="heldout", version=version)
     labeller = make_baseline("reactive_shift_expert", env)
-    # Along the planned shift expert's episode, the labels are its actions (105 of 109 steps
-    # on this sample: the misses are where its remembered heading and this hole-on-the-left
-    # rule part).
+    # Along the planned shift expert's episode, the labels are its actions (v1: 105 of 109
+    # steps on this sample: the misses are where its remembered heading and this
+    # hole-on-the-left rule part; v2: 97 of 109, as the labeller takes its targets from the
+    # map's channel, at 16 nm pixels, and the planned expert from its own overview reading).
     expert = make_baseline("shift_expert", env)
     expert.reset()
     steps = _labels_along(env, labeller, expert, 400, seed=0)
     agree = [np.array_equal(label, expert_action) for _, label, _, expert_action in steps]
-    assert len(steps) >= 80 and np.mean(agree) >= 0.9
+    assert len(steps) >= 80 and np.mean(agree) >= least_agreement
     # A random student's states: valid labels, and a memory built from what it saw.
     student = make_baseline("random", env, seed=3)
     steps = _labels_along(env, labeller, student, 120, seed=0)
@@ -435,7 +438,7 @@ def test_reactive_shift_expert_labels_states_it_did_not_reach_itself() -> None:
 
 
 def test_reactive_shift_expert_takes_over_a_students_episode_and_searches_on() -> None:
-    env = gym.make("scopegym/DefectSearch-v1", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
     core = env.unwrapped
     labeller = make_baseline("reactive_shift_expert", env)
     student = make_baseline("random", env, seed=5)
@@ -479,24 +482,6 @@ def test_vacuum_masks_find_a_hole_and_not_contamination() -> None:
     half = np.where(x < 40, 1.0, lattice)
     assert (atomic_vacuum_mask(_noisy(half), 4.0) == (x < 40)).mean() > 0.95
     assert not atomic_vacuum_mask(_noisy(lattice), 4.0).any()
-
-
-def test_rim_targets_sit_on_hole_rims_away_from_contamination() -> None:
-    y, x = np.mgrid[0:96, 0:96]
-    clean = np.hypot(x - 25, y - 30) < 8
-    dirty = np.hypot(x - 70, y - 70) < 8
-    bright = np.hypot(x - 70, y - 82) < 6
-    overview = np.where(clean | dirty, 2.0, 30.0) + 150.0 * bright
-    targets = rim_targets(_noisy(overview), 960.0, count=6, separation_nm=60.0)
-    pixels = [(tx / 10.0 + 47.5, ty / 10.0 + 47.5) for tx, ty in targets]  # 10 nm pixels
-    on_rim = [
-        min(abs(math.hypot(c - 25, r - 30) - 8.0), abs(math.hypot(c - 70, r - 70) - 8.0))
-        for c, r in pixels
-    ]
-    assert len(targets) >= 3 and max(on_rim) < 2.5  # every target on a hole's rim
-    assert any(abs(math.hypot(c - 25, r - 30) - 8.0) < 2.5 for c, r in pixels)
-    # None next to the bright patch (radius 6 px): contamination hides the lattice.
-    assert all(math.hypot(c - 70, r - 82) > 8.0 for c, r in pixels)
 
 
 def test_find_rim_gives_the_rim_point_its_direction_and_the_side_of_the_film() -> None:

@@ -279,14 +279,14 @@ def test_autotune_ronchigram_counts_acquisitions_to_tolerance() -> None:
 
 
 def test_results_name_the_interface_the_policy_acted_in() -> None:
-    # version=0 of DefectSearch-v1 presents the dropped v0 interface: results must say so, so
-    # that a v0 policy's figures are never published as v1's.
+    # version=0 of DefectSearch-v2 presents the dropped v0 interface: results must say so, so
+    # that a v0 policy's figures are never published as v2's.
     names = {}
-    for version in (0, 1):
-        env = gym.make("scopegym/DefectSearch-v1", frame_px=64, version=version)
+    for version in (0, 1, 2):
+        env = gym.make("scopegym/DefectSearch-v2", frame_px=64, version=version)
         result = run_episode(env, make_baseline("raster", env), seed=0, max_steps=2)
         names[version] = result.env_id
-    assert names == {0: "scopegym/DefectSearch-v0", 1: "scopegym/DefectSearch-v1"}
+    assert names == {v: f"scopegym/DefectSearch-v{v}" for v in (0, 1, 2)}
     for version in (0, 1):
         autotune = gym.make("scopegym/Autotune-v1", frame_px=64, version=version)
         result = run_episode(autotune, make_baseline("random", autotune), seed=0, max_steps=1)
@@ -294,7 +294,7 @@ def test_results_name_the_interface_the_policy_acted_in() -> None:
 
 
 def test_a_macro_steps_commands_are_all_in_the_trajectory() -> None:
-    env = gym.make("scopegym/DefectSearch-v1", frame_px=96)
+    env = gym.make("scopegym/DefectSearch-v2", frame_px=96)
 
     class InspectCentre:
         def predict(

@@ -51,6 +51,14 @@ import numpy as np
 from scipy import ndimage
 
 from scopegym.envs.actions import ARGUMENTS, VERB_ARGUMENTS, ActionConfig
+from scopegym.envs.episode_map import MAP_CHANNELS, target_positions_nm
+from scopegym.envs.overview import (
+    overview_vacuum_mask,
+    pixel_offsets_nm,
+    rim_pixels,
+    rim_targets,
+)
+from scopegym.envs.overview import smoothed as _smoothed
 from scopegym.instrument import InstrumentLimits, InstrumentState
 
 
@@ -107,12 +115,6 @@ def frame_anomalies(
     rows, cols = np.nonzero(peaks & (deviation > 0))
     order = np.argsort(-deviation[rows, cols], kind="stable")
     return [(int(rows[i]), int(cols[i])) for i in order[:count]]
-
-
-def _smoothed(frame: np.ndarray, sigma_px: float) -> np.ndarray:
-    image = np.asarray(frame, dtype=np.float64)
-    image = image.reshape(image.shape[-2], image.shape[-1])
-    return np.asarray(ndimage.gaussian_filter(image, sigma_px, mode="nearest"))
 
 
 def _otsu_threshold(values: np.ndarray, bins: int = 128) -> float:
@@ -205,111 +207,6 @@ def vacuum_mask(
     if centres[0] < level_ratio * centres[1] and smoother:
         return np.asarray(smooth < 0.5 * (centres[0] + centres[1]))
     return none
-
-
-def overview_vacuum_mask(frame: np.ndarray, sigma_px: float = 1.0) -> np.ndarray:
-    """Pixels over holes in an overview, where film covers most of the frame.
-
-    The film's level is the mode of the smoothed frame, its spread the scatter around it, the
-    dark level the frame's 0.5th percentile; pixels below halfway between the two are vacuum,
-    provided the two are more than six spreads apart (otherwise the frame shows no hole: a
-    threshold in the film's noise would find holes everywhere). Unlike :func:`vacuum_mask`, a
-    bright patch (contamination, an extra layer) cannot pass for the film here.
-
-    Args:
-        frame: Image with two trailing image axes [counts or uint8 levels].
-        sigma_px: Smoothing width [px].
-
-    Returns:
-        Boolean mask, True over vacuum.
-    """
-    smooth = _smoothed(frame, sigma_px)
-    low, high = np.percentile(smooth, [0.5, 99.5])
-    none = np.zeros(smooth.shape, dtype=bool)
-    if not high > low:
-        return none
-    counts, edges = np.histogram(smooth, bins=64, range=(float(low), float(high)))
-    peak = int(np.argmax(ndimage.gaussian_filter1d(counts.astype(np.float64), 1.5)))
-    film = 0.5 * float(edges[peak] + edges[peak + 1])
-    near = smooth[np.abs(smooth - film) < 0.25 * abs(film) + 1e-9]
-    spread = 1.4826 * float(np.median(np.abs(near - np.median(near)))) if near.size else 0.0
-    if film - low < 6.0 * spread:
-        return none
-    return np.asarray(smooth < 0.5 * (film + low))
-
-
-def rim_pixels(vacuum: np.ndarray, min_hole_px: int = 4) -> np.ndarray:
-    """Film pixels next to a hole: the rim, where a hole's edge atoms are.
-
-    Args:
-        vacuum: Vacuum mask (see :func:`vacuum_mask`).
-        min_hole_px: Holes (connected vacuum regions) smaller than this are noise [px].
-
-    Returns:
-        Boolean mask, True on the film side of every hole's boundary.
-    """
-    labels, count = ndimage.label(vacuum)
-    if count == 0:
-        return np.zeros(vacuum.shape, dtype=bool)
-    sizes = ndimage.sum(vacuum, labels, index=np.arange(1, count + 1))
-    holes = np.isin(labels, 1 + np.flatnonzero(np.asarray(sizes) >= min_hole_px))
-    return np.asarray(ndimage.binary_dilation(holes) & ~holes)
-
-
-def pixel_offsets_nm(rows: np.ndarray, cols: np.ndarray, size_px: int, fov_nm: float) -> np.ndarray:
-    """Offsets of pixel centres from the centre of the field of view, as (x, y) rows [nm]."""
-    x = ((np.asarray(cols) + 0.5) / size_px - 0.5) * fov_nm
-    y = ((np.asarray(rows) + 0.5) / size_px - 0.5) * fov_nm
-    return np.stack([x, y], axis=-1).reshape(-1, 2)
-
-
-def rim_targets(
-    overview: np.ndarray,
-    fov_nm: float,
-    count: int,
-    separation_nm: float = 100.0,
-    avoid_bright: float = 1.6,
-) -> list[tuple[float, float]]:
-    """Where on an overview a skilled operator would zoom in: hole rims away from contamination.
-
-    Holes' rims carry the edge atoms, and with them most of the defects a low-magnification
-    image can predict; dopants, vacancies and grain boundaries are invisible at this scale, and
-    grains give a monolayer no HAADF contrast. Bright patches (amorphous contamination, extra
-    layers) hide the lattice, so rims next to them are left out. Each rim pixel is scored by
-    the rim length around it (a long, clean stretch), and targets are taken best first, at
-    least ``separation_nm`` apart.
-
-    Args:
-        overview: Low-magnification frame, two trailing image axes [counts or uint8 levels].
-        fov_nm: Its field of view [nm].
-        count: Largest number of targets.
-        separation_nm: Least distance between two targets [nm].
-        avoid_bright: Pixels brighter than this many times the film's level are
-            contamination [dimensionless].
-
-    Returns:
-        (x, y) offsets of the targets from the overview's centre [nm], best first.
-    """
-    smooth = _smoothed(overview, 1.0)
-    n = smooth.shape[-1]
-    vacuum = overview_vacuum_mask(overview, 1.0)
-    rim = rim_pixels(vacuum)
-    film = float(np.median(smooth[~vacuum])) if (~vacuum).any() else 0.0
-    bright = ndimage.binary_dilation(smooth > avoid_bright * film, iterations=2)
-    # Rims at the frame's border may be cut off.
-    inner = np.zeros_like(rim)
-    inner[2:-2, 2:-2] = True
-    score = ndimage.uniform_filter(rim.astype(np.float64), size=5)
-    rows, cols = np.nonzero(rim & inner & ~bright)
-    order = np.argsort(-score[rows, cols], kind="stable")
-    chosen: list[tuple[float, float]] = []
-    for index in order:
-        xy = pixel_offsets_nm(rows[index : index + 1], cols[index : index + 1], n, fov_nm)[0]
-        if all(math.dist(xy, other) >= separation_nm for other in chosen):
-            chosen.append((float(xy[0]), float(xy[1])))
-            if len(chosen) >= count:
-                break
-    return chosen
 
 
 class RimFix(NamedTuple):
@@ -1059,7 +956,7 @@ class BacklashAwareRasterPolicy(_Navigator):
     :class:`_Navigator`), so every tile is reached with the play taken up. Where the task
     offers the beam shift, it rasters with shifts instead (no backlash: a serpentine), and
     moves the stage only when the shift range is spent. Where it offers the ``tile`` macro
-    (DefectSearch-v1, Survey-v1), the serpentine is one ``tile`` per field: the macro shifts the
+    (DefectSearch-v2, Survey-v2), the serpentine is one ``tile`` per field: the macro shifts the
     beam by one field and scans (5 ms a field instead of a stage move), and carries the offset
     to the stage, play taken up, when the shift range is spent.
 
@@ -1399,7 +1296,7 @@ class OverviewExpertPolicy(_Navigator):
 class ShiftExpertPolicy(OverviewExpertPolicy):
     """The operator's rim search of :class:`OverviewExpertPolicy`, travelling by beam shift.
 
-    Where the task offers the ``inspect`` and ``tile`` macros (DefectSearch-v1, Survey-v1), an
+    Where the task offers the ``inspect`` and ``tile`` macros (DefectSearch-v2, Survey-v2), an
     operator does not drive the stage between nearby fields: the beam shift moves the view in
     5 ms with no backlash, so a rim can be followed whichever way it runs, and the stage is
     driven (by the macros, play taken up) only where the shift range ends. The policy takes an
@@ -1635,6 +1532,11 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
       nearest rim target not yet looked at, then to the next overview half an overview away,
       and with none left, a line of fields.
 
+    The rim targets not yet looked at are read from the episode map's ``targets`` channel where
+    the observation has one (v2 ids: :class:`scopegym.envs.overview.RimTargets`, the same rule
+    at the map's 16 nm pixels), so that its labels follow from what a student observes;
+    otherwise (v1) from its own reading of the overviews.
+
     Args:
         env: The environment.
         targets: Largest number of rim targets read from each overview.
@@ -1666,6 +1568,7 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         self._targets: list[np.ndarray] = []
         self._surveyed: list[np.ndarray] = []
         self._looks: list[int] = []
+        self._given_up: list[np.ndarray] = []
 
     def reset(self) -> None:
         """Forget the episode: the next observation is taken as its first."""
@@ -1694,7 +1597,7 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         observation is recognised by the instrument's clock going back).
 
         Args:
-            observation: A DefectSearch-v1 or Survey-v1 observation.
+            observation: A DefectSearch-v2 or Survey-v2 observation.
             action_masks: The environment's flat action mask.
         """
         self.observation = dict(observation)
@@ -1739,10 +1642,15 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
             self._opening = True
             self._visited, self._visit_times = [], []
             self._targets, self._surveyed, self._looks = [], [], []
+            self._given_up = []
         else:
             self._opening = False
         self._last_elapsed_s = state.elapsed_s
         self._position = self._view_offset_nm(state)
+        previous = self._targets
+        from_map = self._map_shows_targets()
+        if from_map:
+            self._targets = self._map_targets(state)
         if not self._fresh() or self._opening:
             return
         fov = state.fov_nm
@@ -1751,26 +1659,55 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
                 self._visited.append(self._position.copy())
                 self._visit_times.append(state.elapsed_s)
         elif math.isclose(fov, self.locate_fov_nm):
-            near = [np.max(np.abs(t - self._position)) <= 0.375 * fov for t in self._targets]
+            near = [np.max(np.abs(t - self._position)) <= 0.375 * fov for t in previous]
             if any(near):
-                # Arrived at a target: its looks start afresh.
-                self._targets = [t for t, n in zip(self._targets, near, strict=True) if not n]
+                # Arrived at a target: its looks start afresh (the map drops it by itself).
+                if not from_map:
+                    self._targets = [t for t, n in zip(previous, near, strict=True) if not n]
                 self._looks = []
             self._looks.append(len(self._visited))
         elif math.isclose(fov, self._origin.fov_nm):
             # Overviews are taken half a field apart (_next_overview); one nearer repeats one.
             if any(np.max(np.abs(self._position - s)) < 0.25 * fov for s in self._surveyed):
                 return
-            overview = np.asarray(self.observation["frame"])[-1]
-            self._targets += [
-                self._position + np.asarray(t)
-                for t in rim_targets(overview, fov, self.targets)
-                if all(
-                    np.max(np.abs(self._position + np.asarray(t) - s)) > 0.5 * fov
-                    for s in self._surveyed
-                )
-            ]
+            if not from_map:
+                overview = np.asarray(self.observation["frame"])[-1]
+                self._targets += [
+                    self._position + np.asarray(t)
+                    for t in rim_targets(overview, fov, self.targets)
+                    if all(
+                        np.max(np.abs(self._position + np.asarray(t) - s)) > 0.5 * fov
+                        for s in self._surveyed
+                    )
+                ]
             self._surveyed.append(self._position.copy())
+
+    def _map_shows_targets(self) -> bool:
+        """Whether the environment's map draws the ``targets`` channel (v2 ids).
+
+        Asked of the environment, not read off the map's shape: a wrapper may add channels.
+        """
+        episode_map = getattr(self.unwrapped, "episode_map", None)
+        return getattr(episode_map, "targets", None) is not None
+
+    def _map_targets(self, state: InstrumentState) -> list[np.ndarray]:
+        """The map's pending rim targets as offsets from the episode's start [nm].
+
+        The map places them by reported position; each becomes an offset from the present
+        view, added to the commanded position the policy tracks (:meth:`_view_offset_nm`).
+        Targets given up as out of reach (:meth:`_travel_step`) stay given up.
+        """
+        assert self._origin is not None
+        origin = self._origin
+        channel = np.asarray(self.observation["map"])[MAP_CHANNELS.index("targets")]
+        first = (origin.stage_x_nm + origin.shift_x_nm, origin.stage_y_nm + origin.shift_y_nm)
+        view = np.array([state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm])
+        close = 0.375 * self.locate_fov_nm
+        targets = [
+            self._position + (np.asarray(t) - view)
+            for t in target_positions_nm(channel, self.limits, first)
+        ]
+        return [t for t in targets if all(np.max(np.abs(t - g)) > close for g in self._given_up)]
 
     def _fresh(self) -> bool:
         """Whether the frame shows the present view (the state's last entry)."""
@@ -1843,6 +1780,7 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
             if self.is_valid(action):
                 return action
             self._targets = [t for t in self._targets if t is not target]
+            self._given_up.append(target)
         assert self._origin is not None
         overview_fov = self._origin.fov_nm
         if not self._surveyed:

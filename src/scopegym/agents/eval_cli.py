@@ -280,8 +280,8 @@ def check_checkpoint_matches(checkpoint: Path, cfg: DictConfig) -> None:
         cfg: The composed ``eval`` or ``run`` config.
 
     Raises:
-        EvalConfigError: The checkpoint's saved run config names another env id, frame size or
-            odometry setting.
+        EvalConfigError: The checkpoint's saved run config names another env id, interface
+            version, frame size or odometry setting.
     """
     run_cfg = _run_config(checkpoint)
     if run_cfg is None:
@@ -291,6 +291,16 @@ def check_checkpoint_matches(checkpoint: Path, cfg: DictConfig) -> None:
         raise EvalConfigError(
             f"checkpoint={str(checkpoint)!r} was trained on {trained_id}, not {cfg.env.id}; "
             f"pick the matching env=..."
+        )
+    # An earlier interface of the same id (``version``) has other observation spaces.
+    trained_version = OmegaConf.select(run_cfg, "env.kwargs.version")
+    asked_version = OmegaConf.select(cfg, "env.kwargs.version")
+    if trained_version is not None and trained_version != asked_version:
+        latest = "the latest" if asked_version is None else f"version={asked_version}"
+        raise EvalConfigError(
+            f"checkpoint={str(checkpoint)!r} was trained on {trained_id} with "
+            f"env.kwargs.version={trained_version}, not {latest}; pick the env config of that "
+            f"interface (its policies/<name>.yaml says which)"
         )
     trained_px = OmegaConf.select(run_cfg, "env.kwargs.frame_px")
     asked_px = OmegaConf.select(cfg, "env.kwargs.frame_px")

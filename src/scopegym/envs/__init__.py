@@ -1,13 +1,15 @@
 """Gymnasium environments: an instrument plus a task, registered on import of scopegym.
 
-Ids: ``scopegym/DefectSearch-v1``, ``scopegym/Autotune-v1``,
-``scopegym/AutotuneRonchigram-v2``, ``scopegym/SpectrumDiscovery-v1``, ``scopegym/Survey-v1``.
+Ids: ``scopegym/DefectSearch-v2``, ``scopegym/Autotune-v1``,
+``scopegym/AutotuneRonchigram-v2``, ``scopegym/SpectrumDiscovery-v1``, ``scopegym/Survey-v2``.
 Held-out samples are a keyword: ``gymnasium.make(id, samples="heldout")``.
 
-DefectSearch and Survey are at v1 (the episode map and motion odometry in the observation,
-macro verbs, masks of scans that cannot score, episodes ended by the budgets); their v0 ids
-are dropped. ``version=0`` (with ``max_episode_steps`` of :data:`V0_MAX_EPISODE_STEPS`)
-restores the v0 interface for policies trained on it (config ``env=defect_search_v0``).
+DefectSearch and Survey are at v2: v1's episode map, motion odometry, macro verbs, masks of
+scans that cannot score and budget-ended episodes, plus the map's ``targets`` channel (the
+overviews' hole-rim targets not yet looked at). Their v1 and v0 ids are dropped: ``version=1``
+restores v1 (configs ``env=defect_search_v1``, ``env=survey_v1``) and ``version=0`` (with
+``max_episode_steps`` of :data:`V0_MAX_EPISODE_STEPS`) v0 (``env=defect_search_v0``), for the
+policies trained on them.
 Autotune is at v1 (each image kind's latest two acquisitions, the tunes between them and their
 raw detector statistics; episodes ended by the budgets); ``version=0`` restores its v0 interface
 (config ``env=autotune_v0``). AutotuneRonchigram is at v2 (v1's pairs plus the tunes since each
@@ -47,18 +49,18 @@ BUDGET_BOUND_STEP_CAP = 10_000
 
 #: Registered ids and their step limits.
 ENV_IDS: dict[str, int] = {
-    "scopegym/DefectSearch-v1": BUDGET_BOUND_STEP_CAP,
+    "scopegym/DefectSearch-v2": BUDGET_BOUND_STEP_CAP,
     "scopegym/Autotune-v1": BUDGET_BOUND_STEP_CAP,
     "scopegym/AutotuneRonchigram-v2": BUDGET_BOUND_STEP_CAP,
     "scopegym/SpectrumDiscovery-v1": 24,
-    "scopegym/Survey-v1": BUDGET_BOUND_STEP_CAP,
+    "scopegym/Survey-v2": BUDGET_BOUND_STEP_CAP,
 }
 _ENTRY_POINTS = {
-    "scopegym/DefectSearch-v1": "scopegym.envs.tasks:DefectSearchEnv",
+    "scopegym/DefectSearch-v2": "scopegym.envs.tasks:DefectSearchEnv",
     "scopegym/Autotune-v1": "scopegym.envs.tasks:AutotuneEnv",
     "scopegym/AutotuneRonchigram-v2": "scopegym.envs.tasks:AutotuneRonchigramEnv",
     "scopegym/SpectrumDiscovery-v1": "scopegym.envs.tasks:SpectrumDiscoveryEnv",
-    "scopegym/Survey-v1": "scopegym.envs.tasks:SurveyEnv",
+    "scopegym/Survey-v2": "scopegym.envs.tasks:SurveyEnv",
 }
 
 

@@ -23,7 +23,7 @@ that list it; no registered id does yet. It reads the same ``dx`` and ``dy`` ent
 both, an entry's mask allows a bin when either verb may use it (as the tune entries allow a
 step that some aberration may take), and the instrument refuses the other combinations.
 
-Macro verbs (offered by ``scopegym/DefectSearch-v1`` and ``scopegym/Survey-v1``) compile to a
+Macro verbs (offered by ``scopegym/DefectSearch-v2`` and ``scopegym/Survey-v2``) compile to a
 short sequence of the commands above, what an operator does with one click; the environment
 sends them one by one (:meth:`ActionCodec.plan`) and reports each:
 

@@ -29,7 +29,8 @@ from scopegym.envs.actions import (
     ScoringCriterion,
 )
 from scopegym.envs.detector import DetectorStatistics, detector_statistics, encode_detector
-from scopegym.envs.episode_map import MAP_CHANNELS, MAP_PX, EpisodeMap
+from scopegym.envs.episode_map import MAP_PX, EpisodeMap
+from scopegym.envs.overview import RimTargets
 from scopegym.envs.samples import SampleSet, sample_set
 from scopegym.instrument import (
     TUNABLE_ABERRATIONS,
@@ -67,7 +68,7 @@ STATE_FEATURES = (
 )
 #: Entries of the optional ``odometry`` observation (``odometry=True``).
 ODOMETRY_FEATURES = ("commanded_x", "commanded_y", "last_move_x", "last_move_y")
-#: Entries of the ``odometry`` observation of tasks with memory (DefectSearch-v1, Survey-v1):
+#: Entries of the ``odometry`` observation of tasks with memory (DefectSearch-v2, Survey-v2):
 #: the above, then per axis the side the stage's play is taken up on and the beam shift.
 MOTION_FEATURES = (*ODOMETRY_FEATURES, "play_x", "play_y", "shift_x", "shift_y")
 #: Reward parts that never reward a frame: spectra, tunes, and the budget penalties (<= 0).
@@ -105,6 +106,8 @@ class Task(ABC):
     twin_info_max_fov_nm: ClassVar[float] = 16.0
     #: The observation holds the episode map (:mod:`scopegym.envs.episode_map`).
     uses_map: bool = False
+    #: The map has the ``targets`` channel: rim targets of the overviews not yet looked at.
+    map_targets: bool = False
     #: Entries of the ``odometry`` observation, and whether it is on unless the env says.
     odometry_features: tuple[str, ...] = ODOMETRY_FEATURES
     odometry_default: bool = False
@@ -186,7 +189,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             ``state``'s stage offset], and the last Move per axis (see
             :func:`odometry_observation`); tasks with memory add the play and the beam shift
             (:data:`MOTION_FEATURES`, :func:`motion_observation`). None: the task's default
-            (on for DefectSearch-v1 and Survey-v1, off elsewhere).
+            (on for DefectSearch-v2 and Survey-v2, off elsewhere).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -259,8 +262,17 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             obs["spectra"] = spaces.Box(0.0, 1.0, (cells,), np.float32)
         self.episode_map: EpisodeMap | None = None
         if task.uses_map:
-            self.episode_map = EpisodeMap(self.instrument.limits, atomic_pixel_nm=ATOMIC_PIXEL_NM)
-            obs["map"] = spaces.Box(0, 255, (len(MAP_CHANNELS), MAP_PX, MAP_PX), np.uint8)
+            config = task.action_config
+            targets = (
+                RimTargets(max(config.fov_levels_nm), max(config.dwell_us))
+                if task.map_targets
+                else None
+            )
+            self.episode_map = EpisodeMap(
+                self.instrument.limits, atomic_pixel_nm=ATOMIC_PIXEL_NM, targets=targets
+            )
+            channels = len(self.episode_map.channels)
+            obs["map"] = spaces.Box(0, 255, (channels, MAP_PX, MAP_PX), np.uint8)
         # gymnasium 1.4 types the attribute more narrowly than 1.2 (the ray extra's pin).
         self.observation_space = spaces.Dict(obs)  # type: ignore[assignment, unused-ignore]
         self.action_space = spaces.MultiDiscrete(self.codec.nvec)
@@ -276,7 +288,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def interface_id(self) -> str | None:
         """The id whose observation, actions and dynamics this env presents.
 
-        ``scopegym/DefectSearch-v0`` for ``gym.make("scopegym/DefectSearch-v1", version=0)``:
+        ``scopegym/DefectSearch-v0`` for ``gym.make("scopegym/DefectSearch-v2", version=0)``:
         results should name it, not the id the env was made with.
         """
         return self.task.interface_id
@@ -344,7 +356,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             if view is not None and result.pixel_nm <= ATOMIC_PIXEL_NM:
                 self._atomic_views.append(view)
             if self.episode_map is not None:
-                self.episode_map.add_frame(result)
+                self.episode_map.add_frame(result, self._frame[0])
             self.history.append(result)
         elif isinstance(result, EELSSpectrum):
             self._spectrum = spectrum_observation(result.counts)

@@ -17,6 +17,9 @@ overview  every frame of at least two map pixels' field, as acquired, resampled 
 visits    the fraction of each map pixel covered by atomic-resolution frames (pixels at most
           :data:`~scopegym.envs.core.ATOMIC_PIXEL_NM`), × 255, at most 255
 position  255 over the present field of view (at least the pixel under its centre), else 0
+targets   (v2 ids) the rim targets read from the episode's overviews that no localisation frame
+          has looked at yet (:class:`~scopegym.envs.overview.RimTargets`): 255 on the map
+          pixel under each, 128 on the eight around it (where no other target's 255 is), else 0
 ========  ===================================================================================
 
 Positions are the instrument's reported ones (stage plus beam shift), never the twin's truth:
@@ -25,23 +28,45 @@ during the scan; the frame's columns run along +x and its rows along +y, as the 
 
 The map's frame is fixed for the episode: a square of ``extent_nm`` centred on the stage's range
 when that range fits in it (the twin's 2 µm stage, in a 2048 nm map), otherwise centred on the
-view of the first frame painted (an instrument whose stage travels millimetres).
+view of the first frame painted (an instrument whose stage travels millimetres);
+:func:`map_origin_nm` gives it, so that a policy can place the map's pixels in nm.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from scopegym.envs.overview import RimTargets
 from scopegym.instrument import Frame, InstrumentLimits, InstrumentState
 
-#: Names of the map's channels, in order.
-MAP_CHANNELS = ("overview", "visits", "position")
+#: Names of the map's channels, in order (v2 ids; v1's map has the first three).
+MAP_CHANNELS = ("overview", "visits", "position", "targets")
+#: Level of a target's own pixel in the ``targets`` channel, and of the ring around it.
+TARGET_LEVEL, TARGET_RING_LEVEL = 255, 128
 #: Side of the map [px].
 MAP_PX = 128
 #: Side of the area the map covers [nm]: the twin's 2 µm stage with a margin.
 MAP_EXTENT_NM = 2048.0
 #: Frames spanning fewer map pixels than this are not painted into the overview channel.
 MIN_PAINTED_PX = 2.0
+
+
+def map_origin_nm(
+    limits: InstrumentLimits, extent_nm: float, first_centre_nm: tuple[float, float]
+) -> tuple[float, float]:
+    """The reported (x, y) position of the map's corner (pixel row 0, column 0) [nm].
+
+    Args:
+        limits: The instrument's limits: a stage range that fits in the map centres it.
+        extent_nm: Side of the map [nm].
+        first_centre_nm: Centre of the episode's first frame painted, otherwise [nm].
+    """
+    half = 0.5 * extent_nm
+    x, y = limits.stage_x_nm, limits.stage_y_nm
+    centre_x, centre_y = first_centre_nm
+    if x.high - x.low <= extent_nm and y.high - y.low <= extent_nm:
+        centre_x, centre_y = 0.5 * (x.low + x.high), 0.5 * (y.low + y.high)
+    return (centre_x - half, centre_y - half)
 
 
 class EpisodeMap:
@@ -52,6 +77,7 @@ class EpisodeMap:
         size_px: Side of the map [px].
         extent_nm: Side of the area it covers [nm].
         atomic_pixel_nm: Frames with pixels at most this size count as visits [nm].
+        targets: Rim targets to draw as a fourth channel (v2); None keeps v1's three.
     """
 
     def __init__(
@@ -60,8 +86,11 @@ class EpisodeMap:
         size_px: int = MAP_PX,
         extent_nm: float = MAP_EXTENT_NM,
         atomic_pixel_nm: float = 0.05,
+        targets: RimTargets | None = None,
     ) -> None:
         self.limits = limits
+        self.targets = targets
+        self.channels = MAP_CHANNELS if targets is not None else MAP_CHANNELS[:3]
         self.size_px = int(size_px)
         self.extent_nm = float(extent_nm)
         self.pixel_nm = self.extent_nm / self.size_px
@@ -75,16 +104,14 @@ class EpisodeMap:
         self.coverage = np.zeros((n, n), np.float64)
         self.origin_nm: tuple[float, float] | None = None
         self._reference_rate: float | None = None
+        if self.targets is not None:
+            self.targets.reset()
 
     # -- geometry -------------------------------------------------------------------------
 
     def _fix_frame(self, centre_x_nm: float, centre_y_nm: float) -> tuple[float, float]:
         if self.origin_nm is None:
-            half = 0.5 * self.extent_nm
-            x, y = self.limits.stage_x_nm, self.limits.stage_y_nm
-            if x.high - x.low <= self.extent_nm and y.high - y.low <= self.extent_nm:
-                centre_x_nm, centre_y_nm = 0.5 * (x.low + x.high), 0.5 * (y.low + y.high)
-            self.origin_nm = (centre_x_nm - half, centre_y_nm - half)
+            self.origin_nm = map_origin_nm(self.limits, self.extent_nm, (centre_x_nm, centre_y_nm))
         return self.origin_nm
 
     def _pixel_span(self, low_nm: float, high_nm: float, origin_nm: float) -> tuple[int, int]:
@@ -100,11 +127,19 @@ class EpisodeMap:
 
     # -- painting -------------------------------------------------------------------------
 
-    def add_frame(self, frame: Frame) -> None:
-        """Paint a frame where it was taken; count it as a visit if it resolves atoms."""
+    def add_frame(self, frame: Frame, image: np.ndarray | None = None) -> None:
+        """Paint a frame where it was taken; count it as a visit if it resolves atoms.
+
+        Args:
+            frame: The frame as acquired.
+            image: The frame as the observation shows it, from which rim targets are read
+                (maps with a ``targets`` channel); the frame's counts if None.
+        """
         cx = frame.stage_x_nm + frame.shift_x_nm
         cy = frame.stage_y_nm + frame.shift_y_nm
         ox, oy = self._fix_frame(cx, cy)
+        if self.targets is not None:
+            self.targets.add_frame(frame, frame.counts if image is None else image)
         half = 0.5 * frame.fov_nm
         if frame.pixel_nm <= self.atomic_pixel_nm:
             edges_x = ox + self.pixel_nm * np.arange(self.size_px + 1)
@@ -153,8 +188,28 @@ class EpisodeMap:
 
     # -- reading --------------------------------------------------------------------------
 
+    def pixel_of(self, x_nm: float, y_nm: float) -> tuple[int, int]:
+        """The (row, column) of the map pixel over a reported position [nm] (maybe off the map)."""
+        ox, oy = self._fix_frame(x_nm, y_nm)
+        row, col = np.floor((y_nm - oy) / self.pixel_nm), np.floor((x_nm - ox) / self.pixel_nm)
+        return int(row), int(col)
+
+    def _targets_channel(self) -> np.ndarray:
+        n = self.size_px
+        channel = np.zeros((n, n), np.uint8)
+        assert self.targets is not None
+        centres = [self.pixel_of(float(t[0]), float(t[1])) for t in self.targets.pending]
+        for row, col in centres:
+            if 0 <= row < n and 0 <= col < n:
+                block = channel[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
+                np.maximum(block, TARGET_RING_LEVEL, out=block)
+        for row, col in centres:
+            if 0 <= row < n and 0 <= col < n:
+                channel[row, col] = TARGET_LEVEL
+        return channel
+
     def observation(self, state: InstrumentState) -> np.ndarray:
-        """The map as a (3, size_px, size_px) uint8 array, with the present field marked."""
+        """The map as a (channels, size_px, size_px) uint8 array, with the present field marked."""
         cx = state.stage_x_nm + state.shift_x_nm
         cy = state.stage_y_nm + state.shift_y_nm
         ox, oy = self._fix_frame(cx, cy)
@@ -171,7 +226,43 @@ class EpisodeMap:
             if 0 <= row < n and 0 <= col < n:
                 position[row, col] = 255
         visits = np.round(255.0 * np.clip(self.coverage, 0.0, 1.0)).astype(np.uint8)
-        return np.stack([self.overview, visits, position])
+        layers = [self.overview, visits, position]
+        if self.targets is not None:
+            layers.append(self._targets_channel())
+        return np.stack(layers)
 
 
-__all__ = ["MAP_CHANNELS", "MAP_EXTENT_NM", "MAP_PX", "MIN_PAINTED_PX", "EpisodeMap"]
+def target_positions_nm(
+    channel: np.ndarray, limits: InstrumentLimits, first_centre_nm: tuple[float, float]
+) -> np.ndarray:
+    """The reported (x, y) positions [nm] of the targets a ``targets`` channel marks.
+
+    Each target is its pixel's centre, within half a map pixel (8 nm) of where it was read.
+
+    Args:
+        channel: The map's ``targets`` channel, (size_px, size_px).
+        limits: The instrument's limits (they fix the map's frame, :func:`map_origin_nm`).
+        first_centre_nm: Centre of the episode's first frame [nm] (used only where the stage's
+            range does not fit in the map).
+
+    Returns:
+        (count, 2) array, in row-major order of the pixels.
+    """
+    n = channel.shape[-1]
+    pixel_nm = MAP_EXTENT_NM / n
+    ox, oy = map_origin_nm(limits, MAP_EXTENT_NM, first_centre_nm)
+    rows, cols = np.nonzero(np.asarray(channel) == TARGET_LEVEL)
+    return np.stack([ox + (cols + 0.5) * pixel_nm, oy + (rows + 0.5) * pixel_nm], axis=-1)
+
+
+__all__ = [
+    "MAP_CHANNELS",
+    "MAP_EXTENT_NM",
+    "MAP_PX",
+    "MIN_PAINTED_PX",
+    "TARGET_LEVEL",
+    "TARGET_RING_LEVEL",
+    "EpisodeMap",
+    "map_origin_nm",
+    "target_positions_nm",
+]

@@ -42,6 +42,9 @@ INTERFACE_VERSIONS = (0, 1)
 #: AutotuneRonchigram is at v2 (the tunes since each kind's latest acquisition); version 1
 #: restores v1 (``env=autotune_ronchigram_v1``).
 RONCHIGRAM_INTERFACE_VERSIONS = (0, 1, 2)
+#: DefectSearch and Survey are at v2 (the map's ``targets`` channel); version 1 restores v1
+#: (``env=defect_search_v1``, ``env=survey_v1``), for the policies trained on it.
+SEARCH_INTERFACE_VERSIONS = (0, 1, 2)
 #: Step limits the dropped v0 ids had; a config that restores v0 passes them as
 #: ``max_episode_steps``.
 V0_MAX_EPISODE_STEPS = {
@@ -64,11 +67,15 @@ def _check_version(name: str, version: int, versions: tuple[int, ...] = INTERFAC
 
 
 def _with_memory(task: Task, version: int) -> None:
-    """Version 1: the episode map, the motion odometry, scoring masks and macro verbs."""
+    """Version 1: the episode map, the motion odometry, scoring masks and macro verbs.
+
+    Version 2: the map's ``targets`` channel as well (:class:`scopegym.envs.overview.RimTargets`).
+    """
     task.interface_id = f"scopegym/{task.name}-v{version}"
     if version == 0:
         return
     task.uses_map = True
+    task.map_targets = version >= 2
     task.odometry_features = MOTION_FEATURES
     task.odometry_default = True
     task.scoring_masks = True
@@ -108,7 +115,7 @@ class DefectSearchTask(Task):
         budget: Budget = DEFECT_SEARCH_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
-        version: int = 1,
+        version: int = 2,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -123,7 +130,7 @@ class DefectSearchTask(Task):
             reward_weights or {"discovery": 1.0, "time_penalty": 1.0, "dose_penalty": 1.0},
             reward_params,
         )
-        self.version = _check_version(self.name, version)
+        self.version = _check_version(self.name, version, SEARCH_INTERFACE_VERSIONS)
         _with_memory(self, self.version)
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
@@ -138,8 +145,8 @@ class DefectSearchTask(Task):
 class DefectSearchEnv(TaskEnv):
     """Find and resolve as many distinct defects as possible on a large specimen.
 
-    Registered as ``scopegym/DefectSearch-v1``; ``version=0`` restores the dropped v0
-    interface (see Arguments).
+    Registered as ``scopegym/DefectSearch-v2``; ``version=1`` and ``version=0`` restore the
+    dropped v1 and v0 interfaces (see Arguments).
 
     ## Description
     The "needle in a haystack" survey of Kalinin et al. (seed 001): the episode starts with a
@@ -166,15 +173,16 @@ class DefectSearchEnv(TaskEnv):
 
     ## Observation Space
     ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32),
-    odometry=Box(-1, 1, (8,), float32), map=Box(0, 255, (3, 128, 128), uint8))``: the last
+    odometry=Box(-1, 1, (8,), float32), map=Box(0, 255, (4, 128, 128), uint8))``: the last
     frame, contrast-stretched; the reported field of view (log scale), stage offset from the
     episode start, fractions of the time and dose budgets used, the corrector settings and
     whether the frame shows the present view (+1), an earlier one (0, after a zoom, move or
     tune) or nothing yet (−1); the odometry (commanded view offset, last move, the side the
     stage's play is on and the beam shift, per axis; :data:`~scopegym.envs.core.MOTION_FEATURES`)
-    and the episode map (overview as acquired, atomic-resolution visits, present field; in a
-    fixed frame of reported stage coordinates, :mod:`scopegym.envs.episode_map`). Nothing comes
-    from the twin's ground truth.
+    and the episode map (overview as acquired, atomic-resolution visits, present field, and the
+    hole-rim targets read from the 1024 nm overviews at 64 µs that no 64 nm frame has looked at
+    yet; in a fixed frame of reported stage coordinates, :mod:`scopegym.envs.episode_map`,
+    :class:`~scopegym.envs.overview.RimTargets`). Nothing comes from the twin's ground truth.
 
     ## Rewards
     ``discovery`` (+1 per defect resolved for the first time: inside an atomic-resolution frame,
@@ -195,10 +203,11 @@ class DefectSearchEnv(TaskEnv):
     ``samples`` ("train", "validation", "heldout"), ``frame_px`` (64–128, default 96),
     ``budget``, ``reward_weights``, ``reward_params``, ``instrument`` (any Instrument),
     ``instrument_name``/``instrument_kwargs``, ``render_mode`` ("rgb_array"), ``odometry``
-    (default on; False drops the entry), ``version`` (1; 0 restores the dropped
-    ``scopegym/DefectSearch-v0`` interface: frame and state only, verbs scan, zoom and move, no
-    scoring masks; pass ``max_episode_steps=200`` for its step limit, as the config
-    ``env=defect_search_v0`` does).
+    (default on; False drops the entry), ``version`` (2; 1 restores the dropped
+    ``scopegym/DefectSearch-v1`` interface, a map without the ``targets`` channel, config
+    ``env=defect_search_v1``; 0 restores ``scopegym/DefectSearch-v0``: frame and state only,
+    verbs scan, zoom and move, no scoring masks; pass ``max_episode_steps=200`` for its step
+    limit, as the config ``env=defect_search_v0`` does).
     """
 
     task_class = DefectSearchTask
@@ -541,7 +550,7 @@ class SurveyTask(Task):
         budget: Budget = SURVEY_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
-        version: int = 1,
+        version: int = 2,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -567,7 +576,7 @@ class SurveyTask(Task):
             },
             reward_params,
         )
-        self.version = _check_version(self.name, version)
+        self.version = _check_version(self.name, version, SEARCH_INTERFACE_VERSIONS)
         _with_memory(self, self.version)
 
     def start(self, samples: SampleSet, rng: np.random.Generator) -> EpisodeStart:
@@ -584,7 +593,8 @@ class SurveyTask(Task):
 class SurveyEnv(TaskEnv):
     """The operator workflow of Kalinin et al. (seed 001, Fig. 5) under one budget.
 
-    Registered as ``scopegym/Survey-v1``; ``version=0`` restores the dropped v0 interface.
+    Registered as ``scopegym/Survey-v2``; ``version=1`` and ``version=0`` restore the dropped v1
+    and v0 interfaces.
 
     ## Description
     Tune the probe, take an overview, zoom in and out, move, and take spectra, all under one
@@ -601,7 +611,8 @@ class SurveyEnv(TaskEnv):
     4 nm field: spectra and tunes never reward a frame).
 
     ## Observation Space
-    ``Dict(frame, state, odometry, map, spectrum)`` as in DefectSearch and SpectrumDiscovery.
+    ``Dict(frame, state, odometry, map, spectrum)`` as in DefectSearch (the map with its
+    ``targets`` channel) and SpectrumDiscovery.
 
     ## Rewards
     ``discovery`` + 0.5 ``signatures`` + 0.5 ``probe_correction`` − ``time_penalty`` −
@@ -619,8 +630,9 @@ class SurveyEnv(TaskEnv):
     ## Arguments
     ``samples``, ``frame_px`` (default 96), ``budget``, ``reward_weights``, ``reward_params``,
     ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``
-    (default on), ``version`` (1; 0 restores ``scopegym/Survey-v0``: its observation and
-    actions; pass ``max_episode_steps=300`` for its step limit).
+    (default on), ``version`` (2; 1 restores ``scopegym/Survey-v1``, a map without the
+    ``targets`` channel, config ``env=survey_v1``; 0 restores ``scopegym/Survey-v0``: its
+    observation and actions; pass ``max_episode_steps=300`` for its step limit).
     """
 
     task_class = SurveyTask
