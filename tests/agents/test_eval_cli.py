@@ -257,7 +257,11 @@ SHIPPED = sorted((ROOT / "policies").glob("*.zip"))
 
 def test_policies_are_shipped_small_with_their_configs() -> None:
     names = {path.stem for path in SHIPPED}
-    assert names >= {"defect_search_maskable_ppo", "autotune_maskable_ppo"}
+    assert names >= {
+        "defect_search_maskable_ppo",
+        "autotune_maskable_ppo",
+        "defect_search_v2_reactive_clone",
+    }
     for path in SHIPPED:
         assert path.stat().st_size <= 5_000_000
         assert path.with_suffix(".yaml").is_file()
