@@ -198,14 +198,14 @@ class EpisodeMap:
         n = self.size_px
         channel = np.zeros((n, n), np.uint8)
         assert self.targets is not None
-        centres = [self.pixel_of(float(t[0]), float(t[1])) for t in self.targets.pending]
-        for row, col in centres:
-            if 0 <= row < n and 0 <= col < n:
-                block = channel[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
-                np.maximum(block, TARGET_RING_LEVEL, out=block)
-        for row, col in centres:
-            if 0 <= row < n and 0 <= col < n:
-                channel[row, col] = TARGET_LEVEL
+        pixels = [self.pixel_of(float(t[0]), float(t[1])) for t in self.targets.pending]
+        on_map = [(row, col) for row, col in pixels if 0 <= row < n and 0 <= col < n]
+        for row, col in on_map:
+            block = channel[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2]
+            np.maximum(block, TARGET_RING_LEVEL, out=block)
+        # After every ring, so that no neighbour's ring covers a target's own pixel.
+        for row, col in on_map:
+            channel[row, col] = TARGET_LEVEL
         return channel
 
     def observation(self, state: InstrumentState) -> np.ndarray:
@@ -221,8 +221,7 @@ class EpisodeMap:
         if rows[0] < rows[1] and cols[0] < cols[1]:
             position[rows[0] : rows[1], cols[0] : cols[1]] = 255
         else:  # a field smaller than a map pixel: the pixel under its centre
-            row = int(np.floor((cy - oy) / self.pixel_nm))
-            col = int(np.floor((cx - ox) / self.pixel_nm))
+            row, col = self.pixel_of(cx, cy)
             if 0 <= row < n and 0 <= col < n:
                 position[row, col] = 255
         visits = np.round(255.0 * np.clip(self.coverage, 0.0, 1.0)).astype(np.uint8)
