@@ -27,13 +27,13 @@ from scopegym.envs.tasks import DefectSearchTask
 from scopegym.instrument import Ronchigram, SampleSpec, Tune
 
 SUPPORTED = [
-    ("scopegym/DefectSearch-v2", "random"),
-    ("scopegym/DefectSearch-v2", "raster"),
-    ("scopegym/DefectSearch-v2", "greedy"),
-    ("scopegym/DefectSearch-v2", "backlash_raster"),
-    ("scopegym/DefectSearch-v2", "overview_expert"),
-    ("scopegym/DefectSearch-v2", "shift_expert"),
-    ("scopegym/DefectSearch-v2", "reactive_shift_expert"),
+    ("scopegym/DefectSearch-v3", "random"),
+    ("scopegym/DefectSearch-v3", "raster"),
+    ("scopegym/DefectSearch-v3", "greedy"),
+    ("scopegym/DefectSearch-v3", "backlash_raster"),
+    ("scopegym/DefectSearch-v3", "overview_expert"),
+    ("scopegym/DefectSearch-v3", "shift_expert"),
+    ("scopegym/DefectSearch-v3", "reactive_shift_expert"),
     ("scopegym/Autotune-v1", "random"),
     ("scopegym/Autotune-v1", "autofocus"),
     ("scopegym/AutotuneRonchigram-v2", "random"),
@@ -42,14 +42,14 @@ SUPPORTED = [
     ("scopegym/SpectrumDiscovery-v1", "random"),
     ("scopegym/SpectrumDiscovery-v1", "raster"),
     ("scopegym/SpectrumDiscovery-v1", "signature_locator"),
-    ("scopegym/Survey-v2", "random"),
-    ("scopegym/Survey-v2", "raster"),
-    ("scopegym/Survey-v2", "greedy"),
-    ("scopegym/Survey-v2", "autofocus"),
-    ("scopegym/Survey-v2", "backlash_raster"),
-    ("scopegym/Survey-v2", "overview_expert"),
-    ("scopegym/Survey-v2", "shift_expert"),
-    ("scopegym/Survey-v2", "reactive_shift_expert"),
+    ("scopegym/Survey-v3", "random"),
+    ("scopegym/Survey-v3", "raster"),
+    ("scopegym/Survey-v3", "greedy"),
+    ("scopegym/Survey-v3", "autofocus"),
+    ("scopegym/Survey-v3", "backlash_raster"),
+    ("scopegym/Survey-v3", "overview_expert"),
+    ("scopegym/Survey-v3", "shift_expert"),
+    ("scopegym/Survey-v3", "reactive_shift_expert"),
 ]
 
 
@@ -109,12 +109,12 @@ def _whole_v1_episode(env_id: str, name: str) -> None:
 
 @pytest.mark.parametrize("name", SEARCH_BASELINES)
 def test_search_baselines_run_whole_defect_search_v1_episodes_through_the_harness(name: str):
-    _whole_v1_episode("scopegym/DefectSearch-v2", name)
+    _whole_v1_episode("scopegym/DefectSearch-v3", name)
 
 
 @pytest.mark.parametrize("name", SEARCH_BASELINES)
 def test_search_baselines_run_whole_survey_v1_episodes_through_the_harness(name: str) -> None:
-    _whole_v1_episode("scopegym/Survey-v2", name)
+    _whole_v1_episode("scopegym/Survey-v3", name)
 
 
 def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
@@ -134,13 +134,13 @@ def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
         "dkl",
         "signature_locator",
     }
-    env = gym.make("scopegym/DefectSearch-v2")
+    env = gym.make("scopegym/DefectSearch-v3")
     with pytest.raises(KeyError, match="known"):
         make_baseline("oracle", env)
 
 
 def test_raster_reaches_atomic_resolution_and_moves() -> None:
-    commands, env = _episode("scopegym/DefectSearch-v2", "raster", 20)
+    commands, env = _episode("scopegym/DefectSearch-v3", "raster", 20)
     state = env.unwrapped.instrument.state()
     frame_px = env.unwrapped.codec.config.frame_px
     assert state.fov_nm / frame_px <= 0.05
@@ -151,7 +151,7 @@ def test_raster_reaches_atomic_resolution_and_moves() -> None:
 
 
 def test_greedy_visits_overview_anomalies_at_atomic_resolution() -> None:
-    commands, env = _episode("scopegym/DefectSearch-v2", "greedy", 60)
+    commands, env = _episode("scopegym/DefectSearch-v3", "greedy", 60)
     zooms = [c["fov_nm"] for c in commands if c["command"] == "Zoom"]
     assert 4.0 in zooms
     assert any(c["command"] == "Move" for c in commands)
@@ -162,7 +162,7 @@ def test_autofocus_reduces_defocus_and_astigmatism_in_survey() -> None:
     # Survey's residuals (C10 within 4 nm, C12 within 2 nm) are what a coordinate search on
     # sharpness handles; on Autotune's larger, coma-coupled residuals it helps only about 6
     # seeds in 10 (a known limit of this first baseline).
-    env = gym.make("scopegym/Survey-v2")
+    env = gym.make("scopegym/Survey-v3")
     policy = make_baseline("autofocus", env)
     starts, ends = [], []
     for seed in range(3):
@@ -280,7 +280,7 @@ def _full_episode(env: Any, name: str, sample: SampleSpec = HELDOUT_SAMPLE) -> d
 
 
 def test_raster_rescans_its_tiles_under_backlash_and_the_backlash_aware_one_does_not() -> None:
-    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
     old = _full_episode(env, "raster")
     new = _full_episode(env, "backlash_raster")
     # The serpentine's reversed rows are swallowed by the stage's 15 nm of lost motion.
@@ -314,13 +314,13 @@ def test_backlash_raster_rasters_with_the_beam_shift_where_the_task_offers_it() 
     assert shifted["distinct"] == shifted["frames"] >= 70
     # The v0 interface offers stage moves only.
     stage = _full_episode(
-        gym.make("scopegym/DefectSearch-v2", samples="heldout", version=0), "backlash_raster"
+        gym.make("scopegym/DefectSearch-v3", samples="heldout", version=0), "backlash_raster"
     )
     # A shift takes 5 ms where a stage move takes half a second.
     assert shifted["time_s"] < 0.7 * stage["time_s"]
-    # DefectSearch-v2 offers the tile macro, whose moves are shifts: as fast, as distinct.
+    # DefectSearch-v3 offers the tile macro, whose moves are shifts: as fast, as distinct.
     tiled = _full_episode(
-        gym.make("scopegym/DefectSearch-v2", samples="heldout"), "backlash_raster"
+        gym.make("scopegym/DefectSearch-v3", samples="heldout"), "backlash_raster"
     )
     assert tiled["time_s"] < 0.7 * stage["time_s"]
     assert tiled["distinct"] >= 0.9 * tiled["frames"] >= 0.9 * 70
@@ -335,7 +335,7 @@ def _on_a_rim(specimen: Any, view: tuple[float, ...]) -> bool:
 
 
 def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() -> None:
-    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
     expert = _full_episode(env, "overview_expert")
     raster = _full_episode(env, "backlash_raster")
     specimen = env.unwrapped.truth.specimen
@@ -347,7 +347,7 @@ def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() ->
 
 
 def test_shift_expert_follows_rims_by_beam_shift_faster_than_the_stage_expert() -> None:
-    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
     by_shift = _full_episode(env, "shift_expert")
     by_stage = _full_episode(env, "overview_expert")
     specimen = env.unwrapped.truth.specimen
@@ -366,7 +366,7 @@ def test_shift_expert_follows_rims_by_beam_shift_faster_than_the_stage_expert() 
 
 
 def test_shift_expert_without_macros_is_the_stage_expert() -> None:
-    env = gym.make("scopegym/DefectSearch-v2", samples="heldout", version=0)
+    env = gym.make("scopegym/DefectSearch-v3", samples="heldout", version=0)
     assert (
         _full_episode(env, "shift_expert")["commands"]
         == _full_episode(env, "overview_expert")["commands"]
@@ -374,7 +374,7 @@ def test_shift_expert_without_macros_is_the_stage_expert() -> None:
 
 
 def test_reactive_shift_expert_searches_as_the_shift_expert_does() -> None:
-    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
     reactive = _full_episode(env, "reactive_shift_expert")
     planned = _full_episode(env, "shift_expert")
     specimen = env.unwrapped.truth.specimen
@@ -383,6 +383,44 @@ def test_reactive_shift_expert_searches_as_the_shift_expert_does() -> None:
     # The same search read from observations: about as many defects in about as much time.
     assert reactive["found"] >= 0.85 * planned["found"]
     assert reactive["time_s"] <= 1.2 * planned["time_s"]
+
+
+def test_reactive_shift_expert_travels_by_goto_on_v3_without_the_tiles_scans() -> None:
+    found, travel_scans, arrivals = {}, {}, {}
+    for version in (2, 3):
+        env = gym.make("scopegym/DefectSearch-v3", samples="heldout", version=version)
+        policy = make_baseline("reactive_shift_expert", env)
+        obs, _ = env.reset(seed=0, options={"sample": HELDOUT_SAMPLE})
+        policy.reset()
+        core = env.unwrapped
+        travel_scans[version], arrivals[version] = 0, []
+        heading_to = None
+        for _ in range(400):
+            action, _ = policy.predict(obs, action_masks=core.action_masks())
+            verb = core.codec.verb(action)
+            # Where it is (read from this observation's odometry), and the target it travels
+            # to: the nearest one it holds.
+            start = policy._position.copy()
+            if heading_to is not None:
+                arrivals[version].append(float(np.max(np.abs(heading_to - start))))
+                heading_to = None
+            pending = sorted(policy._targets, key=lambda t: float(np.hypot(*(t - start))))
+            obs, _, terminated, truncated, info = env.step(action)
+            assert info["refused"] is None
+            fov = core.instrument.state().fov_nm
+            scans = [c for c in info["commands"] if c["command"] == "Scan"]
+            # Scans between the localisation field and the overview are travel's by-products.
+            travel_scans[version] += sum(1 for _ in scans) if 64.0 < fov < 1024.0 else 0
+            if verb == "goto" and math.isclose(fov, 64.0) and pending:
+                heading_to = pending[0]
+            if terminated or truncated:
+                break
+        found[version] = len(core.reward_module.parts["discovery"].credited)
+        env.close()
+    assert travel_scans[2] > 0 and travel_scans[3] == 0
+    # Each goto at the localisation field lands within half a cell (16 nm) of that target.
+    assert len(arrivals[3]) >= 3 and max(arrivals[3]) <= 16.0 + 1e-6
+    assert found[3] >= 0.9 * found[2]
 
 
 def _labels_along(env: Any, labeller: Any, actor: Any, steps: int, seed: int) -> list[Any]:
@@ -408,7 +446,7 @@ def test_reactive_shift_expert_labels_states_it_did_not_reach_itself(
     from scopegym.agents.imitation import can_label
 
     assert can_label("reactive_shift_expert") and not can_label("shift_expert")
-    env = gym.make("scopegym/DefectSearch-v2", samples="heldout", version=version)
+    env = gym.make("scopegym/DefectSearch-v3", samples="heldout", version=version)
     labeller = make_baseline("reactive_shift_expert", env)
     # Along the planned shift expert's episode, the labels are its actions (v1: 105 of 109
     # steps on this sample: the misses are where its remembered heading and this
@@ -438,7 +476,7 @@ def test_reactive_shift_expert_labels_states_it_did_not_reach_itself(
 
 
 def test_reactive_shift_expert_takes_over_a_students_episode_and_searches_on() -> None:
-    env = gym.make("scopegym/DefectSearch-v2", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
     core = env.unwrapped
     labeller = make_baseline("reactive_shift_expert", env)
     student = make_baseline("random", env, seed=5)

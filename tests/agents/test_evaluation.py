@@ -279,14 +279,14 @@ def test_autotune_ronchigram_counts_acquisitions_to_tolerance() -> None:
 
 
 def test_results_name_the_interface_the_policy_acted_in() -> None:
-    # version=0 of DefectSearch-v2 presents the dropped v0 interface: results must say so, so
-    # that a v0 policy's figures are never published as v2's.
+    # version=0 of DefectSearch-v3 presents the dropped v0 interface: results must say so, so
+    # that a v0 policy's figures are never published as v3's.
     names = {}
-    for version in (0, 1, 2):
-        env = gym.make("scopegym/DefectSearch-v2", frame_px=64, version=version)
+    for version in (0, 1, 2, 3):
+        env = gym.make("scopegym/DefectSearch-v3", frame_px=64, version=version)
         result = run_episode(env, make_baseline("raster", env), seed=0, max_steps=2)
         names[version] = result.env_id
-    assert names == {v: f"scopegym/DefectSearch-v{v}" for v in (0, 1, 2)}
+    assert names == {v: f"scopegym/DefectSearch-v{v}" for v in (0, 1, 2, 3)}
     for version in (0, 1):
         autotune = gym.make("scopegym/Autotune-v1", frame_px=64, version=version)
         result = run_episode(autotune, make_baseline("random", autotune), seed=0, max_steps=1)
@@ -294,13 +294,13 @@ def test_results_name_the_interface_the_policy_acted_in() -> None:
 
 
 def test_a_macro_steps_commands_are_all_in_the_trajectory() -> None:
-    env = gym.make("scopegym/DefectSearch-v2", frame_px=96)
+    env = gym.make("scopegym/DefectSearch-v3", frame_px=96)
 
     class InspectCentre:
         def predict(
             self, observation, state=None, episode_start=None, deterministic=True, action_masks=None
         ):
-            action = np.zeros(9, dtype=np.int64)
+            action = np.zeros(len(env.action_space.nvec), dtype=np.int64)
             action[0] = env.unwrapped.codec.config.verbs.index("inspect")
             action[5] = action[6] = 3  # off centre: the view has to move
             return action, state

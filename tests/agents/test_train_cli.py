@@ -174,7 +174,7 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("instrument=replay", "instrument.kwargs.path must be given (instrument=replay"),
         (
             f"env=autotune resume={ROOT / 'policies' / 'defect_search_maskable_ppo.zip'}",
-            "was trained on scopegym/DefectSearch-v2, not scopegym/Autotune-v1",
+            "was trained on scopegym/DefectSearch-v3, not scopegym/Autotune-v1",
         ),
     ],
 )
@@ -327,7 +327,7 @@ def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
         *TINY,
         *PPO_TINY,
         "vec_normalize=true",
-        # DefectSearch-v2's episodes end with its budgets, hundreds of steps in: a short step
+        # DefectSearch-v3's episodes end with its budgets, hundreds of steps in: a short step
         # limit ends some inside the 256 trained steps, so the per-episode scalars are written.
         "+env.kwargs.max_episode_steps=100",
         f"hydra.run.dir={first}",
@@ -433,6 +433,8 @@ def test_aggregation_with_perturbed_copies_saves_each_round(tmp_path):
     for k in (1, 2):
         assert f"aggregation round {k}:" in log
         assert (tmp_path / "checkpoints" / f"aggregation_round_{k}.zip").is_file()
+    # Round 0 is the clone before any aggregation.
+    assert (tmp_path / "checkpoints" / "aggregation_round_0.zip").is_file()
     assert (tmp_path / "final.zip").is_file()
 
 

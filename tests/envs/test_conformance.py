@@ -170,11 +170,11 @@ def test_observations_hold_no_ground_truth(env_id):
 
 #: Panels after the overview and the frame: only what the task observes.
 EXTRA_PANELS = {
-    "scopegym/DefectSearch-v2": 0,
+    "scopegym/DefectSearch-v3": 0,
     "scopegym/Autotune-v1": 0,
     "scopegym/AutotuneRonchigram-v2": 1,  # Ronchigram
     "scopegym/SpectrumDiscovery-v1": 1,  # spectrum
-    "scopegym/Survey-v2": 1,  # spectrum
+    "scopegym/Survey-v3": 1,  # spectrum
 }
 
 
@@ -217,7 +217,7 @@ def test_scale_bars_match_the_fields_of_view():
 
     from scopegym.agents.baselines import make_baseline
 
-    env = gym.make("scopegym/DefectSearch-v2", render_mode="rgb_array", frame_px=64)
+    env = gym.make("scopegym/DefectSearch-v3", render_mode="rgb_array", frame_px=64)
     obs, _ = env.reset(seed=0)
     unwrapped = env.unwrapped
     raster = make_baseline("raster", env)
@@ -237,7 +237,7 @@ def test_scale_bars_match_the_fields_of_view():
 
 
 def test_masks_forbid_spectra_before_a_frame_and_moves_off_the_stage():
-    env = gym.make("scopegym/Survey-v2")
+    env = gym.make("scopegym/Survey-v3")
     env.reset(seed=0)
     unwrapped = env.unwrapped
     unwrapped._have_frame = False
@@ -259,7 +259,7 @@ def test_masks_forbid_spectra_before_a_frame_and_moves_off_the_stage():
 
 
 def test_box_wrapper_maps_every_box_action_to_a_valid_discrete_one():
-    env = BoxActions(gym.make("scopegym/Survey-v2").unwrapped)
+    env = BoxActions(gym.make("scopegym/Survey-v3").unwrapped)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(50):

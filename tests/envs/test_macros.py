@@ -13,7 +13,7 @@ import pytest
 import scopegym  # noqa: F401  (registers the ids)
 from scopegym.agents.baselines import make_baseline
 from scopegym.envs import BUDGET_BOUND_STEP_CAP, ENV_IDS
-from scopegym.envs.actions import ARGUMENTS, ScoringCriterion
+from scopegym.envs.actions import ARGUMENTS, MACRO_VERBS, ScoringCriterion
 from scopegym.envs.core import scoring_criterion
 from scopegym.instrument import (
     Move,
@@ -28,7 +28,7 @@ from scopegym.instrument import (
 )
 from scopegym.rewards import make_composite
 
-MEMORY_IDS = ["scopegym/DefectSearch-v2", "scopegym/Survey-v2"]
+MEMORY_IDS = ["scopegym/DefectSearch-v3", "scopegym/Survey-v3"]
 SAMPLE = SampleSpec("graphene", 1_000_003)
 
 
@@ -72,7 +72,7 @@ def test_at_atomic_resolution_only_dwells_that_reach_the_discovery_dose_are_allo
 
 def test_the_masks_follow_the_reward_and_the_frame_size():
     def dwell_mask_at_4_nm(**kwargs: Any) -> list[bool]:
-        env = gym.make("scopegym/DefectSearch-v2", **kwargs)
+        env = gym.make("scopegym/DefectSearch-v3", **kwargs)
         env.reset(seed=0)
         env.step(action(env, "zoom", fov=0))
         mask = entry(env, "dwell").tolist()
@@ -107,7 +107,7 @@ def test_the_scoring_criterion_is_discoverys_only_where_no_other_part_rewards_fr
 
 
 def test_inspect_centres_the_point_zooms_in_and_scans_at_the_scoring_dwell():
-    env = gym.make("scopegym/DefectSearch-v2", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
     env.reset(seed=1, options={"sample": SAMPLE})
     core: Any = env.unwrapped
     before = core.instrument.state()
@@ -142,7 +142,7 @@ def _stage_legs_take_up_the_play(commands: list[dict[str, Any]], margin: float) 
 
 
 def test_tile_shifts_the_beam_within_its_range_and_moves_the_stage_beyond_it():
-    env = gym.make("scopegym/DefectSearch-v2", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
     env.reset(seed=2, options={"sample": SAMPLE})
     core: Any = env.unwrapped
     margin = core.codec.config.backlash_margin_nm
@@ -169,6 +169,91 @@ def test_tile_shifts_the_beam_within_its_range_and_moves_the_stage_beyond_it():
     env.close()
 
 
+def _reported_view(core: Any) -> np.ndarray:
+    state = core.instrument.state()
+    return np.array([state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm])
+
+
+@pytest.mark.parametrize("env_id", MEMORY_IDS)
+def test_goto_brings_the_map_cell_to_the_centre_by_shift_near_and_by_stage_far(env_id):
+    env = gym.make(env_id, samples="validation")
+    env.reset(seed=4, options={"sample": SAMPLE})
+    core: Any = env.unwrapped
+    codec, origin = core.codec, core.episode_map.origin_nm
+    pitch = codec.config.goto_extent_nm / codec.config.goto_grid
+    assert origin is not None and pitch == 32.0
+    env.step(action(env, "zoom", fov=4))  # 64 nm
+    here = _reported_view(core)
+    cell = codec.goto_cell(*(here + np.array([100.0, -70.0])), origin)
+    _, _, _, _, info = env.step(action(env, "goto", gx=cell[0], gy=cell[1]))
+    assert [c["command"] for c in info["commands"]] == ["Shift", "Scan"]
+    assert info["macro"] == {"verb": "goto", "gx": cell[0], "gy": cell[1]}
+    # The scan is at the present field, at its longest dwell (64 nm cannot score).
+    assert info["commands"][-1]["dwell_us"] == 64.0 and core.instrument.state().fov_nm == 64.0
+    centre = np.array(codec.goto_centre_nm(cell, origin))
+    # Within the beam shift's calibration error of the cell's centre (~1 %).
+    assert np.max(np.abs(_reported_view(core) - centre)) < 0.03 * 100.0 + 1.0
+    # Far away: the beam back on the axis and the stage, its last leg in + on every axis.
+    far = codec.goto_cell(*(here + np.array([-600.0, 450.0])), origin)
+    _, _, _, _, info = env.step(action(env, "goto", gx=far[0], gy=far[1]))
+    kinds = [c["command"] for c in info["commands"]]
+    assert kinds[0] == "Shift" and kinds[-1] == "Scan" and "Move" in kinds
+    assert _stage_legs_take_up_the_play(info["commands"], codec.config.backlash_margin_nm)
+    far_centre = np.array(codec.goto_centre_nm(far, origin))
+    # Within the stage's positioning error (~1 % of the travel, as its encoders report it).
+    assert np.max(np.abs(_reported_view(core) - far_centre)) < 0.02 * 600.0 + 1.0
+    env.close()
+
+
+def test_goto_cells_beyond_the_stage_are_masked_and_the_rest_allowed():
+    env = gym.make("scopegym/DefectSearch-v3")
+    env.reset(seed=0, options={"sample": SAMPLE})
+    core: Any = env.unwrapped
+    codec, limits = core.codec, core.instrument.limits
+    origin = core.episode_map.origin_nm
+    margin = codec.config.backlash_margin_nm
+    for axis, name, stage in ((0, "gx", limits.stage_x_nm), (1, "gy", limits.stage_y_nm)):
+        allowed = entry(env, name)
+        centres = np.array([codec.goto_centre_nm((i, i), origin)[axis] for i in range(64)])
+        # The map spans 2048 nm over the 2000 nm stage: its outer cells lie beyond reach.
+        expected = (centres >= stage.low + margin) & (centres <= stage.high)
+        state = core.instrument.state()
+        shift = state.shift_x_nm if axis == 0 else state.shift_y_nm
+        view = (state.stage_x_nm if axis == 0 else state.stage_y_nm) + shift
+        expected |= np.abs(centres - view + shift) <= limits.shift_nm.high
+        np.testing.assert_array_equal(allowed, expected)
+        assert not allowed[0] and allowed[32] and 0 < (~allowed).sum() < 6
+    env.close()
+
+
+def test_goto_cells_and_positions_convert_both_ways():
+    from scopegym.envs.actions import ActionCodec, ActionConfig
+
+    codec = ActionCodec(ActionConfig(verbs=("scan", "zoom", "goto")))
+    origin = (-1024.0, -1024.0)
+    assert codec.nvec.tolist() == [3, 3, 9, 1, 1, 1, 1, 1, 1, 64, 64]
+    assert codec.goto_centre_nm((0, 63), origin) == (-1008.0, 1008.0)
+    assert codec.goto_cell(-1008.0, 1008.0, origin) == (0, 63)
+    assert codec.goto_cell(-1024.0 + 32.0 * 10 + 31.9, 0.0, origin) == (10, 32)
+    assert codec.goto_cell(-5000.0, 5000.0, origin) == (0, 63)  # clipped to the grid
+    # Without the map's corner, the stage's range places it (the twin's is centred on 0).
+    limits = make_instrument("twin").limits
+    assert codec.goto_origin_nm(limits, state_at(0.0, 0.0)) == origin
+
+
+def state_at(x_nm: float, y_nm: float) -> Any:
+    from scopegym.instrument import InstrumentState
+
+    return InstrumentState(
+        stage_x_nm=x_nm,
+        stage_y_nm=y_nm,
+        fov_nm=64.0,
+        voltage_kV=60.0,
+        convergence_mrad=30.0,
+        beam_current_pA=30.0,
+    )
+
+
 def _true_view(core: Any) -> np.ndarray:
     """Test-only: where the twin's specimen really is under the beam [nm]."""
     x0, y0, x1, y1 = core.truth.view_bounds_nm()
@@ -179,7 +264,7 @@ def test_a_field_reached_again_by_tiles_is_the_same_field_and_by_reversed_moves_
     """The stage's ~15 nm of backlash: tiles approach from one side, plain moves do not."""
     returns = {}
     for verb in ("tile", "move"):
-        env = gym.make("scopegym/DefectSearch-v2", samples="validation")
+        env = gym.make("scopegym/DefectSearch-v3", samples="validation")
         env.reset(seed=3, options={"sample": SAMPLE})
         core: Any = env.unwrapped
         env.step(action(env, "zoom", fov=6))  # 256 nm: beyond the shift's range, by the stage
@@ -197,7 +282,7 @@ def test_macro_commands_are_recorded_one_by_one(tmp_path):
     from scopegym.adapters.records import RecordingInstrument, read_record
 
     recording = RecordingInstrument(make_instrument("twin"), tmp_path / "record.h5")
-    env = gym.make("scopegym/DefectSearch-v2", instrument=recording)
+    env = gym.make("scopegym/DefectSearch-v3", instrument=recording)
     env.reset(seed=0)
     opening = len(read_record(tmp_path / "record.h5").commands())
     sent = []
@@ -231,7 +316,7 @@ def _cheapest_costs(env_id: str) -> list[tuple[float, float]]:
     }
     costs = []
     for verb in cfg.verbs:
-        if verb in ("inspect", "tile"):
+        if verb in MACRO_VERBS:
             continue  # macros end with a scan: never cheaper than one
         for command in candidates[verb]:
             before = twin.state()
@@ -265,13 +350,13 @@ def test_the_step_cap_is_far_above_what_the_budgets_allow(env_id):
     assert cap == ENV_IDS[env_id] == BUDGET_BOUND_STEP_CAP == 10_000
     most = _most_steps(_cheapest_costs(env_id), budget.time_s, budget.dose_e_per_A2)
     # DefectSearch: 600 s of 0.2 s zooms; Survey: 43 spectra, then zooms.
-    expected = {"scopegym/DefectSearch-v2": 3000, "scopegym/Survey-v2": 4540}[env_id]
+    expected = {"scopegym/DefectSearch-v3": 3000, "scopegym/Survey-v3": 4540}[env_id]
     assert most == pytest.approx(expected, rel=0.01)
     assert cap >= 2 * (most + 1)
 
 
 def test_a_policy_of_the_cheapest_commands_is_ended_by_the_time_budget_not_the_cap():
-    env = gym.make("scopegym/DefectSearch-v2")
+    env = gym.make("scopegym/DefectSearch-v3")
     env.reset(seed=0)
     zooms = [action(env, "zoom", fov=0), action(env, "zoom", fov=1)]
     for steps in itertools.count(1):
@@ -287,7 +372,7 @@ def test_a_policy_of_the_cheapest_commands_is_ended_by_the_time_budget_not_the_c
 
 def test_a_policy_that_localises_before_it_scans_spends_its_dose_budget():
     """The v0 step cap of 200 ended the overview expert's episodes with dose to spare."""
-    env = gym.make("scopegym/DefectSearch-v2", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
     policy = make_baseline("overview_expert", env)
     obs, _ = env.reset(seed=0, options={"sample": SAMPLE})
     policy.reset()

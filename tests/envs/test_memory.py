@@ -1,4 +1,4 @@
-"""DefectSearch-v2 and Survey-v2 observe with memory: the episode map, the frame, the motion."""
+"""DefectSearch-v3 and Survey-v3 observe with memory: the episode map, the frame, the motion."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from scopegym.envs.core import MOTION_FEATURES, STATE_FEATURES
 from scopegym.envs.episode_map import MAP_CHANNELS, MAP_PX, EpisodeMap
 from scopegym.instrument import Move, SampleSpec, Scan
 
-MEMORY_IDS = ["scopegym/DefectSearch-v2", "scopegym/Survey-v2"]
+MEMORY_IDS = ["scopegym/DefectSearch-v3", "scopegym/Survey-v3"]
 OVERVIEW, VISITS, POSITION, TARGETS = (MAP_CHANNELS.index(name) for name in MAP_CHANNELS)
 
 
@@ -29,12 +29,12 @@ def action(env: gym.Env[Any, Any], verb: str, **bins: int) -> np.ndarray:
     return chosen
 
 
-def test_the_v0_and_v1_ids_are_dropped_and_the_v2_ids_registered() -> None:
+def test_the_v0_v1_and_v2_ids_are_dropped_and_the_v3_ids_registered() -> None:
     assert set(MEMORY_IDS) <= set(ENV_IDS)
-    dropped = {f"scopegym/{name}-v{v}" for name in ("DefectSearch", "Survey") for v in (0, 1)}
+    dropped = {f"scopegym/{name}-v{v}" for name in ("DefectSearch", "Survey") for v in (0, 1, 2)}
     assert not dropped & set(ENV_IDS)
-    for old in ("scopegym/DefectSearch-v0", "scopegym/Survey-v1"):
-        with pytest.warns(DeprecationWarning, match="v2"), pytest.raises(gym.error.DeprecatedEnv):
+    for old in ("scopegym/DefectSearch-v0", "scopegym/Survey-v1", "scopegym/DefectSearch-v2"):
+        with pytest.warns(DeprecationWarning, match="v3"), pytest.raises(gym.error.DeprecatedEnv):
             gym.make(old)
 
 
@@ -63,7 +63,7 @@ def test_the_observation_holds_the_map_the_frame_the_state_and_the_motion(env_id
 
 
 def test_the_map_keeps_the_overview_after_zooming_in_and_marks_the_atomic_frames() -> None:
-    env = gym.make("scopegym/DefectSearch-v2", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
     obs, _ = env.reset(seed=1)
     overview = obs["map"][OVERVIEW].copy()
     obs, *_ = env.step(action(env, "zoom", fov=0))
@@ -90,7 +90,7 @@ def test_the_map_keeps_the_overview_after_zooming_in_and_marks_the_atomic_frames
 @pytest.mark.parametrize("seed", [0, 3])
 def test_frames_land_on_the_map_where_the_reported_stage_says(seed: int) -> None:
     """Two overviews 320 nm apart paint matching content where they overlap."""
-    env = gym.make("scopegym/DefectSearch-v2", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
     env.reset(seed=seed)
     instrument = env.unwrapped.instrument
     first = instrument.execute(Scan(96, 64.0))
@@ -179,7 +179,7 @@ def test_the_observation_reads_no_ground_truth(env_id: str) -> None:
 
 
 def test_the_motion_odometry_says_which_side_the_play_is_on_and_how_far_the_beam_is_shifted():
-    env = gym.make("scopegym/DefectSearch-v2", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
     env.reset(seed=0)
     play = slice(MOTION_FEATURES.index("play_x"), MOTION_FEATURES.index("play_y") + 1)
     shift = slice(MOTION_FEATURES.index("shift_x"), MOTION_FEATURES.index("shift_y") + 1)
@@ -201,11 +201,11 @@ def test_the_legacy_v0_interface_observes_as_v0_did_and_fits_the_shipped_policy(
 
     from sb3_contrib import MaskablePPO
 
-    legacy = gym.make("scopegym/DefectSearch-v2", version=0, max_episode_steps=200)
+    legacy = gym.make("scopegym/DefectSearch-v3", version=0, max_episode_steps=200)
     assert set(legacy.observation_space.spaces) == {"frame", "state"}
     assert legacy.spec.max_episode_steps == 200
     assert legacy.unwrapped.interface_id == "scopegym/DefectSearch-v0"
-    assert gym.make("scopegym/DefectSearch-v2").unwrapped.interface_id == "scopegym/DefectSearch-v2"
+    assert gym.make("scopegym/DefectSearch-v3").unwrapped.interface_id == "scopegym/DefectSearch-v3"
     shipped = Path(__file__).resolve().parents[2] / "policies" / "defect_search_maskable_ppo.zip"
     model = MaskablePPO.load(shipped, device="cpu")
     assert model.observation_space == legacy.observation_space
@@ -214,18 +214,18 @@ def test_the_legacy_v0_interface_observes_as_v0_did_and_fits_the_shipped_policy(
     chosen, _ = model.predict(obs, action_masks=legacy.unwrapped.action_masks())
     _, _, _, _, info = legacy.step(chosen)
     assert info["refused"] is None
-    # The v2 interface is not what it was trained on.
-    assert model.observation_space != gym.make("scopegym/DefectSearch-v2").observation_space
+    # The latest interface is not what it was trained on.
+    assert model.observation_space != gym.make("scopegym/DefectSearch-v3").observation_space
     with pytest.raises(ValueError, match="version must be one of"):
-        gym.make("scopegym/DefectSearch-v2", version=3)
+        gym.make("scopegym/DefectSearch-v3", version=4)
     legacy.close()
 
 
 @pytest.mark.parametrize(
     ("env_id", "shipped"),
     [
-        ("scopegym/DefectSearch-v2", "defect_search_v1_maskable_ppo.zip"),
-        ("scopegym/Survey-v2", "survey_v1_backlash_raster_clone.zip"),
+        ("scopegym/DefectSearch-v3", "defect_search_v1_maskable_ppo.zip"),
+        ("scopegym/Survey-v3", "survey_v1_backlash_raster_clone.zip"),
     ],
 )
 def test_the_legacy_v1_interface_has_no_targets_channel_and_fits_the_shipped_policy(
@@ -237,9 +237,9 @@ def test_the_legacy_v1_interface_has_no_targets_channel_and_fits_the_shipped_pol
 
     legacy = gym.make(env_id, version=1)
     assert legacy.observation_space["map"].shape == (3, MAP_PX, MAP_PX)
-    assert legacy.unwrapped.interface_id == env_id.replace("-v2", "-v1")
-    current = gym.make(env_id)
-    # Only the map differs: actions and the other entries are v2's.
+    assert legacy.unwrapped.interface_id == env_id.replace("-v3", "-v1")
+    current = gym.make(env_id, version=2)
+    # Only the map differs from v2: actions and the other entries are v2's.
     assert current.action_space == legacy.action_space
     for key, space in legacy.observation_space.spaces.items():
         assert key == "map" or current.observation_space[key] == space
@@ -250,5 +250,33 @@ def test_the_legacy_v1_interface_has_no_targets_channel_and_fits_the_shipped_pol
     obs, _ = legacy.reset(seed=0)
     chosen, _ = model.predict(obs, action_masks=legacy.unwrapped.action_masks())
     assert legacy.step(chosen)[-1]["refused"] is None
+    legacy.close()
+    current.close()
+
+
+@pytest.mark.parametrize("env_id", MEMORY_IDS)
+def test_the_legacy_v2_interface_has_no_goto_and_the_shipped_v2_policy_fits_it(env_id: str) -> None:
+    from pathlib import Path
+
+    from sb3_contrib import MaskablePPO
+
+    legacy = gym.make(env_id, version=2)
+    current = gym.make(env_id)
+    assert legacy.unwrapped.interface_id == env_id.replace("-v3", "-v2")
+    assert "goto" not in legacy.unwrapped.codec.config.verbs
+    assert current.unwrapped.codec.config.verbs[-1] == "goto"
+    # v3 appends the verb and its two entries; everything else is v2's.
+    legacy_nvec, nvec = legacy.action_space.nvec, current.action_space.nvec
+    assert len(nvec) == len(legacy_nvec) + 2 and nvec[0] == legacy_nvec[0] + 1
+    np.testing.assert_array_equal(nvec[1:-2], legacy_nvec[1:])
+    assert current.observation_space == legacy.observation_space
+    if env_id.startswith("scopegym/DefectSearch"):
+        shipped = Path(__file__).resolve().parents[2] / "policies"
+        model = MaskablePPO.load(shipped / "defect_search_v2_reactive_clone.zip", device="cpu")
+        assert model.action_space == legacy.action_space
+        assert model.action_space != current.action_space
+        obs, _ = legacy.reset(seed=0)
+        chosen, _ = model.predict(obs, action_masks=legacy.unwrapped.action_masks())
+        assert legacy.step(chosen)[-1]["refused"] is None
     legacy.close()
     current.close()

@@ -956,7 +956,7 @@ class BacklashAwareRasterPolicy(_Navigator):
     :class:`_Navigator`), so every tile is reached with the play taken up. Where the task
     offers the beam shift, it rasters with shifts instead (no backlash: a serpentine), and
     moves the stage only when the shift range is spent. Where it offers the ``tile`` macro
-    (DefectSearch-v2, Survey-v2), the serpentine is one ``tile`` per field: the macro shifts the
+    (DefectSearch-v3, Survey-v3), the serpentine is one ``tile`` per field: the macro shifts the
     beam by one field and scans (5 ms a field instead of a stage move), and carries the offset
     to the stage, play taken up, when the shift range is spent.
 
@@ -1296,7 +1296,7 @@ class OverviewExpertPolicy(_Navigator):
 class ShiftExpertPolicy(OverviewExpertPolicy):
     """The operator's rim search of :class:`OverviewExpertPolicy`, travelling by beam shift.
 
-    Where the task offers the ``inspect`` and ``tile`` macros (DefectSearch-v2, Survey-v2), an
+    Where the task offers the ``inspect`` and ``tile`` macros (DefectSearch-v3, Survey-v3), an
     operator does not drive the stage between nearby fields: the beam shift moves the view in
     5 ms with no backlash, so a rim can be followed whichever way it runs, and the stage is
     driven (by the macros, play taken up) only where the shift range ends. The policy takes an
@@ -1528,9 +1528,10 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
     - a localisation field: scan it at the longest dwell if its frame is stale; on a fresh one
       an ``inspect`` of the nearest rim point not yet taken, unless the last two looks led to
       fewer than three fields each (the rim there is spent);
-    - otherwise travel by ``tile`` steps (fields no finer than the localisation field) to the
-      nearest rim target not yet looked at, then to the next overview half an overview away,
-      and with none left, a line of fields.
+    - otherwise travel to the nearest rim target not yet looked at, then to the next overview
+      half an overview away, and with none left, a line of fields: by one ``goto`` of the map
+      cell there (v3 ids; a zoom to the localisation or overview field first), otherwise by
+      ``tile`` steps at fields no finer than the localisation field.
 
     The rim targets not yet looked at are read from the episode map's ``targets`` channel where
     the observation has one (v2 ids: :class:`scopegym.envs.overview.RimTargets`, the same rule
@@ -1597,7 +1598,7 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         observation is recognised by the instrument's clock going back).
 
         Args:
-            observation: A DefectSearch-v2 or Survey-v2 observation.
+            observation: A DefectSearch-v3 or Survey-v3 observation.
             action_masks: The environment's flat action mask.
         """
         self.observation = dict(observation)
@@ -1775,7 +1776,9 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         grain = 0.5 * self.locate_fov_nm
         while self._targets:
             target = min(self._targets, key=lambda t: float(np.hypot(*(t - self._position))))
-            offset = np.round((target - self._position) / grain) * grain
+            offset = target - self._position
+            if "goto" not in self.config.verbs:
+                offset = np.round(offset / grain) * grain
             action = self._toward(offset, self.locate_fov_nm)
             if self.is_valid(action):
                 return action
@@ -1825,7 +1828,15 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         return centre
 
     def _toward(self, offset: np.ndarray, end_fov_nm: float) -> np.ndarray:
-        """The first command of the ``tile`` steps by ``offset`` [nm] that end at ``end_fov_nm``."""
+        """The first command of the travel by ``offset`` [nm] that ends at ``end_fov_nm``.
+
+        With the ``goto`` macro (v3 ids): a zoom to ``end_fov_nm`` where the field differs, then
+        one ``goto`` of the map cell under the destination (a scan there); without it, the
+        ``tile`` steps of :meth:`_decompose`. Where the destination's cell is out of reach the
+        ``goto`` is returned whatever the field, so that the caller sees it masked.
+        """
+        if "goto" in self.config.verbs:
+            return self._goto_toward(offset, end_fov_nm)
         fov = self.instrument_state.fov_nm
         plan = self._decompose(
             float(offset[0]), float(offset[1]), self.config.move_steps, fov, end_fov_nm
@@ -1839,6 +1850,27 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         if not math.isclose(fov, level):
             return self.zoom_to(level)
         return self.action("tile", dx=ix, dy=iy)
+
+    def _goto_toward(self, offset: np.ndarray, end_fov_nm: float) -> np.ndarray:
+        fov = self.instrument_state.fov_nm
+        codec = self.unwrapped.codec
+        pitch = codec.config.goto_extent_nm / codec.config.goto_grid
+        if np.all(np.abs(offset) < 0.5 * pitch):
+            # Arrived (within the cell): a fresh frame at the end field of view.
+            return (
+                self.longest_scan() if math.isclose(fov, end_fov_nm) else self.zoom_to(end_fov_nm)
+            )
+        state = self.instrument_state
+        episode_map = getattr(self.unwrapped, "episode_map", None)
+        origin = codec.goto_origin_nm(
+            self.limits, state, None if episode_map is None else episode_map.origin_nm
+        )
+        view = np.array([state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm])
+        gx, gy = codec.goto_cell(*(view + offset), origin)
+        goto = self.action("goto", gx=gx, gy=gy)
+        if math.isclose(fov, end_fov_nm) or not self.is_valid(goto):
+            return goto
+        return self.zoom_to(end_fov_nm)
 
 
 class AutofocusPolicy(_SerpentineMixin):

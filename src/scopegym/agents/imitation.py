@@ -404,6 +404,11 @@ def sharpen(model: Any, temperature: float) -> None:
         layer.weight.div_(temperature)
         if layer.bias is not None:
             layer.bias.div_(temperature)
+    # Scores added to the logits outside the action layer (scopegym.agents.pointer's cells).
+    for module in model.policy.modules():
+        divide = getattr(module, "divide_scores", None)
+        if callable(divide):
+            divide(temperature)
 
 
 def concatenate(parts: Sequence[Demonstrations]) -> Demonstrations:

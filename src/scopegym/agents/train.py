@@ -580,6 +580,8 @@ def _pretrain(cfg: DictConfig, model: Any, factory: EnvFactory, seed: int, run_d
             )
             model.save(run_dir / "checkpoints" / f"aggregation_round_{index}.zip")
 
+        # The clone before any round, so that a round that makes it worse can be undone.
+        model.save(run_dir / "checkpoints" / "aggregation_round_0.zip")
         aggregate(
             model,
             factory,

@@ -1,7 +1,7 @@
 """Gymnasium environments: an instrument plus a task, registered on import of scopegym.
 
-Ids: ``scopegym/DefectSearch-v2``, ``scopegym/Autotune-v1``,
-``scopegym/AutotuneRonchigram-v2``, ``scopegym/SpectrumDiscovery-v1``, ``scopegym/Survey-v2``.
+Ids: ``scopegym/DefectSearch-v3``, ``scopegym/Autotune-v1``,
+``scopegym/AutotuneRonchigram-v2``, ``scopegym/SpectrumDiscovery-v1``, ``scopegym/Survey-v3``.
 Held-out samples are a keyword: ``gymnasium.make(id, samples="heldout")``.
 
 DefectSearch and Survey are at v2: v1's episode map, motion odometry, macro verbs, masks of
@@ -49,18 +49,18 @@ BUDGET_BOUND_STEP_CAP = 10_000
 
 #: Registered ids and their step limits.
 ENV_IDS: dict[str, int] = {
-    "scopegym/DefectSearch-v2": BUDGET_BOUND_STEP_CAP,
+    "scopegym/DefectSearch-v3": BUDGET_BOUND_STEP_CAP,
     "scopegym/Autotune-v1": BUDGET_BOUND_STEP_CAP,
     "scopegym/AutotuneRonchigram-v2": BUDGET_BOUND_STEP_CAP,
     "scopegym/SpectrumDiscovery-v1": 24,
-    "scopegym/Survey-v2": BUDGET_BOUND_STEP_CAP,
+    "scopegym/Survey-v3": BUDGET_BOUND_STEP_CAP,
 }
 _ENTRY_POINTS = {
-    "scopegym/DefectSearch-v2": "scopegym.envs.tasks:DefectSearchEnv",
+    "scopegym/DefectSearch-v3": "scopegym.envs.tasks:DefectSearchEnv",
     "scopegym/Autotune-v1": "scopegym.envs.tasks:AutotuneEnv",
     "scopegym/AutotuneRonchigram-v2": "scopegym.envs.tasks:AutotuneRonchigramEnv",
     "scopegym/SpectrumDiscovery-v1": "scopegym.envs.tasks:SpectrumDiscoveryEnv",
-    "scopegym/Survey-v2": "scopegym.envs.tasks:SurveyEnv",
+    "scopegym/Survey-v3": "scopegym.envs.tasks:SurveyEnv",
 }
 
 

@@ -23,7 +23,7 @@ that list it; no registered id does yet. It reads the same ``dx`` and ``dy`` ent
 both, an entry's mask allows a bin when either verb may use it (as the tune entries allow a
 step that some aberration may take), and the instrument refuses the other combinations.
 
-Macro verbs (offered by ``scopegym/DefectSearch-v2`` and ``scopegym/Survey-v2``) compile to a
+Macro verbs (offered by ``scopegym/DefectSearch-v3`` and ``scopegym/Survey-v3``) compile to a
 short sequence of the commands above, what an operator does with one click; the environment
 sends them one by one (:meth:`ActionCodec.plan`) and reports each:
 
@@ -35,7 +35,16 @@ inspect     x, y               bring the point ((x + 0.5) / grid, (y + 0.5) / gr
                                finest field (unless there), ``Scan(frame_px, d)``
 tile        dx, dy             move the view by ``move_steps[dx, dy] * fov`` (see below),
                                ``Scan(frame_px, d)``
+goto        gx, gy             bring the centre of the map cell (gx, gy) to the centre of the
+                               view (see below), ``Scan(frame_px, d)`` at the present field
 ==========  =================  ===========================================================
+
+``goto`` (``scopegym/DefectSearch-v3``, ``scopegym/Survey-v3``) points at a place on the
+episode map rather than a direction: the map's area (``goto_extent_nm``, placed as
+:func:`scopegym.envs.episode_map.map_origin_nm` places the map) is cut into ``goto_grid`` cells
+per axis, and the macro travels to the reported position of the chosen cell's centre in one
+step, however far. Its ``gx`` and ``gy`` entries come last in the action and exist only in
+tasks that offer it, so the layout of every other task's action is unchanged.
 
 The view is moved by one ``Shift`` when the accumulated beam shift stays within the
 instrument's range (no backlash, 5 ms on the twin); otherwise the beam is shifted back onto
@@ -55,6 +64,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from scopegym.envs.episode_map import map_origin_nm
 from scopegym.instrument import (
     Command,
     InstrumentLimits,
@@ -73,9 +83,12 @@ from scopegym.instrument.safety import frame_dose_e_per_A2
 #: opt into.
 DEFAULT_VERBS = ("scan", "zoom", "move", "spectrum", "tune", "ronchigram")
 #: Verbs that compile to a sequence of commands (see the module docstring).
-MACRO_VERBS = ("inspect", "tile")
+MACRO_VERBS = ("inspect", "tile", "goto")
 VERBS = (*DEFAULT_VERBS, "shift", *MACRO_VERBS)
-ARGUMENTS = ("dwell", "fov", "dx", "dy", "x", "y", "aberration", "delta")
+#: Argument entries in action order; ``gx`` and ``gy`` only where a task offers ``goto``.
+ARGUMENTS = ("dwell", "fov", "dx", "dy", "x", "y", "aberration", "delta", "gx", "gy")
+#: Entries present only in the actions of tasks that offer the verb named.
+OPTIONAL_ARGUMENTS = {"gx": "goto", "gy": "goto"}
 #: Argument entries each verb reads; the codec ignores the others.
 VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "scan": ("dwell",),
@@ -87,6 +100,7 @@ VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "shift": ("dx", "dy"),
     "inspect": ("x", "y"),
     "tile": ("dx", "dy"),
+    "goto": ("gx", "gy"),
 }
 
 #: Default scale of one tune step per aberration [nm]: coma and trefoil need larger steps.
@@ -127,6 +141,10 @@ class ActionConfig:
         backlash_margin_nm: Forward travel of the last stage leg of a macro, which takes up the
             stage's play [nm]; more than the lost motion of a side-entry stage (the twin's is
             15 nm).
+        goto_grid: Cells per axis that ``goto`` can point at.
+        goto_extent_nm: Side of the square those cells tile [nm]: the episode map's area, so
+            that a cell is ``goto_extent_nm / goto_grid`` wide (32 nm by default: half the
+            localisation field, the grain on which an operator places one).
     """
 
     verbs: tuple[str, ...] = DEFAULT_VERBS
@@ -143,6 +161,8 @@ class ActionConfig:
     ronchigram_exposure_ms: float = 1.0
     inspect_grid: int = 16
     backlash_margin_nm: float = 32.0
+    goto_grid: int = 64
+    goto_extent_nm: float = 2048.0
 
     def __post_init__(self) -> None:
         unknown = set(self.verbs) - set(VERBS)
@@ -162,7 +182,10 @@ class ActionConfig:
             )
 
     def sizes(self) -> dict[str, int]:
-        """Number of bins of each argument (1 where the task does not use it)."""
+        """Number of bins of each argument entry (1 where the task does not use it).
+
+        Entries of :data:`OPTIONAL_ARGUMENTS` are left out where their verb is not offered.
+        """
         uses = set(self.verbs)
         steps = (
             len(self.move_steps)
@@ -178,7 +201,7 @@ class ActionConfig:
             if "inspect" in uses
             else 1
         )
-        return {
+        sizes = {
             "dwell": len(self.dwell_us) if "scan" in uses else 1,
             "fov": len(self.fov_levels_nm) if "zoom" in uses else 1,
             "dx": steps,
@@ -188,6 +211,9 @@ class ActionConfig:
             "aberration": len(self.aberrations) if "tune" in uses else 1,
             "delta": len(self.delta_steps) if "tune" in uses else 1,
         }
+        if "goto" in uses:
+            sizes.update(gx=self.goto_grid, gy=self.goto_grid)
+        return sizes
 
     def nvec(self) -> np.ndarray:
         """The MultiDiscrete shape: [verbs, *argument bins]."""
@@ -322,6 +348,7 @@ class ActionCodec:
         state: InstrumentState,
         limits: InstrumentLimits,
         play: Sequence[int] = (0, 0),
+        map_origin: tuple[float, float] | None = None,
     ) -> tuple[Command, ...]:
         """The commands an action stands for: one for a primitive verb, a sequence for a macro.
 
@@ -331,6 +358,8 @@ class ActionCodec:
             limits: The instrument's limits (shift range, stage range, zoom levels).
             play: Per axis, the direction of the last stage move that drove it (+1, -1, or 0
                 when unknown): the side the stage's play is taken up on.
+            map_origin: Reported position of the episode map's corner [nm], which ``goto``'s
+                cells tile from; None places it as :meth:`goto_origin_nm` does.
 
         Returns:
             The commands, in the order they are to be sent.
@@ -353,6 +382,14 @@ class ActionCodec:
                 commands.append(Zoom(finest))
             commands.append(Scan(cfg.frame_px, self.scoring_dwell_us(state, finest)))
             return tuple(commands)
+        if verb == "goto":
+            cell = (self._argument(action, "gx"), self._argument(action, "gy"))
+            centre = self.goto_centre_nm(cell, self.goto_origin_nm(limits, state, map_origin))
+            view = (state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm)
+            offset = (centre[0] - view[0], centre[1] - view[1])
+            commands = self._bring_to_centre(offset, state, limits, play)
+            commands.append(Scan(cfg.frame_px, self.scoring_dwell_us(state, fov)))
+            return tuple(commands)
         offset = (
             cfg.move_steps[self._argument(action, "dx")] * fov,
             cfg.move_steps[self._argument(action, "dy")] * fov,
@@ -360,6 +397,45 @@ class ActionCodec:
         commands = self._bring_to_centre(offset, state, limits, play)
         commands.append(Scan(cfg.frame_px, self.scoring_dwell_us(state, fov)))
         return tuple(commands)
+
+    def goto_origin_nm(
+        self,
+        limits: InstrumentLimits,
+        state: InstrumentState,
+        map_origin: tuple[float, float] | None = None,
+    ) -> tuple[float, float]:
+        """The reported position of the corner of ``goto``'s cells [nm].
+
+        The episode map's corner where it is given; otherwise the corner
+        :func:`~scopegym.envs.episode_map.map_origin_nm` gives a map of ``goto_extent_nm``
+        centred on the stage's range (or, for a stage that travels further, on the present
+        view).
+        """
+        if map_origin is not None:
+            return (float(map_origin[0]), float(map_origin[1]))
+        view = (state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm)
+        return map_origin_nm(limits, self.config.goto_extent_nm, view)
+
+    def goto_centre_nm(
+        self, cell: Sequence[int], origin_nm: tuple[float, float]
+    ) -> tuple[float, float]:
+        """The reported position [nm] of the centre of ``goto``'s cell (gx, gy)."""
+        pitch = self.config.goto_extent_nm / self.config.goto_grid
+        return (
+            origin_nm[0] + (int(cell[0]) + 0.5) * pitch,
+            origin_nm[1] + (int(cell[1]) + 0.5) * pitch,
+        )
+
+    def goto_cell(
+        self, x_nm: float, y_nm: float, origin_nm: tuple[float, float]
+    ) -> tuple[int, int]:
+        """The ``goto`` cell (gx, gy) over a reported position [nm], clipped to the grid."""
+        pitch = self.config.goto_extent_nm / self.config.goto_grid
+        last = self.config.goto_grid - 1
+        return (
+            int(np.clip(np.floor((x_nm - origin_nm[0]) / pitch), 0, last)),
+            int(np.clip(np.floor((y_nm - origin_nm[1]) / pitch), 0, last)),
+        )
 
     def _bring_to_centre(
         self,
@@ -403,7 +479,12 @@ class ActionCodec:
         return commands
 
     def masks(
-        self, state: InstrumentState, limits: InstrumentLimits, *, have_frame: bool
+        self,
+        state: InstrumentState,
+        limits: InstrumentLimits,
+        *,
+        have_frame: bool,
+        map_origin: tuple[float, float] | None = None,
     ) -> np.ndarray:
         """Flat boolean mask over all bins, in sb3-contrib's MultiDiscrete layout.
 
@@ -414,13 +495,14 @@ class ActionCodec:
         predicted dose falls short of the criterion (provided one bin reaches it). Scans at
         coarser fields cannot earn credit either, but they are the only way to look at the
         specimen at low magnification (overviews, localisation frames), so they stay. Macros:
-        ``inspect`` points and ``tile`` steps whose target the stage cannot reach (they would
-        be clamped into its range).
+        ``inspect`` points, ``tile`` steps and ``goto`` cells whose target the stage cannot
+        reach (they would be clamped into its range).
 
         Args:
             state: The instrument's reported state.
             limits: The instrument's limits.
             have_frame: Whether a frame has been acquired in this episode.
+            map_origin: The episode map's corner [nm] (see :meth:`plan`).
         """
         cfg = self.config
         mask = np.ones(int(self._offsets[-1]), dtype=bool)
@@ -460,6 +542,22 @@ class ActionCodec:
             if not (tiles_ok[0].any() and tiles_ok[1].any()):
                 verbs[cfg.verbs.index("tile")] = False
                 tiles_ok = None
+        if "goto" in cfg.verbs:
+            origin = self.goto_origin_nm(limits, state, map_origin)
+            cells = np.arange(cfg.goto_grid)
+            first = self.goto_centre_nm((0, 0), origin)
+            pitch = cfg.goto_extent_nm / cfg.goto_grid
+            view = (state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm)
+            cells_ok = self._reachable_offsets(
+                first[0] + cells * pitch - view[0],
+                first[1] + cells * pitch - view[1],
+                state,
+                limits,
+            )
+            if not (cells_ok[0].any() and cells_ok[1].any()):
+                verbs[cfg.verbs.index("goto")] = False
+            else:
+                mask[entry("gx")], mask[entry("gy")] = cells_ok
         moves_ok = shifts_ok = None
         if "move" in cfg.verbs:
             steps = np.asarray(cfg.move_steps) * state.fov_nm
@@ -540,11 +638,21 @@ class ActionCodec:
         backlash margin (room for the leg that runs back before the last one).
         """
         offsets = np.asarray(fractions, dtype=np.float64) * state.fov_nm
+        return self._reachable_offsets(offsets, offsets, state, limits)
+
+    def _reachable_offsets(
+        self,
+        offsets_x_nm: np.ndarray,
+        offsets_y_nm: np.ndarray,
+        state: InstrumentState,
+        limits: InstrumentLimits,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Per axis, whether a macro can move the view's centre by each offset [nm]."""
         margin = self.config.backlash_margin_nm
         reachable = []
-        for stage, shift, stage_range in (
-            (state.stage_x_nm, state.shift_x_nm, limits.stage_x_nm),
-            (state.stage_y_nm, state.shift_y_nm, limits.stage_y_nm),
+        for stage, shift, stage_range, offsets in (
+            (state.stage_x_nm, state.shift_x_nm, limits.stage_x_nm, offsets_x_nm),
+            (state.stage_y_nm, state.shift_y_nm, limits.stage_y_nm, offsets_y_nm),
         ):
             target = stage + shift + offsets
             by_stage = (target >= stage_range.low + margin) & (target <= stage_range.high)

@@ -68,7 +68,7 @@ STATE_FEATURES = (
 )
 #: Entries of the optional ``odometry`` observation (``odometry=True``).
 ODOMETRY_FEATURES = ("commanded_x", "commanded_y", "last_move_x", "last_move_y")
-#: Entries of the ``odometry`` observation of tasks with memory (DefectSearch-v2, Survey-v2):
+#: Entries of the ``odometry`` observation of tasks with memory (DefectSearch-v3, Survey-v3):
 #: the above, then per axis the side the stage's play is taken up on and the beam shift.
 MOTION_FEATURES = (*ODOMETRY_FEATURES, "play_x", "play_y", "shift_x", "shift_y")
 #: Reward parts that never reward a frame: spectra, tunes, and the budget penalties (<= 0).
@@ -189,7 +189,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             ``state``'s stage offset], and the last Move per axis (see
             :func:`odometry_observation`); tasks with memory add the play and the beam shift
             (:data:`MOTION_FEATURES`, :func:`motion_observation`). None: the task's default
-            (on for DefectSearch-v2 and Survey-v2, off elsewhere).
+            (on for DefectSearch-v3 and Survey-v3, off elsewhere).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -288,7 +288,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def interface_id(self) -> str | None:
         """The id whose observation, actions and dynamics this env presents.
 
-        ``scopegym/DefectSearch-v0`` for ``gym.make("scopegym/DefectSearch-v2", version=0)``:
+        ``scopegym/DefectSearch-v0`` for ``gym.make("scopegym/DefectSearch-v3", version=0)``:
         results should name it, not the id the env was made with.
         """
         return self.task.interface_id
@@ -486,8 +486,15 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def action_masks(self) -> np.ndarray:
         """Valid bins of every action entry, for sb3-contrib's MaskablePPO."""
         return self.codec.masks(
-            self.instrument.state(), self.instrument.limits, have_frame=self._have_frame
+            self.instrument.state(),
+            self.instrument.limits,
+            have_frame=self._have_frame,
+            map_origin=self._map_origin(),
         )
+
+    def _map_origin(self) -> tuple[float, float] | None:
+        """The episode map's corner [nm] once its frame is fixed (``goto`` cells tile from it)."""
+        return None if self.episode_map is None else self.episode_map.origin_nm
 
     def reset(
         self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -545,7 +552,11 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                 f"{self.action_space} (integers, one per entry, each below its nvec)"
             )
         commands = self.codec.plan(
-            action, self.instrument.state(), self.instrument.limits, self._play
+            action,
+            self.instrument.state(),
+            self.instrument.limits,
+            self._play,
+            map_origin=self._map_origin(),
         )
         info: dict[str, Any] = {
             "command": commands[0].to_dict() if commands else None,

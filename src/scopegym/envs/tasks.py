@@ -42,9 +42,11 @@ INTERFACE_VERSIONS = (0, 1)
 #: AutotuneRonchigram is at v2 (the tunes since each kind's latest acquisition); version 1
 #: restores v1 (``env=autotune_ronchigram_v1``).
 RONCHIGRAM_INTERFACE_VERSIONS = (0, 1, 2)
-#: DefectSearch and Survey are at v2 (the map's ``targets`` channel); version 1 restores v1
-#: (``env=defect_search_v1``, ``env=survey_v1``), for the policies trained on it.
-SEARCH_INTERFACE_VERSIONS = (0, 1, 2)
+#: DefectSearch and Survey are at v3 (the ``goto`` macro, pointing at a cell of the map);
+#: versions 2 and 1 restore v2 (the map's ``targets`` channel, no ``goto``:
+#: ``env=defect_search_v2``, ``env=survey_v2``) and v1 (``env=defect_search_v1``,
+#: ``env=survey_v1``), for the policies trained on them.
+SEARCH_INTERFACE_VERSIONS = (0, 1, 2, 3)
 #: Step limits the dropped v0 ids had; a config that restores v0 passes them as
 #: ``max_episode_steps``.
 V0_MAX_EPISODE_STEPS = {
@@ -70,6 +72,7 @@ def _with_memory(task: Task, version: int) -> None:
     """Version 1: the episode map, the motion odometry, scoring masks and macro verbs.
 
     Version 2: the map's ``targets`` channel as well (:class:`scopegym.envs.overview.RimTargets`).
+    Version 3: the ``goto`` macro as well (travel to a cell of the map in one step).
     """
     task.interface_id = f"scopegym/{task.name}-v{version}"
     if version == 0:
@@ -79,8 +82,9 @@ def _with_memory(task: Task, version: int) -> None:
     task.odometry_features = MOTION_FEATURES
     task.odometry_default = True
     task.scoring_masks = True
+    macros = MACRO_VERBS if version >= 3 else tuple(m for m in MACRO_VERBS if m != "goto")
     task.action_config = dataclasses.replace(
-        task.action_config, verbs=(*task.action_config.verbs, *MACRO_VERBS)
+        task.action_config, verbs=(*task.action_config.verbs, *macros)
     )
 
 
@@ -115,7 +119,7 @@ class DefectSearchTask(Task):
         budget: Budget = DEFECT_SEARCH_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
-        version: int = 2,
+        version: int = 3,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -145,8 +149,8 @@ class DefectSearchTask(Task):
 class DefectSearchEnv(TaskEnv):
     """Find and resolve as many distinct defects as possible on a large specimen.
 
-    Registered as ``scopegym/DefectSearch-v2``; ``version=1`` and ``version=0`` restore the
-    dropped v1 and v0 interfaces (see Arguments).
+    Registered as ``scopegym/DefectSearch-v3``; ``version=2``, ``1`` and ``0`` restore the
+    dropped v2, v1 and v0 interfaces (see Arguments).
 
     ## Description
     The "needle in a haystack" survey of Kalinin et al. (seed 001): the episode starts with a
@@ -156,20 +160,23 @@ class DefectSearchEnv(TaskEnv):
     within budgets of instrument time and electron dose.
 
     ## Action Space
-    ``MultiDiscrete([5, 3, 9, 5, 5, 16, 16, 1, 1])`` = [verb, dwell, fov, dx, dy, x, y,
-    aberration, delta]. Verb 0 = ``Scan(frame_px, dwell_us ∈ {4, 16, 64}[dwell])``; verb 1 =
+    ``MultiDiscrete([6, 3, 9, 5, 5, 16, 16, 1, 1, 64, 64])`` = [verb, dwell, fov, dx, dy, x, y,
+    aberration, delta, gx, gy]. Verb 0 = ``Scan(frame_px, dwell_us ∈ {4, 16, 64}[dwell])``; verb 1 =
     ``Zoom(fov_nm ∈ {4, 8, 16, 32, 64, 128, 256, 512, 1024}[fov])``; verb 2 =
     ``Move(s[dx]·fov, s[dy]·fov)`` with s ∈ {−1, −0.5, 0, 0.5, 1}; verb 3 = the macro
     ``inspect``: bring the point ((x + 0.5)/16, (y + 0.5)/16) of the present field to the centre,
     ``Zoom(4)``, ``Scan(frame_px, 64 µs)``; verb 4 = the macro ``tile``: move the view by
-    (s[dx]·fov, s[dy]·fov), ``Scan(frame_px, 64 µs)``. A macro moves the view by one ``Shift``
+    (s[dx]·fov, s[dy]·fov), ``Scan(frame_px, 64 µs)``; verb 5 = the macro ``goto``: bring the
+    centre of the map's 32 nm cell (gx, gy) (64 × 64 cells over the map's 2048 nm) to the
+    centre of the view, ``Scan(frame_px, d)`` at the present field, d the longest dwell there
+    but at 4 nm, where it is 64 µs. A macro moves the view by one ``Shift``
     within the beam shift's range, otherwise by the stage with every approach ending in + (the
     stage's play taken up); each of its commands is sent and reported on its own
     (:mod:`scopegym.envs.actions`). ``action_masks()`` excludes zooms outside the limits, moves
-    off the stage, macro targets the stage cannot reach, and scans that can never earn
-    discovery credit: at a 4 nm field (0.042 nm pixels at 96 px) the 4 and 16 µs dwells, whose
-    dose falls short of discovery's 5·10⁴ e/Å². ``scopegym.envs.BoxActions`` gives a Box
-    encoding for SAC/TD3.
+    off the stage, macro targets (``goto`` cells among them) the stage cannot reach, and scans
+    that can never earn discovery credit: at a 4 nm field (0.042 nm pixels at 96 px) the 4 and
+    16 µs dwells, whose dose falls short of discovery's 5·10⁴ e/Å². ``scopegym.envs.BoxActions``
+    gives a Box encoding for SAC/TD3.
 
     ## Observation Space
     ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32),
@@ -203,8 +210,9 @@ class DefectSearchEnv(TaskEnv):
     ``samples`` ("train", "validation", "heldout"), ``frame_px`` (64–128, default 96),
     ``budget``, ``reward_weights``, ``reward_params``, ``instrument`` (any Instrument),
     ``instrument_name``/``instrument_kwargs``, ``render_mode`` ("rgb_array"), ``odometry``
-    (default on; False drops the entry), ``version`` (2; 1 restores the dropped
-    ``scopegym/DefectSearch-v1`` interface, a map without the ``targets`` channel, config
+    (default on; False drops the entry), ``version`` (3; 2 restores the dropped
+    ``scopegym/DefectSearch-v2`` interface, without ``goto``, config ``env=defect_search_v2``;
+    1 restores ``scopegym/DefectSearch-v1``, a map without the ``targets`` channel, config
     ``env=defect_search_v1``; 0 restores ``scopegym/DefectSearch-v0``: frame and state only,
     verbs scan, zoom and move, no scoring masks; pass ``max_episode_steps=200`` for its step
     limit, as the config ``env=defect_search_v0`` does).
@@ -550,7 +558,7 @@ class SurveyTask(Task):
         budget: Budget = SURVEY_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
-        version: int = 2,
+        version: int = 3,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -593,8 +601,8 @@ class SurveyTask(Task):
 class SurveyEnv(TaskEnv):
     """The operator workflow of Kalinin et al. (seed 001, Fig. 5) under one budget.
 
-    Registered as ``scopegym/Survey-v2``; ``version=1`` and ``version=0`` restore the dropped v1
-    and v0 interfaces.
+    Registered as ``scopegym/Survey-v3``; ``version=2``, ``1`` and ``0`` restore the dropped
+    v2, v1 and v0 interfaces.
 
     ## Description
     Tune the probe, take an overview, zoom in and out, move, and take spectra, all under one
@@ -602,13 +610,13 @@ class SurveyEnv(TaskEnv):
     found and probe correction, minus the budget used.
 
     ## Action Space
-    ``MultiDiscrete([7, 3, 9, 5, 5, 8, 8, 3, 4])`` = [verb, dwell, fov, dx, dy, x, y,
-    aberration, delta]: scan, zoom, move (as DefectSearch), ``Spectrum`` on an 8 × 8 grid at
-    20 ms, ``Tune`` of C10, C12a, C12b by {−2, −0.5, 0.5, 2} nm, and the macros ``inspect``
-    (on the spectra's 8 × 8 grid) and ``tile`` as in DefectSearch. ``action_masks()`` excludes
-    spectra before the first frame, zooms outside the limits, moves off the stage, tunes past
-    the corrector's range and scans that can never earn discovery credit (4 and 16 µs at a
-    4 nm field: spectra and tunes never reward a frame).
+    ``MultiDiscrete([8, 3, 9, 5, 5, 8, 8, 3, 4, 64, 64])`` = [verb, dwell, fov, dx, dy, x, y,
+    aberration, delta, gx, gy]: scan, zoom, move (as DefectSearch), ``Spectrum`` on an 8 × 8
+    grid at 20 ms, ``Tune`` of C10, C12a, C12b by {−2, −0.5, 0.5, 2} nm, and the macros
+    ``inspect`` (on the spectra's 8 × 8 grid), ``tile`` and ``goto`` as in DefectSearch.
+    ``action_masks()`` excludes spectra before the first frame, zooms outside the limits, moves
+    off the stage, tunes past the corrector's range and scans that can never earn discovery
+    credit (4 and 16 µs at a 4 nm field: spectra and tunes never reward a frame).
 
     ## Observation Space
     ``Dict(frame, state, odometry, map, spectrum)`` as in DefectSearch (the map with its
@@ -630,8 +638,9 @@ class SurveyEnv(TaskEnv):
     ## Arguments
     ``samples``, ``frame_px`` (default 96), ``budget``, ``reward_weights``, ``reward_params``,
     ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``
-    (default on), ``version`` (2; 1 restores ``scopegym/Survey-v1``, a map without the
-    ``targets`` channel, config ``env=survey_v1``; 0 restores ``scopegym/Survey-v0``: its
+    (default on), ``version`` (3; 2 restores ``scopegym/Survey-v2``, without ``goto``, config
+    ``env=survey_v2``; 1 restores ``scopegym/Survey-v1``, a map without the ``targets``
+    channel, config ``env=survey_v1``; 0 restores ``scopegym/Survey-v0``: its
     observation and actions; pass ``max_episode_steps=300`` for its step limit).
     """
 

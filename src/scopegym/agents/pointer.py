@@ -1,0 +1,303 @@
+"""A policy head that points at the episode map: the ``goto`` cell is chosen where the map shows it.
+
+With ``goto`` (DefectSearch-v3, Survey-v3) travel is one choice of a map cell, but an MLP over
+pooled CNN features has to read a place off a 4 × 4 summary of the map and write it into 64
+logits per axis: cloning the rim search that way left its travel unlearned (the v2 clone
+oscillated between tiles). :class:`MapPointer` scores every ``goto`` cell with a small
+fully-convolutional network at the cells' own resolution, so a target drawn on the map raises
+the score of the cell under it wherever it is (the convolution is the same everywhere), and
+:class:`MapPointerPolicy` adds those scores to the ``gx`` and ``gy`` logits.
+
+The action's entries are independent categoricals, so the cell scores enter as two
+max-marginals, the best cell of each column for ``gx`` and of each row for ``gy``: both then
+pick the best cell, whatever else lies in its row and column.
+
+Inputs of the scorer, per cell (the map's 16 nm pixels pooled 2 × 2 to the 32 nm cells): the
+mean of every map channel, the maximum of the ``targets`` channel (a target's own pixel is not
+averaged away), the cell's coordinates, and its distance from the present field (the
+``position`` channel's centroid), which a search needs to prefer the nearest of several
+targets. Two learnt scalars score the cells that hold a target directly, by the ``targets``
+maximum and, on those cells, the distance, initialised so that the untrained head already
+points at the nearest target.
+
+Plain torch besides the SB3 policy class that wires it in; select it with
+``agent=maskable_ppo_pointer``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from sb3_contrib.common.maskable.distributions import MaskableDistribution
+from sb3_contrib.common.maskable.policies import MaskableMultiInputActorCriticPolicy
+from stable_baselines3.common.torch_layers import MlpExtractor
+from torch import nn
+from torch.nn import functional
+
+from scopegym.agents.features import ScopeFeaturesExtractor
+from scopegym.envs.episode_map import MAP_CHANNELS
+
+#: Initial score of a cell holding a target (its ``targets`` maximum, in [0, 1], times it)
+#: [logit].
+TARGET_PRIOR = 12.0
+#: Initial change of a target cell's score per map width of distance from the present field
+#: [logit]: 0.25 per 64 nm, so that the nearest of several targets wins.
+DISTANCE_PRIOR = -8.0
+#: Values of :meth:`MapPointer.read`'s summary of the pending targets.
+SUMMARY_SIZE = 4
+
+
+class MapPointer(nn.Module):
+    """Scores of every cell of a ``grid`` × ``grid`` tiling of the map (see the module docstring).
+
+    Args:
+        channels: Names of the map's channels, in order (``position`` is required; ``targets``
+            is used where present).
+        grid: Cells per axis; the map's side must be a multiple of it.
+        hidden: Channels of the convolutions.
+    """
+
+    def __init__(self, channels: Sequence[str], grid: int, hidden: int = 16) -> None:
+        super().__init__()
+        if "position" not in channels:
+            raise ValueError(f"the map needs a 'position' channel to point from, got {channels}")
+        self.channels = tuple(channels)
+        self.grid = int(grid)
+        self.position_index = self.channels.index("position")
+        self.targets_index = self.channels.index("targets") if "targets" in self.channels else None
+        inputs = len(self.channels) + 1 + 3  # means, targets max, x, y, distance
+        layers: list[nn.Module] = []
+        previous = inputs
+        for dilation in (1, 2, 4):
+            layers += [
+                nn.Conv2d(previous, hidden, 3, padding=dilation, dilation=dilation),
+                nn.ReLU(),
+            ]
+            previous = hidden
+        layers.append(nn.Conv2d(previous, 1, 1))
+        self.scorer = nn.Sequential(*layers)
+        # The learnt part starts small beside the priors (SB3's orthogonal initialisation
+        # rescales the convolutions' weights, not this factor).
+        self.learnt_scale = nn.Parameter(torch.tensor(0.01))
+        self.target_weight = nn.Parameter(torch.tensor(TARGET_PRIOR))
+        self.distance_weight = nn.Parameter(torch.tensor(DISTANCE_PRIOR))
+        axis = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid
+        self.cell_x: torch.Tensor
+        self.cell_y: torch.Tensor
+        self.register_buffer("cell_x", axis.expand(self.grid, -1).clone(), persistent=False)
+        self.register_buffer(
+            "cell_y", axis.unsqueeze(1).expand(-1, self.grid).clone(), persistent=False
+        )
+
+    def divide_scores(self, temperature: float) -> None:
+        """Divide every cell's score by ``temperature`` (its three terms are linear in it)."""
+        with torch.no_grad():
+            for parameter in (self.learnt_scale, self.target_weight, self.distance_weight):
+                parameter.div_(temperature)
+
+    def forward(self, episode_map: torch.Tensor) -> torch.Tensor:
+        """Cell scores ``(batch, grid, grid)`` [logit], rows along y, columns along x."""
+        return self.read(episode_map)[0]
+
+    def read(self, episode_map: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell scores and a summary of the pending targets, ``(batch, SUMMARY_SIZE)``.
+
+        The summary (whether any target is pending, how many cells hold one / 16, the distance
+        from the present field to the nearest [map widths; 1.5 with none], and the atomic
+        fields taken within 64 nm of the present field / 16) is what the choice of verb turns
+        on (look here again, travel on, or a new overview), and is hard to read off pooled
+        features of a map whose targets are single pixels and whose visits are faint.
+        """
+        if episode_map.dtype == torch.uint8:
+            episode_map = episode_map.float() / 255.0
+        episode_map = episode_map.float()
+        side = int(episode_map.shape[-1])
+        if side % self.grid:
+            raise ValueError(f"a map of {side} px does not tile into {self.grid} cells")
+        factor = side // self.grid
+        means = functional.avg_pool2d(episode_map, factor)
+        if self.targets_index is not None:
+            index = self.targets_index
+            targets = functional.max_pool2d(episode_map[:, index : index + 1], factor)
+        else:
+            targets = torch.zeros_like(means[:, :1])
+        position = means[:, self.position_index]
+        weight = position.flatten(1)
+        total = weight.sum(1, keepdim=True)
+        # No present field drawn (nothing observed yet): distances from the map's centre.
+        weight = torch.where(total > 0, weight / total.clamp(min=1e-9), 1.0 / weight.shape[1])
+        centre_x = (weight * self.cell_x.flatten()).sum(1).view(-1, 1, 1)
+        centre_y = (weight * self.cell_y.flatten()).sum(1).view(-1, 1, 1)
+        distance = torch.sqrt((self.cell_x - centre_x) ** 2 + (self.cell_y - centre_y) ** 2)
+        batch = episode_map.shape[0]
+        coordinates = torch.stack(
+            [self.cell_x.expand(batch, -1, -1), self.cell_y.expand(batch, -1, -1), distance], dim=1
+        )
+        inputs = torch.cat([means, targets, coordinates], dim=1)
+        # The learnt part runs on cells twice as wide (a quarter of the cost; it shapes the
+        # scores, which the priors place to the cell).
+        learnt = self.scorer(functional.avg_pool2d(inputs, 2))
+        learnt = functional.interpolate(learnt, scale_factor=2.0, mode="nearest").squeeze(1)
+        marked = targets.squeeze(1)
+        scores = self.learnt_scale * learnt + marked * (
+            self.target_weight + self.distance_weight * distance
+        )
+        # A target's own pixel is 255, its ring 128: cells at 1 hold a target.
+        held = (marked > 0.99).flatten(1).float()
+        nearest = torch.where(held > 0, distance.flatten(1), torch.full_like(held, 1.5))
+        # Atomic-resolution fields taken within 64 nm of the present field: a 4 nm field covers
+        # 1/64 of a cell, so 64 x the covered fraction counts fields; 16 of them read as 1.
+        visits = means[:, self.channels.index("visits")] if "visits" in self.channels else None
+        if visits is None:
+            taken_here = torch.zeros_like(held[:, 0])
+        else:
+            near = (distance < 2.0 / self.grid).float()
+            taken_here = ((visits * near).flatten(1).sum(1) * 64.0 / 16.0).clamp(max=1.0)
+        summary = torch.stack(
+            [held.amax(1), (held.sum(1) / 16.0).clamp(max=1.0), nearest.amin(1), taken_here],
+            dim=1,
+        )
+        return scores, summary
+
+    def marginals(self, episode_map: torch.Tensor) -> torch.Tensor:
+        """The scores' ``gx`` and ``gy`` marginals, ``(batch, 2 · grid)`` (maxima over y, x)."""
+        return self._marginals(self.forward(episode_map))
+
+    @staticmethod
+    def _marginals(scores: torch.Tensor) -> torch.Tensor:
+        # The maximum, not the logsumexp: a column crossing several targets and their rings
+        # would otherwise outscore the column of the best single cell, and gx and gy would
+        # point at different targets.
+        return torch.cat([scores.amax(dim=1), scores.amax(dim=2)], dim=1)
+
+
+class PointerFeaturesExtractor(ScopeFeaturesExtractor):
+    """:class:`ScopeFeaturesExtractor`'s features, a summary of the targets, the cells' scores.
+
+    After the encoders' features come the pointer's summary of the pending targets (see
+    :meth:`MapPointer.read`), which the policy's MLPs read; the last ``pointer_dim`` features
+    are :meth:`MapPointer.marginals`;
+    :class:`MapPointerPolicy` adds them to the ``gx`` and ``gy`` logits instead of feeding them
+    to its MLPs.
+
+    Args:
+        observation_space: A Dict observation with a ``map`` entry.
+        pointer_grid: ``goto`` cells per axis (the action's ``gx``/``gy`` bins).
+        pointer_hidden: Channels of the pointer's convolutions.
+        **kwargs: Passed to :class:`ScopeFeaturesExtractor`.
+    """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        pointer_grid: int = 64,
+        pointer_hidden: int = 16,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(observation_space, **kwargs)
+        map_space = observation_space.spaces.get("map")
+        if map_space is None:
+            raise ValueError(
+                "PointerFeaturesExtractor points at the 'map' observation; there is none"
+            )
+        count = int(map_space.shape[0])  # type: ignore[index]
+        self.pointer = MapPointer(MAP_CHANNELS[:count], pointer_grid, pointer_hidden)
+        self.pointer_dim = 2 * int(pointer_grid)
+        self._features_dim += SUMMARY_SIZE + self.pointer_dim
+
+    def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Features ``(batch, features_dim)``: the encoders', the summary, the marginals."""
+        scores, summary = self.pointer.read(observations["map"])
+        return torch.cat(
+            [super().forward(observations), summary, MapPointer._marginals(scores)], dim=1
+        )
+
+
+class PointerMlpExtractor(nn.Module):
+    """SB3's :class:`MlpExtractor` on all features but the trailing pointer scores.
+
+    The actor's latent is the MLP's output followed by the pointer scores, passed through
+    untouched; the critic's is the MLP's alone.
+    """
+
+    def __init__(self, features_dim: int, pointer_dim: int, **kwargs: Any) -> None:
+        super().__init__()
+        self.pointer_dim = int(pointer_dim)
+        self.inner = MlpExtractor(features_dim - self.pointer_dim, **kwargs)
+        self.latent_dim_pi = self.inner.latent_dim_pi
+        self.latent_dim_vf = self.inner.latent_dim_vf
+
+    def _split(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return features[:, : -self.pointer_dim], features[:, -self.pointer_dim :]
+
+    def forward(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(actor latent with the pointer scores, critic latent)."""
+        return self.forward_actor(features), self.forward_critic(features)
+
+    def forward_actor(self, features: torch.Tensor) -> torch.Tensor:
+        """The actor MLP's output, then the pointer scores."""
+        base, pointer = self._split(features)
+        return torch.cat([self.inner.forward_actor(base), pointer], dim=1)
+
+    def forward_critic(self, features: torch.Tensor) -> torch.Tensor:
+        """The critic MLP's output."""
+        return self.inner.forward_critic(self._split(features)[0])
+
+
+class MapPointerPolicy(MaskableMultiInputActorCriticPolicy):
+    """MaskablePPO policy whose ``gx``/``gy`` logits include the map pointer's cell scores.
+
+    Needs :class:`PointerFeaturesExtractor` (``policy_kwargs.features_extractor_class``) and
+    an action whose last two entries are ``gx`` and ``gy`` with ``pointer_grid`` bins each
+    (DefectSearch-v3, Survey-v3). The other entries' logits come from the action layer on the
+    MLP's latent, as in ``MultiInputPolicy``; ``gx`` and ``gy`` get the same plus the
+    pointer's marginals, so the linear layer learns only a bias on top of where the map
+    points.
+    """
+
+    def _build_mlp_extractor(self) -> None:
+        extractor = self.features_extractor
+        pointer_dim = int(getattr(extractor, "pointer_dim", 0))
+        nvec = np.asarray(getattr(self.action_space, "nvec", []), dtype=np.int64).reshape(-1)
+        if (
+            not pointer_dim
+            or len(nvec) < 2
+            or 2 * int(nvec[-1]) != pointer_dim
+            or nvec[-1] != nvec[-2]
+        ):
+            raise ValueError(
+                "MapPointerPolicy needs PointerFeaturesExtractor (features_extractor_class) "
+                f"and an action ending in gx, gy entries of pointer_grid bins; got nvec "
+                f"{nvec.tolist()} and {pointer_dim} pointer features"
+            )
+        self.mlp_extractor = PointerMlpExtractor(  # type: ignore[assignment]
+            self.features_dim,
+            pointer_dim,
+            net_arch=self.net_arch,
+            activation_fn=self.activation_fn,
+            device=self.device,
+        )
+
+    def _get_action_dist_from_latent(self, latent_pi: torch.Tensor) -> MaskableDistribution:
+        extractor = self.mlp_extractor
+        assert isinstance(extractor, PointerMlpExtractor)
+        pointer_dim = extractor.pointer_dim
+        base, pointer = latent_pi[:, :-pointer_dim], latent_pi[:, -pointer_dim:]
+        logits = self.action_net(base)
+        logits = torch.cat([logits[:, :-pointer_dim], logits[:, -pointer_dim:] + pointer], dim=1)
+        return self.action_dist.proba_distribution(action_logits=logits)
+
+
+__all__ = [
+    "DISTANCE_PRIOR",
+    "SUMMARY_SIZE",
+    "TARGET_PRIOR",
+    "MapPointer",
+    "MapPointerPolicy",
+    "PointerFeaturesExtractor",
+    "PointerMlpExtractor",
+]
