@@ -1621,17 +1621,11 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         stage = self.limits.stage_x_nm
         reach = 0.5 * (stage.high - stage.low)
         odometry = np.asarray(self.observation["odometry"], dtype=np.float64)[:2]
-        reported = np.array(
-            [
-                state.stage_x_nm
-                + state.shift_x_nm
-                - self._origin.stage_x_nm
-                - self._origin.shift_x_nm,
-                state.stage_y_nm
-                + state.shift_y_nm
-                - self._origin.stage_y_nm
-                - self._origin.shift_y_nm,
-            ]
+        origin = self._origin
+        reported = (
+            np.array(state.view_nm)
+            - np.array([origin.stage_x_nm, origin.stage_y_nm])
+            - np.array([origin.shift_x_nm, origin.shift_y_nm])
         )
         return np.where(np.abs(odometry) < 0.999, odometry * reach, reported)
 
@@ -1701,8 +1695,8 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         assert self._origin is not None
         origin = self._origin
         channel = np.asarray(self.observation["map"])[MAP_CHANNELS.index("targets")]
-        first = (origin.stage_x_nm + origin.shift_x_nm, origin.stage_y_nm + origin.shift_y_nm)
-        view = np.array([state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm])
+        first = origin.view_nm
+        view = np.array(state.view_nm)
         close = 0.375 * self.locate_fov_nm
         targets = [
             self._position + (np.asarray(t) - view)
@@ -1865,7 +1859,7 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         origin = codec.goto_origin_nm(
             self.limits, state, None if episode_map is None else episode_map.origin_nm
         )
-        view = np.array([state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm])
+        view = np.array(state.view_nm)
         gx, gy = codec.goto_cell(*(view + offset), origin)
         goto = self.action("goto", gx=gx, gy=gy)
         if math.isclose(fov, end_fov_nm) or not self.is_valid(goto):

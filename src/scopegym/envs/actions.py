@@ -87,8 +87,6 @@ MACRO_VERBS = ("inspect", "tile", "goto")
 VERBS = (*DEFAULT_VERBS, "shift", *MACRO_VERBS)
 #: Argument entries in action order; ``gx`` and ``gy`` only where a task offers ``goto``.
 ARGUMENTS = ("dwell", "fov", "dx", "dy", "x", "y", "aberration", "delta", "gx", "gy")
-#: Entries present only in the actions of tasks that offer the verb named.
-OPTIONAL_ARGUMENTS = {"gx": "goto", "gy": "goto"}
 #: Argument entries each verb reads; the codec ignores the others.
 VERB_ARGUMENTS: dict[str, tuple[str, ...]] = {
     "scan": ("dwell",),
@@ -184,7 +182,7 @@ class ActionConfig:
     def sizes(self) -> dict[str, int]:
         """Number of bins of each argument entry (1 where the task does not use it).
 
-        Entries of :data:`OPTIONAL_ARGUMENTS` are left out where their verb is not offered.
+        ``gx`` and ``gy`` are left out where ``goto`` is not offered.
         """
         uses = set(self.verbs)
         steps = (
@@ -385,7 +383,7 @@ class ActionCodec:
         if verb == "goto":
             cell = (self._argument(action, "gx"), self._argument(action, "gy"))
             centre = self.goto_centre_nm(cell, self.goto_origin_nm(limits, state, map_origin))
-            view = (state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm)
+            view = state.view_nm
             offset = (centre[0] - view[0], centre[1] - view[1])
             commands = self._bring_to_centre(offset, state, limits, play)
             commands.append(Scan(cfg.frame_px, self.scoring_dwell_us(state, fov)))
@@ -413,7 +411,7 @@ class ActionCodec:
         """
         if map_origin is not None:
             return (float(map_origin[0]), float(map_origin[1]))
-        view = (state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm)
+        view = state.view_nm
         return map_origin_nm(limits, self.config.goto_extent_nm, view)
 
     def goto_centre_nm(
@@ -547,7 +545,7 @@ class ActionCodec:
             cells = np.arange(cfg.goto_grid)
             first = self.goto_centre_nm((0, 0), origin)
             pitch = cfg.goto_extent_nm / cfg.goto_grid
-            view = (state.stage_x_nm + state.shift_x_nm, state.stage_y_nm + state.shift_y_nm)
+            view = state.view_nm
             cells_ok = self._reachable_offsets(
                 first[0] + cells * pitch - view[0],
                 first[1] + cells * pitch - view[1],

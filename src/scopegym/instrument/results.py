@@ -453,6 +453,11 @@ class InstrumentState:
         # mappingproxy cannot be pickled; rebuild through the constructor from a plain dict.
         return (result_from_dict, (self.to_dict(),))
 
+    @property
+    def view_nm(self) -> tuple[float, float]:
+        """The reported (x, y) of the view's centre [nm]: the stage plus the beam shift."""
+        return (self.stage_x_nm + self.shift_x_nm, self.stage_y_nm + self.shift_y_nm)
+
     def replace(self, **changes: Any) -> InstrumentState:
         """Return a copy with some fields changed.
 
