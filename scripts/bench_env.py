@@ -7,7 +7,7 @@ frames.
 Usage:
     python scripts/bench_env.py [--steps 2000] [--ids ID ...] [--json out.json]
 
-An id may name an earlier interface as ``ID@VERSION`` (``scopegym/DefectSearch-v3@1``: made
+An id may name an earlier interface as ``ID@VERSION`` (``scopegym/DefectSearch-v4@1``: made
 with ``version=1``), so that two interfaces are timed in one run and their ratio compared.
 """
 
@@ -107,7 +107,7 @@ def main() -> None:
         double = two_processes(env_id, args.steps)
         results[env_id] = {"one_process": single, "subproc_2": double}
         note = ""
-        if env_id == "scopegym/DefectSearch-v3":
+        if env_id == "scopegym/DefectSearch-v4":
             note = f"  (target 300: {'met' if single >= 300 else 'MISSED'})"
         print(f"{env_id:32} {single:>20.0f} {double:>28.0f}{note}")
     if args.json:

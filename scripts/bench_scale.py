@@ -1,7 +1,7 @@
 """Benchmark RLlib sampling across env runners (issue 13, item 4): steps/s and efficiency.
 
 For 1, 2, ... env runners (up to the CPUs present, or ``--runners``), builds the RLlib PPO of
-``scopegym-train trainer=rllib`` (the default network, DefectSearch-v3), lets every runner
+``scopegym-train trainer=rllib`` (the default network, DefectSearch-v4), lets every runner
 sample a warm-up batch (environment construction, first frames), then times all runners
 sampling ``--steps`` environment steps each at once, with the policy's forward pass, as in
 training. Prints the steps per second, the speed-up over one runner and the efficiency per

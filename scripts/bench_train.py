@@ -1,7 +1,7 @@
 """Benchmark environment steps per second while training (issue 13, item 6), SB3 MaskablePPO.
 
 Runs ``scopegym-train``'s own ``train()`` with the default agent (MaskablePPO, the
-ScopeFeaturesExtractor network of ``configs/agent/maskable_ppo.yaml``) on DefectSearch-v3, with
+ScopeFeaturesExtractor network of ``configs/agent/maskable_ppo.yaml``) on DefectSearch-v4, with
 evaluation, checkpoints and TensorBoard images off, twice per setting: a short and a long
 budget. The difference of the two (steps and wall time) is the training rate without the fixed
 costs (building the model, the environments and the subprocesses). Beside it, the environment

@@ -11,7 +11,7 @@ validation samples (most likely actions), and the clones' own episodes are label
 labeller to see where they part from it.
 
 It is an experiment, not an interface: the wrapper reads the labeller's private memory. It runs
-on the v1 interface (``version=1``); DefectSearch-v3 and Survey-v3 now have such a channel built
+on the v1 interface (``version=1``); DefectSearch-v4 and Survey-v4 now have such a channel built
 in (the map's ``targets`` channel, :class:`scopegym.envs.overview.RimTargets`), which the
 labeller itself reads there.
 
@@ -48,7 +48,7 @@ from scopegym.agents.imitation import (
     collect_student_steps,
 )
 
-ENV_ID = "scopegym/DefectSearch-v3"
+ENV_ID = "scopegym/DefectSearch-v4"
 #: The v1 interface: its map has no targets channel of its own.
 VERSION = 1
 LABELLER = "reactive_shift_expert"

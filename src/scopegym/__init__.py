@@ -1,6 +1,6 @@
 """scopegym: reinforcement-learning environments for autonomous STEM on a digital twin.
 
-Importing scopegym registers the Gymnasium ids (``scopegym/DefectSearch-v3`` and others).
+Importing scopegym registers the Gymnasium ids (``scopegym/DefectSearch-v4`` and others).
 """
 
 __version__ = "0.1.0"

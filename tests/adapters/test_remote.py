@@ -174,7 +174,7 @@ def test_error_records_rebuild_the_class_and_the_message():
 
 def run_episode(instrument: Any, steps: int = 40, seed: int = 11) -> dict[str, Any]:
     env = gym.make(
-        "scopegym/DefectSearch-v3", instrument=instrument, reward_weights=OBSERVATION_ONLY
+        "scopegym/DefectSearch-v4", instrument=instrument, reward_weights=OBSERVATION_ONLY
     )
     try:
         policy = make_baseline("raster", env)
@@ -233,7 +233,7 @@ def test_remote_instrument_has_the_served_limits_and_no_ground_truth(remote):
     by_name.close()
     # A ground-truth reward cannot run on it: the environment says so at construction.
     with pytest.raises(ValueError, match="ground truth"):
-        gym.make("scopegym/DefectSearch-v3", instrument=remote)
+        gym.make("scopegym/DefectSearch-v4", instrument=remote)
 
 
 def test_refused_command_raises_the_in_process_error_and_changes_nothing(remote):

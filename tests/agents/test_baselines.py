@@ -27,13 +27,13 @@ from scopegym.envs.tasks import DefectSearchTask
 from scopegym.instrument import Ronchigram, SampleSpec, Tune
 
 SUPPORTED = [
-    ("scopegym/DefectSearch-v3", "random"),
-    ("scopegym/DefectSearch-v3", "raster"),
-    ("scopegym/DefectSearch-v3", "greedy"),
-    ("scopegym/DefectSearch-v3", "backlash_raster"),
-    ("scopegym/DefectSearch-v3", "overview_expert"),
-    ("scopegym/DefectSearch-v3", "shift_expert"),
-    ("scopegym/DefectSearch-v3", "reactive_shift_expert"),
+    ("scopegym/DefectSearch-v4", "random"),
+    ("scopegym/DefectSearch-v4", "raster"),
+    ("scopegym/DefectSearch-v4", "greedy"),
+    ("scopegym/DefectSearch-v4", "backlash_raster"),
+    ("scopegym/DefectSearch-v4", "overview_expert"),
+    ("scopegym/DefectSearch-v4", "shift_expert"),
+    ("scopegym/DefectSearch-v4", "reactive_shift_expert"),
     ("scopegym/Autotune-v1", "random"),
     ("scopegym/Autotune-v1", "autofocus"),
     ("scopegym/AutotuneRonchigram-v2", "random"),
@@ -42,14 +42,14 @@ SUPPORTED = [
     ("scopegym/SpectrumDiscovery-v1", "random"),
     ("scopegym/SpectrumDiscovery-v1", "raster"),
     ("scopegym/SpectrumDiscovery-v1", "signature_locator"),
-    ("scopegym/Survey-v3", "random"),
-    ("scopegym/Survey-v3", "raster"),
-    ("scopegym/Survey-v3", "greedy"),
-    ("scopegym/Survey-v3", "autofocus"),
-    ("scopegym/Survey-v3", "backlash_raster"),
-    ("scopegym/Survey-v3", "overview_expert"),
-    ("scopegym/Survey-v3", "shift_expert"),
-    ("scopegym/Survey-v3", "reactive_shift_expert"),
+    ("scopegym/Survey-v4", "random"),
+    ("scopegym/Survey-v4", "raster"),
+    ("scopegym/Survey-v4", "greedy"),
+    ("scopegym/Survey-v4", "autofocus"),
+    ("scopegym/Survey-v4", "backlash_raster"),
+    ("scopegym/Survey-v4", "overview_expert"),
+    ("scopegym/Survey-v4", "shift_expert"),
+    ("scopegym/Survey-v4", "reactive_shift_expert"),
 ]
 
 
@@ -109,12 +109,12 @@ def _whole_v1_episode(env_id: str, name: str) -> None:
 
 @pytest.mark.parametrize("name", SEARCH_BASELINES)
 def test_search_baselines_run_whole_defect_search_v1_episodes_through_the_harness(name: str):
-    _whole_v1_episode("scopegym/DefectSearch-v3", name)
+    _whole_v1_episode("scopegym/DefectSearch-v4", name)
 
 
 @pytest.mark.parametrize("name", SEARCH_BASELINES)
 def test_search_baselines_run_whole_survey_v1_episodes_through_the_harness(name: str) -> None:
-    _whole_v1_episode("scopegym/Survey-v3", name)
+    _whole_v1_episode("scopegym/Survey-v4", name)
 
 
 def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
@@ -134,13 +134,13 @@ def test_registry_lists_the_baselines_and_rejects_unknown_names() -> None:
         "dkl",
         "signature_locator",
     }
-    env = gym.make("scopegym/DefectSearch-v3")
+    env = gym.make("scopegym/DefectSearch-v4")
     with pytest.raises(KeyError, match="known"):
         make_baseline("oracle", env)
 
 
 def test_raster_reaches_atomic_resolution_and_moves() -> None:
-    commands, env = _episode("scopegym/DefectSearch-v3", "raster", 20)
+    commands, env = _episode("scopegym/DefectSearch-v4", "raster", 20)
     state = env.unwrapped.instrument.state()
     frame_px = env.unwrapped.codec.config.frame_px
     assert state.fov_nm / frame_px <= 0.05
@@ -151,7 +151,7 @@ def test_raster_reaches_atomic_resolution_and_moves() -> None:
 
 
 def test_greedy_visits_overview_anomalies_at_atomic_resolution() -> None:
-    commands, env = _episode("scopegym/DefectSearch-v3", "greedy", 60)
+    commands, env = _episode("scopegym/DefectSearch-v4", "greedy", 60)
     zooms = [c["fov_nm"] for c in commands if c["command"] == "Zoom"]
     assert 4.0 in zooms
     assert any(c["command"] == "Move" for c in commands)
@@ -162,7 +162,7 @@ def test_autofocus_reduces_defocus_and_astigmatism_in_survey() -> None:
     # Survey's residuals (C10 within 4 nm, C12 within 2 nm) are what a coordinate search on
     # sharpness handles; on Autotune's larger, coma-coupled residuals it helps only about 6
     # seeds in 10 (a known limit of this first baseline).
-    env = gym.make("scopegym/Survey-v3")
+    env = gym.make("scopegym/Survey-v4")
     policy = make_baseline("autofocus", env)
     starts, ends = [], []
     for seed in range(3):
@@ -280,7 +280,7 @@ def _full_episode(env: Any, name: str, sample: SampleSpec = HELDOUT_SAMPLE) -> d
 
 
 def test_raster_rescans_its_tiles_under_backlash_and_the_backlash_aware_one_does_not() -> None:
-    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v4", samples="heldout")
     old = _full_episode(env, "raster")
     new = _full_episode(env, "backlash_raster")
     # The serpentine's reversed rows are swallowed by the stage's 15 nm of lost motion.
@@ -314,13 +314,13 @@ def test_backlash_raster_rasters_with_the_beam_shift_where_the_task_offers_it() 
     assert shifted["distinct"] == shifted["frames"] >= 70
     # The v0 interface offers stage moves only.
     stage = _full_episode(
-        gym.make("scopegym/DefectSearch-v3", samples="heldout", version=0), "backlash_raster"
+        gym.make("scopegym/DefectSearch-v4", samples="heldout", version=0), "backlash_raster"
     )
     # A shift takes 5 ms where a stage move takes half a second.
     assert shifted["time_s"] < 0.7 * stage["time_s"]
-    # DefectSearch-v3 offers the tile macro, whose moves are shifts: as fast, as distinct.
+    # DefectSearch-v4 offers the tile macro, whose moves are shifts: as fast, as distinct.
     tiled = _full_episode(
-        gym.make("scopegym/DefectSearch-v3", samples="heldout"), "backlash_raster"
+        gym.make("scopegym/DefectSearch-v4", samples="heldout"), "backlash_raster"
     )
     assert tiled["time_s"] < 0.7 * stage["time_s"]
     assert tiled["distinct"] >= 0.9 * tiled["frames"] >= 0.9 * 70
@@ -335,7 +335,7 @@ def _on_a_rim(specimen: Any, view: tuple[float, ...]) -> bool:
 
 
 def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() -> None:
-    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v4", samples="heldout")
     expert = _full_episode(env, "overview_expert")
     raster = _full_episode(env, "backlash_raster")
     specimen = env.unwrapped.truth.specimen
@@ -347,7 +347,7 @@ def test_overview_expert_follows_hole_rims_and_finds_more_defects_per_field() ->
 
 
 def test_shift_expert_follows_rims_by_beam_shift_faster_than_the_stage_expert() -> None:
-    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v4", samples="heldout")
     by_shift = _full_episode(env, "shift_expert")
     by_stage = _full_episode(env, "overview_expert")
     specimen = env.unwrapped.truth.specimen
@@ -366,7 +366,7 @@ def test_shift_expert_follows_rims_by_beam_shift_faster_than_the_stage_expert() 
 
 
 def test_shift_expert_without_macros_is_the_stage_expert() -> None:
-    env = gym.make("scopegym/DefectSearch-v3", samples="heldout", version=0)
+    env = gym.make("scopegym/DefectSearch-v4", samples="heldout", version=0)
     assert (
         _full_episode(env, "shift_expert")["commands"]
         == _full_episode(env, "overview_expert")["commands"]
@@ -374,7 +374,7 @@ def test_shift_expert_without_macros_is_the_stage_expert() -> None:
 
 
 def test_reactive_shift_expert_searches_as_the_shift_expert_does() -> None:
-    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v4", samples="heldout")
     reactive = _full_episode(env, "reactive_shift_expert")
     planned = _full_episode(env, "shift_expert")
     specimen = env.unwrapped.truth.specimen
@@ -388,7 +388,7 @@ def test_reactive_shift_expert_searches_as_the_shift_expert_does() -> None:
 def test_reactive_shift_expert_travels_by_goto_on_v3_without_the_tiles_scans() -> None:
     found, travel_scans, arrivals = {}, {}, {}
     for version in (2, 3):
-        env = gym.make("scopegym/DefectSearch-v3", samples="heldout", version=version)
+        env = gym.make("scopegym/DefectSearch-v4", samples="heldout", version=version)
         policy = make_baseline("reactive_shift_expert", env)
         obs, _ = env.reset(seed=0, options={"sample": HELDOUT_SAMPLE})
         policy.reset()
@@ -446,7 +446,7 @@ def test_reactive_shift_expert_labels_states_it_did_not_reach_itself(
     from scopegym.agents.imitation import can_label
 
     assert can_label("reactive_shift_expert") and not can_label("shift_expert")
-    env = gym.make("scopegym/DefectSearch-v3", samples="heldout", version=version)
+    env = gym.make("scopegym/DefectSearch-v4", samples="heldout", version=version)
     labeller = make_baseline("reactive_shift_expert", env)
     # Along the planned shift expert's episode, the labels are its actions (v1: 105 of 109
     # steps on this sample: the misses are where its remembered heading and this
@@ -476,7 +476,7 @@ def test_reactive_shift_expert_labels_states_it_did_not_reach_itself(
 
 
 def test_reactive_shift_expert_takes_over_a_students_episode_and_searches_on() -> None:
-    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v4", samples="heldout")
     core = env.unwrapped
     labeller = make_baseline("reactive_shift_expert", env)
     student = make_baseline("random", env, seed=5)

@@ -279,11 +279,11 @@ def test_autotune_ronchigram_counts_acquisitions_to_tolerance() -> None:
 
 
 def test_results_name_the_interface_the_policy_acted_in() -> None:
-    # version=0 of DefectSearch-v3 presents the dropped v0 interface: results must say so, so
-    # that a v0 policy's figures are never published as v3's.
+    # version=0 of DefectSearch-v4 presents the dropped v0 interface: results must say so, so
+    # that a v0 policy's figures are never published as v4's.
     names = {}
     for version in (0, 1, 2, 3):
-        env = gym.make("scopegym/DefectSearch-v3", frame_px=64, version=version)
+        env = gym.make("scopegym/DefectSearch-v4", frame_px=64, version=version)
         result = run_episode(env, make_baseline("raster", env), seed=0, max_steps=2)
         names[version] = result.env_id
     assert names == {v: f"scopegym/DefectSearch-v{v}" for v in (0, 1, 2, 3)}
@@ -294,7 +294,7 @@ def test_results_name_the_interface_the_policy_acted_in() -> None:
 
 
 def test_a_macro_steps_commands_are_all_in_the_trajectory() -> None:
-    env = gym.make("scopegym/DefectSearch-v3", frame_px=96)
+    env = gym.make("scopegym/DefectSearch-v4", frame_px=96)
 
     class InspectCentre:
         def predict(

@@ -26,7 +26,7 @@ def _batch(space, size, rng):
 @pytest.mark.parametrize(
     ("env_id", "images", "vectors"),
     [
-        ("scopegym/DefectSearch-v3", ["frame", "map"], ["odometry", "state"]),
+        ("scopegym/DefectSearch-v4", ["frame", "map", "neighbourhood"], ["odometry", "state"]),
         (
             "scopegym/AutotuneRonchigram-v2",
             ["frame", "ronchigram"],  # each with its _previous image stacked in
@@ -56,21 +56,26 @@ def test_every_entry_gets_its_own_encoder_of_its_own_width(env_id, images, vecto
 
 
 def test_uint8_images_give_what_sb3s_scaled_floats_give_and_any_frame_size_fits():
-    space = gym.make("scopegym/DefectSearch-v3", frame_px=64).observation_space
+    space = gym.make("scopegym/DefectSearch-v4", frame_px=64).observation_space
     extractor = ScopeFeaturesExtractor(space).eval()
     batch = {
         key: torch.as_tensor(v) for key, v in _batch(space, 3, np.random.default_rng(1)).items()
     }
     # What SB3's preprocessing hands on.
-    scaled = dict(batch, frame=batch["frame"].float() / 255.0, map=batch["map"].float() / 255.0)
+    scaled = {
+        key: value.float() / 255.0 if value.dtype == torch.uint8 else value
+        for key, value in batch.items()
+    }
     with torch.no_grad():
         torch.testing.assert_close(extractor(batch), extractor(scaled))
         # The same weights read another frame size: the image encoders pool to a fixed grid.
         large = dict(batch, frame=torch.randint(0, 256, (3, 1, 128, 128), dtype=torch.uint8))
         assert extractor(large).shape == (3, extractor.features_dim)
         maps = extractor.feature_maps(large)
-    assert list(maps) == ["frame", "map"] and maps["frame"].shape == (3, 64, 8, 8)
+    assert list(maps) == ["frame", "map", "neighbourhood"]
+    assert maps["frame"].shape == (3, 64, 8, 8)
     assert maps["map"].shape == (3, 64, 8, 8)  # the 128 px episode map, for a spatial head
+    assert maps["neighbourhood"].shape == (3, 64, 3, 3)  # the 48 px close-up
 
 
 def test_an_image_and_its_predecessor_share_one_encoder_that_reads_both():
@@ -127,7 +132,7 @@ def test_a_state_bit_is_learned_beside_a_frame_of_noise():
     features of the frame beside the raw state) learns it more slowly. The observation is the
     frame and the state alone, as the issue measured it (the legacy v0 interface).
     """
-    env = gym.make("scopegym/DefectSearch-v3", frame_px=64, version=0)
+    env = gym.make("scopegym/DefectSearch-v4", frame_px=64, version=0)
     space, rng = env.observation_space, np.random.default_rng(0)
 
     def demonstrations(size):
@@ -164,7 +169,7 @@ def test_a_state_bit_is_learned_beside_a_frame_of_noise():
 
 @pytest.mark.parametrize("agent", ["ppo", "maskable_ppo"])
 def test_the_agent_configs_select_the_extractor_and_can_go_back_to_sb3s(agent):
-    env = gym.make("scopegym/DefectSearch-v3", frame_px=64)
+    env = gym.make("scopegym/DefectSearch-v4", frame_px=64)
     with initialize_config_module(config_module="scopegym.configs", version_base="1.3"):
         default = compose("train", overrides=[f"agent={agent}"])
         combined = compose(
@@ -178,7 +183,7 @@ def test_the_agent_configs_select_the_extractor_and_can_go_back_to_sb3s(agent):
 
 
 def test_a_saved_model_loads_with_its_extractor_and_the_shipped_checkpoint_still_loads(tmp_path):
-    env = gym.make("scopegym/DefectSearch-v3", frame_px=96)
+    env = gym.make("scopegym/DefectSearch-v4", frame_px=96)
     obs, _ = env.reset(seed=0)
     masks = env.unwrapped.action_masks()
     model = MaskablePPO(
@@ -198,7 +203,7 @@ def test_a_saved_model_loads_with_its_extractor_and_the_shipped_checkpoint_still
     np.testing.assert_array_equal(action, expected)
     # Trained before the extractor existed, on DefectSearch-v0: it keeps SB3's, saved in the
     # checkpoint, and acts in the legacy v0 interface (env=defect_search_v0).
-    legacy = gym.make("scopegym/DefectSearch-v3", frame_px=96, version=0)
+    legacy = gym.make("scopegym/DefectSearch-v4", frame_px=96, version=0)
     obs, _ = legacy.reset(seed=0)
     shipped = MaskablePPO.load(SHIPPED, device="cpu")
     assert isinstance(shipped.policy.features_extractor, CombinedExtractor)

@@ -31,7 +31,7 @@ SMALL = {
 def make_env(**kwargs):
     # 150 steps an episode keep the demonstrations (map included) small.
     return gym.make(
-        "scopegym/DefectSearch-v3", frame_px=64, samples="train", max_episode_steps=150, **kwargs
+        "scopegym/DefectSearch-v4", frame_px=64, samples="train", max_episode_steps=150, **kwargs
     )
 
 
@@ -185,7 +185,7 @@ def test_the_value_heads_error_does_not_slow_the_policys_cloning(legacy_demonstr
     assert not same(value_a, value_b)  # the value head did see the other returns
 
 
-DEFECT_SEARCH = "scopegym/DefectSearch-v3"
+DEFECT_SEARCH = "scopegym/DefectSearch-v4"
 #: The cloning policy as agent=maskable_ppo builds it: the extractor at its defaults.
 CLONE_POLICY = {
     "features_extractor_class": ScopeFeaturesExtractor,
@@ -215,7 +215,7 @@ def test_a_clone_of_the_backlash_aware_raster_agrees_with_it_and_finds_its_defec
     held_out = collect_demonstrations(
         _odometry_env("validation"), [teacher], episodes=3, gamma=0.99, seed=500
     )
-    # On DefectSearch-v3 the raster tiles with the `tile` macro: one step a field (~75 an episode).
+    # On DefectSearch-v4 the raster tiles with the `tile` macro: one step a field (~75 an episode).
     assert len(cloning) > 800 and len(held_out) > 200
     model = MaskablePPO(
         "MultiInputPolicy",

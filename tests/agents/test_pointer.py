@@ -8,10 +8,17 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from torch.nn import functional
 
 import scopegym  # noqa: F401  (registers the ids)
-from scopegym.agents.pointer import MapPointer, MapPointerPolicy, PointerFeaturesExtractor
-from scopegym.envs.episode_map import MAP_CHANNELS, MAP_PX
+from scopegym.agents.pointer import (
+    FRAME_POINTER_FROM_ACTION,
+    MapPointer,
+    MapPointerPolicy,
+    PointerFeaturesExtractor,
+)
+from scopegym.envs.actions import ARGUMENTS
+from scopegym.envs.episode_map import MAP_CHANNELS, MAP_PX, NEIGHBOURHOOD_PX
 
 GRID = 64
 
@@ -66,47 +73,88 @@ def test_the_pointer_reads_three_channel_maps_and_rejects_a_grid_that_does_not_t
         MapPointer(MAP_CHANNELS, 48)(torch.zeros(1, 4, MAP_PX, MAP_PX))
 
 
-def _policy(env: gym.Env[Any, Any]) -> MapPointerPolicy:
+def _policy(
+    env: gym.Env[Any, Any], frame_pointer_grid: int = 0, decide: bool = False
+) -> MapPointerPolicy:
     return MapPointerPolicy(
         env.observation_space,
         env.action_space,
         lambda _: 1e-3,
         features_extractor_class=PointerFeaturesExtractor,
-        features_extractor_kwargs={"pointer_grid": GRID},
+        features_extractor_kwargs={"pointer_grid": GRID, "frame_pointer_grid": frame_pointer_grid},
         net_arch=[32],
+        pointers_decide=decide,
     )
 
 
-def test_the_policy_adds_the_pointer_to_the_goto_logits_only() -> None:
-    env = gym.make("scopegym/DefectSearch-v3")
+@pytest.mark.parametrize(
+    ("env_id", "frame_grid", "decide"),
+    [
+        ("scopegym/DefectSearch-v4", 0, False),
+        ("scopegym/DefectSearch-v4", FRAME_POINTER_FROM_ACTION, False),
+        ("scopegym/DefectSearch-v4", FRAME_POINTER_FROM_ACTION, True),
+        ("scopegym/Survey-v4", FRAME_POINTER_FROM_ACTION, False),
+    ],
+)
+def test_the_policy_adds_each_pointer_to_its_own_logits_only(
+    env_id: str, frame_grid: int, decide: bool
+) -> None:
+    env = gym.make(env_id)
     obs, _ = env.reset(seed=0)
-    policy = _policy(env)
+    policy = _policy(env, frame_grid, decide)
     tensor, _ = policy.obs_to_tensor(obs)
     nvec = env.action_space.nvec
+    x_entry = 1 + ARGUMENTS.index("x")
+    inspect = int(nvec[x_entry]) if frame_grid else 0  # 16 in DefectSearch, 8 in Survey
+    assert policy.features_extractor.frame_pointer_dim == 2 * inspect
+    extra = 2 * GRID + 2 * inspect
     with torch.no_grad():
         features = policy.extract_features(tensor)
         # SB3 scales image entries to [0, 1] before the extractor sees them.
         pointer = policy.features_extractor.pointer.marginals(tensor["map"].float() / 255.0)
-        np.testing.assert_allclose(features[:, -2 * GRID :], pointer, atol=1e-5)
+        map_part = features[:, features.shape[1] - extra :][:, : 2 * GRID]
+        np.testing.assert_allclose(map_part, pointer, atol=1e-5)
+        if inspect:
+            cells = policy.features_extractor.frame_pointer(
+                tensor["frame"], tensor["neighbourhood"]
+            )
+            frame_marginals = MapPointer._marginals(cells)
+            assert frame_marginals.abs().max() > 0
+            np.testing.assert_allclose(features[:, -2 * inspect :], frame_marginals, atol=1e-5)
         latent = policy.mlp_extractor.forward_actor(features)
         distribution = policy._get_action_dist_from_latent(latent)
         logits = torch.cat([d.logits for d in distribution.distributions], dim=1)
-        plain = policy.action_net(latent[:, : -2 * GRID])
+        plain = policy.action_net(latent[:, :-extra])
     offsets = np.concatenate([[0], np.cumsum(nvec)])
+    bias = policy.action_net.bias.detach()
     for entry in range(len(nvec)):
         part = slice(offsets[entry], offsets[entry + 1])
         expected = plain[:, part]
+        pointed = entry >= len(nvec) - 2 or (inspect and entry in (x_entry, x_entry + 1))
+        if decide and pointed:
+            # Only the layer's bias: the MLP's latent has no say in where to go.
+            expected = bias[part].expand_as(expected)
         if entry >= len(nvec) - 2:
             which = slice(0, GRID) if entry == len(nvec) - 2 else slice(GRID, 2 * GRID)
             expected = expected + pointer[:, which]
+        if inspect and entry in (x_entry, x_entry + 1):
+            which = slice(0, inspect) if entry == x_entry else slice(inspect, 2 * inspect)
+            expected = expected + frame_marginals[:, which]
         expected = expected - expected.logsumexp(-1, keepdim=True)
         np.testing.assert_allclose(logits[:, part], expected, atol=1e-5)
     assert plain.shape[1] == offsets[-1]
     env.close()
 
 
+def test_a_frame_pointer_must_fit_the_inspect_grid() -> None:
+    env = gym.make("scopegym/Survey-v4")  # inspect on 8 x 8
+    with pytest.raises(ValueError, match="frame_pointer_grid"):
+        _policy(env, 16)
+    env.close()
+
+
 def test_the_policy_needs_goto_entries_and_the_pointer_extractor() -> None:
-    legacy = gym.make("scopegym/DefectSearch-v3", version=2)  # no goto: no gx, gy entries
+    legacy = gym.make("scopegym/DefectSearch-v4", version=2)  # no goto: no gx, gy entries
     with pytest.raises(ValueError, match="gx, gy"):
         _policy(legacy)
     legacy.close()
@@ -117,7 +165,7 @@ def test_a_temperature_divides_the_pointer_scores_with_the_action_layer() -> Non
 
     from scopegym.agents.imitation import sharpen
 
-    env = gym.make("scopegym/DefectSearch-v3")
+    env = gym.make("scopegym/DefectSearch-v4")
     obs, _ = env.reset(seed=0)
     policy = _policy(env)
     tensor, _ = policy.obs_to_tensor(obs)
@@ -136,7 +184,7 @@ def test_the_untrained_pointer_already_travels_where_the_rim_search_does() -> No
     from scopegym.envs.actions import ARGUMENTS
 
     def make() -> gym.Env[Any, Any]:
-        return gym.make("scopegym/DefectSearch-v3", samples="train")
+        return gym.make("scopegym/DefectSearch-v4", samples="train")
 
     demonstrations = collect_demonstrations(make, ["reactive_shift_expert"], 2, gamma=0.99)
     env = make()
@@ -162,7 +210,7 @@ def test_the_untrained_pointer_already_travels_where_the_rim_search_does() -> No
     env.close()
 
 
-def test_the_shipped_v3_policy_points_and_acts_on_defect_search_v3() -> None:
+def test_the_shipped_v3_policy_points_and_acts_on_the_v3_interface() -> None:
     from pathlib import Path
 
     from sb3_contrib import MaskablePPO
@@ -172,9 +220,136 @@ def test_the_shipped_v3_policy_points_and_acts_on_defect_search_v3() -> None:
     )
     model = MaskablePPO.load(shipped, device="cpu")
     assert isinstance(model.policy, MapPointerPolicy)
-    env = gym.make("scopegym/DefectSearch-v3")
+    env = gym.make("scopegym/DefectSearch-v4", version=3)
     assert model.observation_space == env.observation_space
+    assert model.observation_space != gym.make("scopegym/DefectSearch-v4").observation_space
     assert model.action_space == env.action_space
+    obs, _ = env.reset(seed=0)
+    for _ in range(3):
+        chosen, _ = model.predict(obs, action_masks=env.unwrapped.action_masks())
+        obs, _, _, _, info = env.step(chosen)
+        assert info["refused"] is None
+    env.close()
+
+
+def _rim_scene(rng: np.random.Generator, grid: int = 16) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """A frame with a hole, a close-up with a rim cell taken or not, the cell to inspect.
+
+    The label is the rim cell (hole and film both in it) nearest the centre that no atomic
+    field covers, as the rim search picks it; a third of the scenes cover the nearest rim cell,
+    so the close-up must be read. Returns the frame, the close-up, the label's cell and the
+    taken cell's (-1 if none), cells numbered row-major.
+    """
+    n, side = 96, NEIGHBOURHOOD_PX
+    y, x = np.mgrid[0:n, 0:n] + 0.5
+    centre = rng.uniform(10, 86, 2)
+    radius = rng.uniform(14, 30)
+    hole = np.hypot(x - centre[0], y - centre[1]) < radius
+    frame = np.where(hole, 10.0, 130.0) + rng.normal(0, 12, (n, n))
+    cell = n // grid
+    dark = hole.reshape(grid, cell, grid, cell).mean(axis=(1, 3))
+    rim = (dark > 0.1) & (dark < 0.9)
+    rows, cols = np.nonzero(rim)
+    distance = np.hypot(cols + 0.5 - grid / 2, rows + 0.5 - grid / 2)
+    order = np.argsort(distance)
+    close_up = np.zeros((2, side, side))
+    taken = set()
+    if rng.random() < 1 / 3 and len(order) > 1:
+        taken.add(int(order[0]))
+    label = next((int(i) for i in order if int(i) not in taken), int(order[0]))
+    for i in taken:
+        # The close-up spans three fields, 16 px each: its middle third is the frame's grid.
+        close_up[0, side // 3 + rows[i], side // 3 + cols[i]] = 255
+    image = np.clip(frame, 0, 255).astype(np.uint8)[None]
+    covered = [int(rows[i] * grid + cols[i]) for i in taken] or [-1]
+    return image, close_up.astype(np.uint8), int(rows[label] * grid + cols[label]), covered[0]
+
+
+def test_the_frame_pointer_learns_the_nearest_rim_point_not_taken() -> None:
+    from scopegym.agents.pointer import FramePointer
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    pointer = FramePointer(16, close_up=True)
+    optimiser = torch.optim.Adam(pointer.parameters(), lr=3e-3)
+
+    def batch(size: int) -> tuple[torch.Tensor, ...]:
+        scenes = [_rim_scene(rng) for _ in range(size)]
+        frames, close_ups, labels, taken = zip(*scenes, strict=True)
+        return (
+            torch.as_tensor(np.stack(frames)),
+            torch.as_tensor(np.stack(close_ups)),
+            torch.as_tensor(labels),
+            torch.as_tensor(taken),
+        )
+
+    for _ in range(300):
+        frames, close_ups, labels, _ = batch(32)
+        loss = functional.cross_entropy(pointer(frames, close_ups).flatten(1), labels)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    frames, close_ups, labels, taken = batch(300)
+    with torch.no_grad():
+        chosen = pointer(frames, close_ups).flatten(1).argmax(1)
+        blind = pointer(frames, torch.zeros_like(close_ups)).flatten(1).argmax(1)
+    off = torch.maximum((chosen // 16 - labels // 16).abs(), (chosen % 16 - labels % 16).abs())
+    assert (off <= 1).float().mean() >= 0.8, off
+    # Where the nearest rim cell is taken, the pointer leaves it, and only by the close-up:
+    # shown none, it goes back to that cell.
+    scenes = taken >= 0
+    assert scenes.sum() >= 60
+    assert (chosen[scenes] == taken[scenes]).float().mean() <= 0.2
+    assert (blind[scenes] == taken[scenes]).float().mean() >= 0.5
+
+
+@pytest.mark.parametrize(("row", "col"), [(40, 90), (100, 12)])
+def test_avoiding_here_scores_only_the_present_cell_down(row: int, col: int) -> None:
+    from scopegym.agents.pointer import HERE_PRIOR
+
+    torch.manual_seed(0)
+    plain = MapPointer(MAP_CHANNELS, GRID)
+    avoiding = MapPointer(MAP_CHANNELS, GRID, avoid_here=True)
+    avoiding.load_state_dict(plain.state_dict(), strict=False)
+    episode_map = blank_map()
+    draw(episode_map, "position", row, col, side=4)  # a 64 nm field: 4 map pixels
+    draw(episode_map, "targets", row + 20, col - 10)
+    tensor = torch.as_tensor(episode_map[None])
+    with torch.no_grad():
+        change = (avoiding(tensor) - plain(tensor))[0]
+    # The field's centre is a corner of four cells (16 nm pixels, 32 nm cells): each is
+    # "here"; every other cell keeps its score.
+    here = change.nonzero().tolist()
+    rows, cols = {r for r, _ in here}, {c for _, c in here}
+    assert rows == {(row + 2) // 2 - 1, (row + 2) // 2}
+    assert cols == {(col + 2) // 2 - 1, (col + 2) // 2}
+    torch.testing.assert_close(change[change != 0], torch.full((4,), HERE_PRIOR))
+    assert (
+        best_cell(avoiding, episode_map)
+        == best_cell(plain, episode_map)
+        == (
+            (col - 10) // 2,
+            (row + 20) // 2,
+        )
+    )
+
+
+def test_the_shipped_v4_policy_points_with_both_pointers_and_acts_on_defect_search_v4() -> None:
+    from pathlib import Path
+
+    from sb3_contrib import MaskablePPO
+
+    shipped = (
+        Path(__file__).resolve().parents[2] / "policies" / "defect_search_v4_pointers_clone.zip"
+    )
+    model = MaskablePPO.load(shipped, device="cpu")
+    policy = model.policy
+    assert isinstance(policy, MapPointerPolicy) and policy.pointers_decide
+    extractor = policy.features_extractor
+    assert extractor.frame_pointer is not None and extractor.frame_pointer.grid == 16
+    assert extractor.pointer.here_weight is not None
+    env = gym.make("scopegym/DefectSearch-v4")
+    assert model.observation_space == env.observation_space
     obs, _ = env.reset(seed=0)
     for _ in range(3):
         chosen, _ = model.predict(obs, action_masks=env.unwrapped.action_masks())

@@ -34,11 +34,11 @@ from scopegym.agents.train import TrainConfigError, train, validate  # noqa: E40
 from scopegym.envs import ENV_IDS  # noqa: E402
 
 ENV_CONFIGS = {
-    "scopegym/DefectSearch-v3": "defect_search",
+    "scopegym/DefectSearch-v4": "defect_search",
     "scopegym/Autotune-v1": "autotune",
     "scopegym/AutotuneRonchigram-v2": "autotune_ronchigram",
     "scopegym/SpectrumDiscovery-v1": "spectrum_discovery",
-    "scopegym/Survey-v3": "survey",
+    "scopegym/Survey-v4": "survey",
 }
 #: A few hundred steps on 2 env runners, a small network, short validation episodes.
 TINY = [
@@ -74,7 +74,7 @@ def _batch(observation: dict) -> dict:
 
 
 def test_the_mask_in_the_observation_is_the_environments():
-    env = rllib.ActionMaskInObservation(gym.make("scopegym/DefectSearch-v3", frame_px=64))
+    env = rllib.ActionMaskInObservation(gym.make("scopegym/DefectSearch-v4", frame_px=64))
     observation, _ = env.reset(seed=0)
     assert env.observation_space.contains(observation)
     mask = observation[rllib.ACTION_MASK_KEY]
@@ -89,7 +89,7 @@ def test_the_mask_in_the_observation_is_the_environments():
     assert changed  # the mask is read after every step, not kept from the reset
 
 
-@pytest.mark.parametrize("env_id", ["scopegym/DefectSearch-v3", "scopegym/AutotuneRonchigram-v2"])
+@pytest.mark.parametrize("env_id", ["scopegym/DefectSearch-v4", "scopegym/AutotuneRonchigram-v2"])
 def test_the_module_is_the_network_sb3_trains(env_id):
     from sb3_contrib import MaskablePPO
 
@@ -114,7 +114,7 @@ def test_the_module_is_the_network_sb3_trains(env_id):
 
 
 def test_masked_bins_get_no_probability_and_values_have_one_per_row():
-    env = gym.make("scopegym/DefectSearch-v3", frame_px=64)
+    env = gym.make("scopegym/DefectSearch-v4", frame_px=64)
     module = _module(env)
     wrapped = rllib.ActionMaskInObservation(env)
     observation, _ = wrapped.reset(seed=3)

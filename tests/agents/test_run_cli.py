@@ -284,7 +284,7 @@ def _bare_copy(tmp_path: Path) -> Path:
         (["checkpoint={tmp}/empty.zip"], "is not a MaskablePPO, PPO or SAC model"),
         (
             ["env=autotune", f"checkpoint={SHIPPED}"],
-            "was trained on scopegym/DefectSearch-v3, not scopegym/Autotune-v1",
+            "was trained on scopegym/DefectSearch-v4, not scopegym/Autotune-v1",
         ),
         (
             ["env=defect_search_v0", "env.kwargs.frame_px=64", f"checkpoint={SHIPPED}"],
@@ -707,7 +707,7 @@ def test_a_frame_size_the_instrument_cannot_scan_is_refused_before_anything_is_a
 
 
 def test_a_macro_is_printed_and_recorded_as_its_commands(tmp_path, monkeypatch):
-    """scopegym-run on DefectSearch-v3: one step of a macro verb, several commands, each kept."""
+    """scopegym-run on DefectSearch-v4: one step of a macro verb, several commands, each kept."""
     from hydra import compose, initialize_config_module
 
     from scopegym.agents.baselines import BASELINES, ScriptedPolicy
@@ -741,7 +741,7 @@ def test_a_macro_is_printed_and_recorded_as_its_commands(tmp_path, monkeypatch):
     assert set(kinds[:-4]) == {"Move", "Zoom", "Scan"} and kinds[:-4][-2:] == ["Zoom", "Scan"]
 
 
-def test_the_shipped_v0_policy_runs_in_the_legacy_config_and_is_refused_by_v3(tmp_path):
+def test_the_shipped_v0_policy_runs_in_the_legacy_config_and_is_refused_by_v4(tmp_path):
     from hydra import compose, initialize_config_module
 
     from scopegym.agents.run_cli import RunConfigError
@@ -755,7 +755,7 @@ def test_the_shipped_v0_policy_runs_in_the_legacy_config_and_is_refused_by_v3(tm
     printed = io.StringIO()
     outcome = run_in_process(legacy, printed, run_dir=tmp_path / "legacy")
     assert outcome.exit_code == 0 and outcome.steps == 3
-    assert "MaskablePPO:defect_search_maskable_ppo on scopegym/DefectSearch-v3" in (
+    assert "MaskablePPO:defect_search_maskable_ppo on scopegym/DefectSearch-v4" in (
         printed.getvalue()
     )
     with pytest.raises(RunConfigError, match=r"env.kwargs.version=0, not the latest"):

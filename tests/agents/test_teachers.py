@@ -52,7 +52,7 @@ def test_demonstrators_include_teachers_and_name_both_kinds_when_unknown() -> No
 def test_defect_oracle_outsearches_the_best_operator_and_labels_any_state() -> None:
     # The defect oracle sees through the specimen, so it must beat the rim follower by far: it
     # is the ceiling a student imitates, not a baseline.
-    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
     oracle, expert = make_demonstrator("defect_oracle", env), make_baseline("shift_expert", env)
     for seed in (0, 1):
         ours = run_episode(env, oracle, seed=seed).metrics
@@ -71,9 +71,9 @@ def test_defect_oracle_outsearches_the_best_operator_and_labels_any_state() -> N
 
 
 def test_defect_oracle_needs_ground_truth_and_the_macros() -> None:
-    env = gym.make("scopegym/DefectSearch-v3")
+    env = gym.make("scopegym/DefectSearch-v4")
     with pytest.raises(ValueError, match="macros"):
-        DefectOracle(gym.make("scopegym/DefectSearch-v3", version=0))
+        DefectOracle(gym.make("scopegym/DefectSearch-v4", version=0))
     env.unwrapped.instrument.truth = None
     with pytest.raises(ValueError, match="ground truth"):
         DefectOracle(env)

@@ -174,7 +174,7 @@ def test_vecnormalize_path_matches_checkpoint_callback_names():
         ("instrument=replay", "instrument.kwargs.path must be given (instrument=replay"),
         (
             f"env=autotune resume={ROOT / 'policies' / 'defect_search_maskable_ppo.zip'}",
-            "was trained on scopegym/DefectSearch-v3, not scopegym/Autotune-v1",
+            "was trained on scopegym/DefectSearch-v4, not scopegym/Autotune-v1",
         ),
     ],
 )
@@ -327,7 +327,7 @@ def test_maskable_ppo_run_checkpoints_logs_and_resumes(tmp_path):
         *TINY,
         *PPO_TINY,
         "vec_normalize=true",
-        # DefectSearch-v3's episodes end with its budgets, hundreds of steps in: a short step
+        # DefectSearch-v4's episodes end with its budgets, hundreds of steps in: a short step
         # limit ends some inside the 256 trained steps, so the per-episode scalars are written.
         "+env.kwargs.max_episode_steps=100",
         f"hydra.run.dir={first}",

@@ -18,11 +18,11 @@ from scopegym.instrument import InstrumentLimits, InstrumentState, Move, Range, 
 #: inspect and tile to their v0 verbs (DefectSearch-v0 was [3, 3, 9, 5, 5, 1, 1, 1, 1], with
 #: inspect reading a 16 x 16 grid; Survey's shares its 8 x 8 grid with the spectra).
 REGISTERED_NVEC = {
-    "scopegym/DefectSearch-v3": [6, 3, 9, 5, 5, 16, 16, 1, 1, 64, 64],
+    "scopegym/DefectSearch-v4": [6, 3, 9, 5, 5, 16, 16, 1, 1, 64, 64],
     "scopegym/Autotune-v1": [2, 1, 1, 1, 1, 1, 1, 5, 6],
     "scopegym/AutotuneRonchigram-v2": [3, 1, 1, 1, 1, 1, 1, 5, 6],
     "scopegym/SpectrumDiscovery-v1": [1, 1, 1, 1, 1, 24, 24, 1, 1],
-    "scopegym/Survey-v3": [8, 3, 9, 5, 5, 8, 8, 3, 4, 64, 64],
+    "scopegym/Survey-v4": [8, 3, 9, 5, 5, 8, 8, 3, 4, 64, 64],
 }
 
 
@@ -58,7 +58,7 @@ def test_the_legacy_v0_interface_keeps_its_action_space():
         ("DefectSearch", [3, 3, 9, 5, 5, 1, 1, 1, 1]),
         ("Survey", [5, 3, 9, 5, 5, 8, 8, 3, 4]),
     ):
-        env = gym.make(f"scopegym/{task}-v3", version=0)
+        env = gym.make(f"scopegym/{task}-v4", version=0)
         assert env.action_space.nvec.tolist() == nvec
         env.close()
 

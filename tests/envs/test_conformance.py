@@ -156,6 +156,7 @@ def test_observations_hold_no_ground_truth(env_id):
         "ronchigram",
         "odometry",
         "map",
+        "neighbourhood",  # the map's close-up: where this episode's frames were taken
         "spectra",  # where this episode's spectra were taken (the agent's own commands)
         *(f"{kind}_previous" for kind in ("frame", "ronchigram")),
         *(
@@ -170,11 +171,11 @@ def test_observations_hold_no_ground_truth(env_id):
 
 #: Panels after the overview and the frame: only what the task observes.
 EXTRA_PANELS = {
-    "scopegym/DefectSearch-v3": 0,
+    "scopegym/DefectSearch-v4": 0,
     "scopegym/Autotune-v1": 0,
     "scopegym/AutotuneRonchigram-v2": 1,  # Ronchigram
     "scopegym/SpectrumDiscovery-v1": 1,  # spectrum
-    "scopegym/Survey-v3": 1,  # spectrum
+    "scopegym/Survey-v4": 1,  # spectrum
 }
 
 
@@ -217,7 +218,7 @@ def test_scale_bars_match_the_fields_of_view():
 
     from scopegym.agents.baselines import make_baseline
 
-    env = gym.make("scopegym/DefectSearch-v3", render_mode="rgb_array", frame_px=64)
+    env = gym.make("scopegym/DefectSearch-v4", render_mode="rgb_array", frame_px=64)
     obs, _ = env.reset(seed=0)
     unwrapped = env.unwrapped
     raster = make_baseline("raster", env)
@@ -237,7 +238,7 @@ def test_scale_bars_match_the_fields_of_view():
 
 
 def test_masks_forbid_spectra_before_a_frame_and_moves_off_the_stage():
-    env = gym.make("scopegym/Survey-v3")
+    env = gym.make("scopegym/Survey-v4")
     env.reset(seed=0)
     unwrapped = env.unwrapped
     unwrapped._have_frame = False
@@ -259,7 +260,7 @@ def test_masks_forbid_spectra_before_a_frame_and_moves_off_the_stage():
 
 
 def test_box_wrapper_maps_every_box_action_to_a_valid_discrete_one():
-    env = BoxActions(gym.make("scopegym/Survey-v3").unwrapped)
+    env = BoxActions(gym.make("scopegym/Survey-v4").unwrapped)
     env.reset(seed=0)
     rng = np.random.default_rng(0)
     for _ in range(50):

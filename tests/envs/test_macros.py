@@ -28,7 +28,7 @@ from scopegym.instrument import (
 )
 from scopegym.rewards import make_composite
 
-MEMORY_IDS = ["scopegym/DefectSearch-v3", "scopegym/Survey-v3"]
+MEMORY_IDS = ["scopegym/DefectSearch-v4", "scopegym/Survey-v4"]
 SAMPLE = SampleSpec("graphene", 1_000_003)
 
 
@@ -72,7 +72,7 @@ def test_at_atomic_resolution_only_dwells_that_reach_the_discovery_dose_are_allo
 
 def test_the_masks_follow_the_reward_and_the_frame_size():
     def dwell_mask_at_4_nm(**kwargs: Any) -> list[bool]:
-        env = gym.make("scopegym/DefectSearch-v3", **kwargs)
+        env = gym.make("scopegym/DefectSearch-v4", **kwargs)
         env.reset(seed=0)
         env.step(action(env, "zoom", fov=0))
         mask = entry(env, "dwell").tolist()
@@ -107,7 +107,7 @@ def test_the_scoring_criterion_is_discoverys_only_where_no_other_part_rewards_fr
 
 
 def test_inspect_centres_the_point_zooms_in_and_scans_at_the_scoring_dwell():
-    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
     env.reset(seed=1, options={"sample": SAMPLE})
     core: Any = env.unwrapped
     before = core.instrument.state()
@@ -142,7 +142,7 @@ def _stage_legs_take_up_the_play(commands: list[dict[str, Any]], margin: float) 
 
 
 def test_tile_shifts_the_beam_within_its_range_and_moves_the_stage_beyond_it():
-    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
     env.reset(seed=2, options={"sample": SAMPLE})
     core: Any = env.unwrapped
     margin = core.codec.config.backlash_margin_nm
@@ -206,7 +206,7 @@ def test_goto_brings_the_map_cell_to_the_centre_by_shift_near_and_by_stage_far(e
 
 
 def test_goto_cells_beyond_the_stage_are_masked_and_the_rest_allowed():
-    env = gym.make("scopegym/DefectSearch-v3")
+    env = gym.make("scopegym/DefectSearch-v4")
     env.reset(seed=0, options={"sample": SAMPLE})
     core: Any = env.unwrapped
     codec, limits = core.codec, core.instrument.limits
@@ -264,7 +264,7 @@ def test_a_field_reached_again_by_tiles_is_the_same_field_and_by_reversed_moves_
     """The stage's ~15 nm of backlash: tiles approach from one side, plain moves do not."""
     returns = {}
     for verb in ("tile", "move"):
-        env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+        env = gym.make("scopegym/DefectSearch-v4", samples="validation")
         env.reset(seed=3, options={"sample": SAMPLE})
         core: Any = env.unwrapped
         env.step(action(env, "zoom", fov=6))  # 256 nm: beyond the shift's range, by the stage
@@ -282,7 +282,7 @@ def test_macro_commands_are_recorded_one_by_one(tmp_path):
     from scopegym.adapters.records import RecordingInstrument, read_record
 
     recording = RecordingInstrument(make_instrument("twin"), tmp_path / "record.h5")
-    env = gym.make("scopegym/DefectSearch-v3", instrument=recording)
+    env = gym.make("scopegym/DefectSearch-v4", instrument=recording)
     env.reset(seed=0)
     opening = len(read_record(tmp_path / "record.h5").commands())
     sent = []
@@ -350,13 +350,13 @@ def test_the_step_cap_is_far_above_what_the_budgets_allow(env_id):
     assert cap == ENV_IDS[env_id] == BUDGET_BOUND_STEP_CAP == 10_000
     most = _most_steps(_cheapest_costs(env_id), budget.time_s, budget.dose_e_per_A2)
     # DefectSearch: 600 s of 0.2 s zooms; Survey: 43 spectra, then zooms.
-    expected = {"scopegym/DefectSearch-v3": 3000, "scopegym/Survey-v3": 4540}[env_id]
+    expected = {"scopegym/DefectSearch-v4": 3000, "scopegym/Survey-v4": 4540}[env_id]
     assert most == pytest.approx(expected, rel=0.01)
     assert cap >= 2 * (most + 1)
 
 
 def test_a_policy_of_the_cheapest_commands_is_ended_by_the_time_budget_not_the_cap():
-    env = gym.make("scopegym/DefectSearch-v3")
+    env = gym.make("scopegym/DefectSearch-v4")
     env.reset(seed=0)
     zooms = [action(env, "zoom", fov=0), action(env, "zoom", fov=1)]
     for steps in itertools.count(1):
@@ -372,7 +372,7 @@ def test_a_policy_of_the_cheapest_commands_is_ended_by_the_time_budget_not_the_c
 
 def test_a_policy_that_localises_before_it_scans_spends_its_dose_budget():
     """The v0 step cap of 200 ended the overview expert's episodes with dose to spare."""
-    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
     policy = make_baseline("overview_expert", env)
     obs, _ = env.reset(seed=0, options={"sample": SAMPLE})
     policy.reset()

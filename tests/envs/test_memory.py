@@ -1,4 +1,4 @@
-"""DefectSearch-v3 and Survey-v3 observe with memory: the episode map, the frame, the motion."""
+"""DefectSearch-v4 and Survey-v4 observe with memory: the episode map, the frame, the motion."""
 
 from __future__ import annotations
 
@@ -13,10 +13,17 @@ import scopegym  # noqa: F401  (registers the ids)
 from scopegym.envs import ENV_IDS
 from scopegym.envs.actions import ARGUMENTS
 from scopegym.envs.core import MOTION_FEATURES, STATE_FEATURES
-from scopegym.envs.episode_map import MAP_CHANNELS, MAP_PX, EpisodeMap
-from scopegym.instrument import Move, SampleSpec, Scan
+from scopegym.envs.episode_map import (
+    MAP_CHANNELS,
+    MAP_PX,
+    NEIGHBOURHOOD_CHANNELS,
+    NEIGHBOURHOOD_PX,
+    SCAN_LEVEL,
+    EpisodeMap,
+)
+from scopegym.instrument import Frame, InstrumentLimits, InstrumentState, Move, SampleSpec, Scan
 
-MEMORY_IDS = ["scopegym/DefectSearch-v3", "scopegym/Survey-v3"]
+MEMORY_IDS = ["scopegym/DefectSearch-v4", "scopegym/Survey-v4"]
 OVERVIEW, VISITS, POSITION, TARGETS = (MAP_CHANNELS.index(name) for name in MAP_CHANNELS)
 
 
@@ -29,12 +36,12 @@ def action(env: gym.Env[Any, Any], verb: str, **bins: int) -> np.ndarray:
     return chosen
 
 
-def test_the_v0_v1_and_v2_ids_are_dropped_and_the_v3_ids_registered() -> None:
+def test_the_v0_to_v3_ids_are_dropped_and_the_v4_ids_registered() -> None:
     assert set(MEMORY_IDS) <= set(ENV_IDS)
-    dropped = {f"scopegym/{name}-v{v}" for name in ("DefectSearch", "Survey") for v in (0, 1, 2)}
+    dropped = {f"scopegym/{name}-v{v}" for name in ("DefectSearch", "Survey") for v in (0, 1, 2, 3)}
     assert not dropped & set(ENV_IDS)
-    for old in ("scopegym/DefectSearch-v0", "scopegym/Survey-v1", "scopegym/DefectSearch-v2"):
-        with pytest.warns(DeprecationWarning, match="v3"), pytest.raises(gym.error.DeprecatedEnv):
+    for old in ("scopegym/DefectSearch-v0", "scopegym/Survey-v1", "scopegym/DefectSearch-v3"):
+        with pytest.warns(DeprecationWarning, match="v4"), pytest.raises(gym.error.DeprecatedEnv):
             gym.make(old)
 
 
@@ -42,7 +49,7 @@ def test_the_v0_v1_and_v2_ids_are_dropped_and_the_v3_ids_registered() -> None:
 def test_the_observation_holds_the_map_the_frame_the_state_and_the_motion(env_id: str) -> None:
     env = gym.make(env_id)
     space = env.observation_space
-    expected = {"frame", "state", "odometry", "map"}
+    expected = {"frame", "state", "odometry", "map", "neighbourhood"}
     if "Survey" in env_id:
         expected.add("spectrum")
     assert set(space.spaces) == expected
@@ -51,6 +58,8 @@ def test_the_observation_holds_the_map_the_frame_the_state_and_the_motion(env_id
     assert space["frame"].shape == (1, 96, 96)
     assert space["state"].shape == (len(STATE_FEATURES),)
     assert space["odometry"].shape == (len(MOTION_FEATURES),) == (8,)
+    assert space["neighbourhood"].shape == (2, 48, 48)
+    assert space["neighbourhood"].dtype == np.uint8
     obs, _ = env.reset(seed=0)
     assert space.contains(obs)
     # The opening overview is on the map, and the present field is marked over it.
@@ -63,7 +72,7 @@ def test_the_observation_holds_the_map_the_frame_the_state_and_the_motion(env_id
 
 
 def test_the_map_keeps_the_overview_after_zooming_in_and_marks_the_atomic_frames() -> None:
-    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
     obs, _ = env.reset(seed=1)
     overview = obs["map"][OVERVIEW].copy()
     obs, *_ = env.step(action(env, "zoom", fov=0))
@@ -87,10 +96,104 @@ def test_the_map_keeps_the_overview_after_zooming_in_and_marks_the_atomic_frames
     env.close()
 
 
+def _state(x_nm: float, y_nm: float, fov_nm: float) -> InstrumentState:
+    return InstrumentState(
+        stage_x_nm=x_nm,
+        stage_y_nm=y_nm,
+        fov_nm=fov_nm,
+        voltage_kV=60.0,
+        convergence_mrad=30.0,
+        beam_current_pA=30.0,
+    )
+
+
+def _frame(x_nm: float, y_nm: float, fov_nm: float) -> Frame:
+    return Frame(
+        counts=np.full((96, 96), 10.0),
+        fov_nm=fov_nm,
+        stage_x_nm=x_nm,
+        stage_y_nm=y_nm,
+        dwell_us=64.0,
+        dose_e_per_A2=1.0,
+        start_time_s=0.0,
+        end_time_s=1.0,
+    )
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_the_close_up_shows_a_taken_field_beside_the_view_on_its_side(sign: float) -> None:
+    episode_map = EpisodeMap(InstrumentLimits(), atomic_pixel_nm=0.05)
+    view = _state(sign * 4.0, -sign * 4.0, 4.0)
+    assert not episode_map.neighbourhood(view).any()
+    episode_map.add_frame(_frame(0.0, 0.0, 4.0))  # 0.042 nm pixels: atomic
+    close_up = episode_map.neighbourhood(view)
+    assert close_up.shape == (len(NEIGHBOURHOOD_CHANNELS), NEIGHBOURHOOD_PX, NEIGHBOURHOOD_PX)
+    visits = close_up[NEIGHBOURHOOD_CHANNELS.index("visits")].astype(float)
+    # 12 nm across, 0.25 nm pixels: the field one step to -x and +y of the view (sign +1)
+    # fills the lower-left corner's 4 nm (rows along +y), else the upper-right's, and no more.
+    corner = (slice(32, 48), slice(0, 16)) if sign > 0 else (slice(0, 16), slice(32, 48))
+    assert (visits[corner] == 255).all()
+    assert visits.sum() == 255 * 16 * 16
+    # Its centre is the one frame counted at the present 4 nm field, on the same side; at a
+    # 64 nm field it is a visit but no look.
+    looks = close_up[NEIGHBOURHOOD_CHANNELS.index("scans")]
+    centre = [40, 8] if sign > 0 else [8, 40]
+    assert np.argwhere(looks == SCAN_LEVEL).tolist() == [centre]
+    assert np.count_nonzero(looks) == 1
+    coarser = episode_map.neighbourhood(_state(0.0, 0.0, 64.0))
+    assert not coarser[1].any() and coarser[0].any()
+
+
+def test_the_close_up_counts_the_frames_taken_at_the_present_field_by_their_centres() -> None:
+    episode_map = EpisodeMap(InstrumentLimits(), atomic_pixel_nm=0.05)
+    episode_map.add_frame(_frame(10.0, 20.0, 64.0))
+    episode_map.add_frame(_frame(10.0, 20.0, 1024.0))  # another field: not counted at 64 nm
+    scans = NEIGHBOURHOOD_CHANNELS.index("scans")
+    view = _state(0.0, 0.0, 64.0)
+    # 192 nm across, 4 nm pixels from -96 nm: (10, 20) is column 26, row 29.
+    looks = episode_map.neighbourhood(view)[scans]
+    assert looks[29, 26] == SCAN_LEVEL and np.count_nonzero(looks) == 1
+    episode_map.add_frame(_frame(10.0, 20.0, 64.0))
+    assert episode_map.neighbourhood(view)[scans][29, 26] == 2 * SCAN_LEVEL
+    for _ in range(2):
+        episode_map.add_frame(_frame(10.0, 20.0, 64.0))
+    assert episode_map.neighbourhood(view)[scans][29, 26] == 255  # saturated at three
+    # At the overview's field (64 nm pixels) the one overview's centre is the one count.
+    overview = episode_map.neighbourhood(_state(0.0, 0.0, 1024.0))[scans]
+    assert np.argwhere(overview == SCAN_LEVEL).tolist() == [[24, 24]]
+    episode_map.reset()
+    assert not episode_map.neighbourhood(view).any()
+
+
+def test_the_close_up_follows_a_tile_walk_in_the_env() -> None:
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
+    env.reset(seed=1)
+    visits = NEIGHBOURHOOD_CHANNELS.index("visits")
+    field_px = 16.0 * 16.0  # a 4 nm field in pixels of 0.25 nm
+    obs, _, _, _, info = env.step(action(env, "inspect", x=8, y=8))
+    assert info["refused"] is None and env.unwrapped.instrument.state().fov_nm == 4.0
+    # The present field is the close-up's middle third, within the stage's creep during the
+    # scan (the reported position moves ~1 nm: 5 px).
+    close_up = obs["neighbourhood"][visits].astype(float) / 255.0
+    assert close_up.sum() == pytest.approx(field_px, rel=0.02)
+    rows, cols = np.nonzero(close_up)
+    weights = close_up[rows, cols]
+    assert abs(np.average(rows, weights=weights) - 23.5) < 6
+    assert abs(np.average(cols, weights=weights) - 23.5) < 6
+    obs, _, _, _, info = env.step(action(env, "tile", dx=4, dy=2))  # one field to +x
+    assert info["refused"] is None
+    close_up = obs["neighbourhood"][visits].astype(float) / 255.0
+    assert close_up.sum() == pytest.approx(2 * field_px, rel=0.1)  # overlap by the creep
+    # The field before lies one field to -x: the left third; nothing is taken ahead yet.
+    assert close_up[:, :16].sum() > 0.6 * field_px
+    assert close_up[:, 32:].sum() < 0.2 * field_px
+    env.close()
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 def test_frames_land_on_the_map_where_the_reported_stage_says(seed: int) -> None:
     """Two overviews 320 nm apart paint matching content where they overlap."""
-    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
     env.reset(seed=seed)
     instrument = env.unwrapped.instrument
     first = instrument.execute(Scan(96, 64.0))
@@ -179,7 +282,7 @@ def test_the_observation_reads_no_ground_truth(env_id: str) -> None:
 
 
 def test_the_motion_odometry_says_which_side_the_play_is_on_and_how_far_the_beam_is_shifted():
-    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
     env.reset(seed=0)
     play = slice(MOTION_FEATURES.index("play_x"), MOTION_FEATURES.index("play_y") + 1)
     shift = slice(MOTION_FEATURES.index("shift_x"), MOTION_FEATURES.index("shift_y") + 1)
@@ -201,11 +304,11 @@ def test_the_legacy_v0_interface_observes_as_v0_did_and_fits_the_shipped_policy(
 
     from sb3_contrib import MaskablePPO
 
-    legacy = gym.make("scopegym/DefectSearch-v3", version=0, max_episode_steps=200)
+    legacy = gym.make("scopegym/DefectSearch-v4", version=0, max_episode_steps=200)
     assert set(legacy.observation_space.spaces) == {"frame", "state"}
     assert legacy.spec.max_episode_steps == 200
     assert legacy.unwrapped.interface_id == "scopegym/DefectSearch-v0"
-    assert gym.make("scopegym/DefectSearch-v3").unwrapped.interface_id == "scopegym/DefectSearch-v3"
+    assert gym.make("scopegym/DefectSearch-v4").unwrapped.interface_id == "scopegym/DefectSearch-v4"
     shipped = Path(__file__).resolve().parents[2] / "policies" / "defect_search_maskable_ppo.zip"
     model = MaskablePPO.load(shipped, device="cpu")
     assert model.observation_space == legacy.observation_space
@@ -215,17 +318,17 @@ def test_the_legacy_v0_interface_observes_as_v0_did_and_fits_the_shipped_policy(
     _, _, _, _, info = legacy.step(chosen)
     assert info["refused"] is None
     # The latest interface is not what it was trained on.
-    assert model.observation_space != gym.make("scopegym/DefectSearch-v3").observation_space
+    assert model.observation_space != gym.make("scopegym/DefectSearch-v4").observation_space
     with pytest.raises(ValueError, match="version must be one of"):
-        gym.make("scopegym/DefectSearch-v3", version=4)
+        gym.make("scopegym/DefectSearch-v4", version=5)
     legacy.close()
 
 
 @pytest.mark.parametrize(
     ("env_id", "shipped"),
     [
-        ("scopegym/DefectSearch-v3", "defect_search_v1_maskable_ppo.zip"),
-        ("scopegym/Survey-v3", "survey_v1_backlash_raster_clone.zip"),
+        ("scopegym/DefectSearch-v4", "defect_search_v1_maskable_ppo.zip"),
+        ("scopegym/Survey-v4", "survey_v1_backlash_raster_clone.zip"),
     ],
 )
 def test_the_legacy_v1_interface_has_no_targets_channel_and_fits_the_shipped_policy(
@@ -237,7 +340,7 @@ def test_the_legacy_v1_interface_has_no_targets_channel_and_fits_the_shipped_pol
 
     legacy = gym.make(env_id, version=1)
     assert legacy.observation_space["map"].shape == (3, MAP_PX, MAP_PX)
-    assert legacy.unwrapped.interface_id == env_id.replace("-v3", "-v1")
+    assert legacy.unwrapped.interface_id == env_id.replace("-v4", "-v1")
     current = gym.make(env_id, version=2)
     # Only the map differs from v2: actions and the other entries are v2's.
     assert current.action_space == legacy.action_space
@@ -261,8 +364,8 @@ def test_the_legacy_v2_interface_has_no_goto_and_the_shipped_v2_policy_fits_it(e
     from sb3_contrib import MaskablePPO
 
     legacy = gym.make(env_id, version=2)
-    current = gym.make(env_id)
-    assert legacy.unwrapped.interface_id == env_id.replace("-v3", "-v2")
+    current = gym.make(env_id, version=3)
+    assert legacy.unwrapped.interface_id == env_id.replace("-v4", "-v2")
     assert "goto" not in legacy.unwrapped.codec.config.verbs
     assert current.unwrapped.codec.config.verbs[-1] == "goto"
     # v3 appends the verb and its two entries; everything else is v2's.

@@ -13,7 +13,7 @@ from scopegym.envs.core import SPECTRUM_BINS, spectrum_observation
 
 
 def test_last_state_entry_says_whether_the_frame_shows_the_present_view():
-    env = gym.make("scopegym/DefectSearch-v3", frame_px=64)
+    env = gym.make("scopegym/DefectSearch-v4", frame_px=64)
     obs, _ = env.reset(seed=0)
     assert obs["state"][-1] == 1.0  # the opening overview was just taken here
     helper = make_baseline("raster", env)

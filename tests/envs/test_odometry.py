@@ -22,7 +22,7 @@ def _move(env, dx_bin, dy_bin):
 
 
 #: Ids whose observation holds the odometry (with the play and the beam shift) by default.
-ON_BY_DEFAULT = {"scopegym/DefectSearch-v3", "scopegym/Survey-v3"}
+ON_BY_DEFAULT = {"scopegym/DefectSearch-v4", "scopegym/Survey-v4"}
 
 
 @pytest.mark.parametrize("env_id", sorted(ENV_IDS))
@@ -38,7 +38,7 @@ def test_odometry_is_on_for_the_v1_search_ids_and_passes_the_checkers_when_on(en
 
 
 def test_odometry_sums_the_commanded_moves_and_keeps_the_last_one():
-    env = gym.make("scopegym/DefectSearch-v3", frame_px=64, odometry=True)
+    env = gym.make("scopegym/DefectSearch-v4", frame_px=64, odometry=True)
     obs, _ = env.reset(seed=4)
     np.testing.assert_array_equal(obs["odometry"][:4], np.zeros(4, np.float32))
     core = env.unwrapped
@@ -83,7 +83,7 @@ def test_last_move_encoding_puts_direction_first_and_length_on_a_log_scale():
 
 
 def test_a_refused_move_does_not_count():
-    env = gym.make("scopegym/DefectSearch-v3", frame_px=64, odometry=True)
+    env = gym.make("scopegym/DefectSearch-v4", frame_px=64, odometry=True)
     env.reset(seed=0)
     core = env.unwrapped
     # 1 µm moves in +x from the 1 µm overview soon leave the 2 µm stage; the twin refuses

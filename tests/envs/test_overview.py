@@ -133,7 +133,7 @@ def test_the_targets_channel_marks_each_target_and_gives_it_back_within_half_a_p
     assert EpisodeMap(limits).observation(state).shape[0] == 3
 
 
-@pytest.mark.parametrize("env_id", ["scopegym/DefectSearch-v3", "scopegym/Survey-v3"])
+@pytest.mark.parametrize("env_id", ["scopegym/DefectSearch-v4", "scopegym/Survey-v4"])
 def test_in_an_episode_the_channel_fills_from_an_overview_and_empties_where_looked(
     env_id: str,
 ) -> None:
@@ -162,7 +162,7 @@ def test_in_an_episode_the_channel_fills_from_an_overview_and_empties_where_look
 def test_the_expert_reads_targets_from_the_channel_not_its_own_overview_reading() -> None:
     from scopegym.agents.baselines import make_baseline
 
-    env = gym.make("scopegym/DefectSearch-v3", samples="validation")
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
     core: Any = env.unwrapped
     expert = make_baseline("reactive_shift_expert", env)
     obs, _ = env.reset(seed=0)

@@ -36,7 +36,7 @@ def test_heldout_samples_are_enumerable():
 
 
 def test_make_accepts_the_sample_set_by_name():
-    env = gym.make("scopegym/DefectSearch-v3", samples="heldout")
+    env = gym.make("scopegym/DefectSearch-v4", samples="heldout")
     _, info = env.reset(seed=0)
     assert info["sample"]["seed"] in SAMPLE_SETS["heldout"].seed_set()
     env.close()

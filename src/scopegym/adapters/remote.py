@@ -9,7 +9,7 @@ trained policy or a baseline runs against it unchanged::
     SCOPEGYM_SERVE_SECRET=... scopegym-serve --instrument twin --host 0.0.0.0 --port 7737
     # on the GPU box
     env = gymnasium.make(
-        "scopegym/DefectSearch-v3",
+        "scopegym/DefectSearch-v4",
         instrument=RemoteInstrument("PYRO:scopegym.instrument@scope-pc:7737", secret="..."),
         reward_weights={"novelty": 1.0, "quality": 0.5, "time_penalty": 1.0, "dose_penalty": 1.0},
     )

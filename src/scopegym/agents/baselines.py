@@ -956,7 +956,7 @@ class BacklashAwareRasterPolicy(_Navigator):
     :class:`_Navigator`), so every tile is reached with the play taken up. Where the task
     offers the beam shift, it rasters with shifts instead (no backlash: a serpentine), and
     moves the stage only when the shift range is spent. Where it offers the ``tile`` macro
-    (DefectSearch-v3, Survey-v3), the serpentine is one ``tile`` per field: the macro shifts the
+    (DefectSearch-v4, Survey-v4), the serpentine is one ``tile`` per field: the macro shifts the
     beam by one field and scans (5 ms a field instead of a stage move), and carries the offset
     to the stage, play taken up, when the shift range is spent.
 
@@ -1296,7 +1296,7 @@ class OverviewExpertPolicy(_Navigator):
 class ShiftExpertPolicy(OverviewExpertPolicy):
     """The operator's rim search of :class:`OverviewExpertPolicy`, travelling by beam shift.
 
-    Where the task offers the ``inspect`` and ``tile`` macros (DefectSearch-v3, Survey-v3), an
+    Where the task offers the ``inspect`` and ``tile`` macros (DefectSearch-v4, Survey-v4), an
     operator does not drive the stage between nearby fields: the beam shift moves the view in
     5 ms with no backlash, so a rim can be followed whichever way it runs, and the stage is
     driven (by the macros, play taken up) only where the shift range ends. The policy takes an
@@ -1598,7 +1598,7 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         observation is recognised by the instrument's clock going back).
 
         Args:
-            observation: A DefectSearch-v3 or Survey-v3 observation.
+            observation: A DefectSearch-v4 or Survey-v4 observation.
             action_masks: The environment's flat action mask.
         """
         self.observation = dict(observation)

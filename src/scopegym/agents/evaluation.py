@@ -52,7 +52,7 @@ class EpisodeResult:
 
     Attributes:
         env_id: The interface the policy acted in: the environment's ``interface_id`` where it
-            has one (``scopegym/DefectSearch-v0`` for ``DefectSearch-v3`` made with
+            has one (``scopegym/DefectSearch-v0`` for ``DefectSearch-v4`` made with
             ``version=0``), else its Gymnasium id (or class name).
         policy: Name of the policy.
         sample_family: Specimen family of the episode's sample.

@@ -1,6 +1,6 @@
 """A policy head that points at the episode map: the ``goto`` cell is chosen where the map shows it.
 
-With ``goto`` (DefectSearch-v3, Survey-v3) travel is one choice of a map cell, but an MLP over
+With ``goto`` (DefectSearch-v4, Survey-v4) travel is one choice of a map cell, but an MLP over
 pooled CNN features has to read a place off a 4 × 4 summary of the map and write it into 64
 logits per axis: cloning the rim search that way left its travel unlearned (the v2 clone
 oscillated between tiles). :class:`MapPointer` scores every ``goto`` cell with a small
@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional
 
 from scopegym.agents.features import ScopeFeaturesExtractor
+from scopegym.envs.actions import ARGUMENTS
 from scopegym.envs.episode_map import MAP_CHANNELS
 
 #: Initial score of a cell holding a target (its ``targets`` maximum, in [0, 1], times it)
@@ -47,8 +48,16 @@ TARGET_PRIOR = 12.0
 #: Initial change of a target cell's score per map width of distance from the present field
 #: [logit]: 0.25 per 64 nm, so that the nearest of several targets wins.
 DISTANCE_PRIOR = -8.0
+#: Initial score of the cell under the present field's centre (each of the four where the
+#: centre is their common corner) where the pointer avoids it [logit]: a ``goto`` there moves
+#: the view by less than half a cell and scans the same field, which the rim search never
+#: does; a clone that does it sees the same observation again and repeats itself to the end of
+#: the budget (measured: 589 steps of one validation episode).
+HERE_PRIOR = -20.0
 #: Values of :meth:`MapPointer.read`'s summary of the pending targets.
 SUMMARY_SIZE = 4
+#: ``frame_pointer_grid`` that :class:`MapPointerPolicy` replaces by the action's inspect grid.
+FRAME_POINTER_FROM_ACTION = -1
 
 
 class MapPointer(nn.Module):
@@ -59,9 +68,13 @@ class MapPointer(nn.Module):
             is used where present).
         grid: Cells per axis; the map's side must be a multiple of it.
         hidden: Channels of the convolutions.
+        avoid_here: Score the cell under the present field's centre down by a learnt weight
+            that starts at :data:`HERE_PRIOR`.
     """
 
-    def __init__(self, channels: Sequence[str], grid: int, hidden: int = 16) -> None:
+    def __init__(
+        self, channels: Sequence[str], grid: int, hidden: int = 16, avoid_here: bool = False
+    ) -> None:
         super().__init__()
         if "position" not in channels:
             raise ValueError(f"the map needs a 'position' channel to point from, got {channels}")
@@ -85,6 +98,7 @@ class MapPointer(nn.Module):
         self.learnt_scale = nn.Parameter(torch.tensor(0.01))
         self.target_weight = nn.Parameter(torch.tensor(TARGET_PRIOR))
         self.distance_weight = nn.Parameter(torch.tensor(DISTANCE_PRIOR))
+        self.here_weight = nn.Parameter(torch.tensor(HERE_PRIOR)) if avoid_here else None
         axis = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid
         self.cell_x: torch.Tensor
         self.cell_y: torch.Tensor
@@ -98,6 +112,8 @@ class MapPointer(nn.Module):
         with torch.no_grad():
             for parameter in (self.learnt_scale, self.target_weight, self.distance_weight):
                 parameter.div_(temperature)
+            if self.here_weight is not None:
+                self.here_weight.div_(temperature)
 
     def forward(self, episode_map: torch.Tensor) -> torch.Tensor:
         """Cell scores ``(batch, grid, grid)`` [logit], rows along y, columns along x."""
@@ -146,6 +162,12 @@ class MapPointer(nn.Module):
         scores = self.learnt_scale * learnt + marked * (
             self.target_weight + self.distance_weight * distance
         )
+        if self.here_weight is not None:
+            half = 0.5 / self.grid
+            here = (
+                ((self.cell_x - centre_x).abs() <= half) & ((self.cell_y - centre_y).abs() <= half)
+            ).float()
+            scores = scores + self.here_weight * here
         # A target's own pixel is 255, its ring 128: cells at 1 hold a target.
         held = (marked > 0.99).flatten(1).float()
         nearest = torch.where(held > 0, distance.flatten(1), torch.full_like(held, 1.5))
@@ -175,6 +197,81 @@ class MapPointer(nn.Module):
         return torch.cat([scores.amax(dim=1), scores.amax(dim=2)], dim=1)
 
 
+class FramePointer(nn.Module):
+    """Scores of every ``inspect`` point of the present field, a ``grid`` × ``grid`` tiling.
+
+    ``inspect`` brings one point of the present frame to the centre and resolves it, so its
+    (x, y) is a place on the frame, as ``goto``'s is on the map. Per cell the scorer reads the
+    frame pooled to the cell (mean, spread, minimum and maximum: a hole's rim is where a dark
+    cell meets a grey one), the middle third of the map's close-up resampled to the cells (the
+    atomic-resolution fields taken there, and the frames centred there: v4 ids), the cell's
+    coordinates and its distance from the centre, through the same dilated convolutions as
+    :class:`MapPointer`'s learnt part, at full cell resolution. No prior: it starts near zero
+    beside the policy's own ``x``/``y`` logits and learns where a rim point not yet taken lies.
+
+    Args:
+        grid: Cells per axis (the action's ``x``/``y`` bins).
+        hidden: Channels of the convolutions.
+        close_up: Whether the observation has the map's close-up (``neighbourhood``).
+    """
+
+    def __init__(self, grid: int, hidden: int = 16, close_up: bool = True) -> None:
+        super().__init__()
+        self.grid = int(grid)
+        self.close_up = bool(close_up)
+        inputs = 4 + (2 if self.close_up else 0) + 3
+        layers: list[nn.Module] = []
+        previous = inputs
+        for dilation in (1, 2, 4):
+            layers += [
+                nn.Conv2d(previous, hidden, 3, padding=dilation, dilation=dilation),
+                nn.ReLU(),
+            ]
+            previous = hidden
+        layers.append(nn.Conv2d(previous, 1, 1))
+        self.scorer = nn.Sequential(*layers)
+        self.learnt_scale = nn.Parameter(torch.tensor(1.0))
+        axis = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid
+        cell_x = axis.expand(self.grid, -1)
+        cell_y = axis.unsqueeze(1).expand(-1, self.grid)
+        distance = torch.sqrt((cell_x - 0.5) ** 2 + (cell_y - 0.5) ** 2)
+        self.coordinates: torch.Tensor
+        self.register_buffer(
+            "coordinates", torch.stack([cell_x, cell_y, distance]).clone(), persistent=False
+        )
+
+    def divide_scores(self, temperature: float) -> None:
+        """Divide every cell's score by ``temperature``."""
+        with torch.no_grad():
+            self.learnt_scale.div_(temperature)
+
+    def forward(
+        self, frame: torch.Tensor, neighbourhood: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Cell scores ``(batch, grid, grid)`` [logit], rows along y, columns along x."""
+        frame = _unit(frame)[:, :1]
+        cells = self.grid
+        mean = functional.adaptive_avg_pool2d(frame, cells)
+        square = functional.adaptive_avg_pool2d(frame**2, cells)
+        spread = torch.sqrt((square - mean**2).clamp(min=0.0) + 1e-8)
+        low = -functional.adaptive_max_pool2d(-frame, cells)
+        high = functional.adaptive_max_pool2d(frame, cells)
+        layers = [mean, spread, low, high]
+        if self.close_up:
+            if neighbourhood is None:
+                raise ValueError("this FramePointer reads the 'neighbourhood' observation")
+            wide = functional.adaptive_avg_pool2d(_unit(neighbourhood), 3 * cells)
+            layers.append(wide[:, :, cells : 2 * cells, cells : 2 * cells])
+        batch = frame.shape[0]
+        layers.append(self.coordinates.expand(batch, -1, -1, -1))
+        return self.learnt_scale * self.scorer(torch.cat(layers, dim=1)).squeeze(1)
+
+
+def _unit(image: torch.Tensor) -> torch.Tensor:
+    """An image as floats in [0, 1] (uint8 scaled; SB3 scales image entries itself)."""
+    return image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+
+
 class PointerFeaturesExtractor(ScopeFeaturesExtractor):
     """:class:`ScopeFeaturesExtractor`'s features, a summary of the targets, the cells' scores.
 
@@ -184,10 +281,18 @@ class PointerFeaturesExtractor(ScopeFeaturesExtractor):
     :class:`MapPointerPolicy` adds them to the ``gx`` and ``gy`` logits instead of feeding them
     to its MLPs.
 
+    With ``frame_pointer_grid`` the :class:`FramePointer`'s marginals follow (``x`` then
+    ``y``), which the policy adds to the ``inspect`` point's logits.
+
     Args:
         observation_space: A Dict observation with a ``map`` entry.
         pointer_grid: ``goto`` cells per axis (the action's ``gx``/``gy`` bins).
         pointer_hidden: Channels of the pointer's convolutions.
+        avoid_here: The map pointer scores the present cell down (:data:`HERE_PRIOR`).
+        frame_pointer_grid: ``inspect`` points per axis (the action's ``x``/``y`` bins: 16 in
+            DefectSearch, 8 in Survey); 0 leaves the frame pointer out;
+            :data:`FRAME_POINTER_FROM_ACTION` lets :class:`MapPointerPolicy` read it off the
+            action space.
         **kwargs: Passed to :class:`ScopeFeaturesExtractor`.
     """
 
@@ -196,6 +301,8 @@ class PointerFeaturesExtractor(ScopeFeaturesExtractor):
         observation_space: spaces.Dict,
         pointer_grid: int = 64,
         pointer_hidden: int = 16,
+        frame_pointer_grid: int = 0,
+        avoid_here: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(observation_space, **kwargs)
@@ -205,16 +312,25 @@ class PointerFeaturesExtractor(ScopeFeaturesExtractor):
                 "PointerFeaturesExtractor points at the 'map' observation; there is none"
             )
         count = int(map_space.shape[0])  # type: ignore[index]
-        self.pointer = MapPointer(MAP_CHANNELS[:count], pointer_grid, pointer_hidden)
-        self.pointer_dim = 2 * int(pointer_grid)
+        self.pointer = MapPointer(MAP_CHANNELS[:count], pointer_grid, pointer_hidden, avoid_here)
+        self.map_pointer_dim = 2 * int(pointer_grid)
+        self.frame_pointer: FramePointer | None = None
+        self.frame_pointer_dim = 0
+        if frame_pointer_grid:
+            close_up = "neighbourhood" in observation_space.spaces
+            self.frame_pointer = FramePointer(frame_pointer_grid, pointer_hidden, close_up)
+            self.frame_pointer_dim = 2 * int(frame_pointer_grid)
+        self.pointer_dim = self.map_pointer_dim + self.frame_pointer_dim
         self._features_dim += SUMMARY_SIZE + self.pointer_dim
 
     def forward(self, observations: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Features ``(batch, features_dim)``: the encoders', the summary, the marginals."""
         scores, summary = self.pointer.read(observations["map"])
-        return torch.cat(
-            [super().forward(observations), summary, MapPointer._marginals(scores)], dim=1
-        )
+        parts = [super().forward(observations), summary, MapPointer._marginals(scores)]
+        if self.frame_pointer is not None:
+            cells = self.frame_pointer(observations["frame"], observations.get("neighbourhood"))
+            parts.append(MapPointer._marginals(cells))
+        return torch.cat(parts, dim=1)
 
 
 class PointerMlpExtractor(nn.Module):
@@ -253,26 +369,65 @@ class MapPointerPolicy(MaskableMultiInputActorCriticPolicy):
 
     Needs :class:`PointerFeaturesExtractor` (``policy_kwargs.features_extractor_class``) and
     an action whose last two entries are ``gx`` and ``gy`` with ``pointer_grid`` bins each
-    (DefectSearch-v3, Survey-v3). The other entries' logits come from the action layer on the
-    MLP's latent, as in ``MultiInputPolicy``; ``gx`` and ``gy`` get the same plus the
-    pointer's marginals, so the linear layer learns only a bias on top of where the map
-    points.
+    (DefectSearch-v3 and v4, Survey-v3 and v4). The other entries' logits come from the action
+    layer on the MLP's latent, as in ``MultiInputPolicy``; ``gx`` and ``gy`` get the same plus
+    the pointer's marginals (and ``x`` and ``y`` the frame pointer's, where the extractor has
+    one).
+
+    Args:
+        observation_space: The Dict observation space.
+        action_space: The MultiDiscrete action space.
+        *args: Passed to ``MaskableMultiInputActorCriticPolicy``.
+        pointers_decide: The pointed entries' logits are the pointers' marginals plus the
+            action layer's bias alone, not its weights on the MLP's latent.
+        **kwargs: Passed to ``MaskableMultiInputActorCriticPolicy``.
     """
+
+    def __init__(
+        self,
+        observation_space: spaces.Dict,
+        action_space: spaces.Space[Any],
+        *args: Any,
+        pointers_decide: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        self.pointers_decide = bool(pointers_decide)
+        extractor_kwargs = dict(kwargs.get("features_extractor_kwargs") or {})
+        if extractor_kwargs.get("frame_pointer_grid") == FRAME_POINTER_FROM_ACTION:
+            # The task's inspect grid (16 in DefectSearch, 8 in Survey), so that one config
+            # serves both; the saved kwargs keep the marker and resolve the same way on load.
+            nvec = np.asarray(getattr(action_space, "nvec", []), dtype=np.int64).reshape(-1)
+            x_entry = 1 + ARGUMENTS.index("x")
+            grid = int(nvec[x_entry]) if len(nvec) > x_entry else 0
+            extractor_kwargs["frame_pointer_grid"] = grid
+            kwargs["features_extractor_kwargs"] = extractor_kwargs
+        super().__init__(observation_space, action_space, *args, **kwargs)
+
+    def _get_constructor_parameters(self) -> dict[str, Any]:
+        parameters = super()._get_constructor_parameters()
+        parameters["pointers_decide"] = self.pointers_decide
+        return parameters
 
     def _build_mlp_extractor(self) -> None:
         extractor = self.features_extractor
         pointer_dim = int(getattr(extractor, "pointer_dim", 0))
+        frame_dim = int(getattr(extractor, "frame_pointer_dim", 0))
+        map_dim = pointer_dim - frame_dim
         nvec = np.asarray(getattr(self.action_space, "nvec", []), dtype=np.int64).reshape(-1)
-        if (
-            not pointer_dim
-            or len(nvec) < 2
-            or 2 * int(nvec[-1]) != pointer_dim
-            or nvec[-1] != nvec[-2]
-        ):
+        if not pointer_dim or len(nvec) < 2 or 2 * int(nvec[-1]) != map_dim or nvec[-1] != nvec[-2]:
             raise ValueError(
                 "MapPointerPolicy needs PointerFeaturesExtractor (features_extractor_class) "
                 f"and an action ending in gx, gy entries of pointer_grid bins; got nvec "
-                f"{nvec.tolist()} and {pointer_dim} pointer features"
+                f"{nvec.tolist()} and {map_dim} map pointer features"
+            )
+        # The inspect point's x and y entries, adjacent in the action (ARGUMENTS).
+        x_entry = 1 + ARGUMENTS.index("x")
+        self._inspect_logits = (int(nvec[:x_entry].sum()), frame_dim)
+        if frame_dim and (len(nvec) <= x_entry + 1 or 2 * int(nvec[x_entry]) != frame_dim):
+            raise ValueError(
+                f"the frame pointer scores {frame_dim // 2} x {frame_dim // 2} inspect points; "
+                f"the action's x, y entries have {nvec.tolist()[x_entry : x_entry + 2]} bins "
+                "(frame_pointer_grid must match the task's inspect grid)"
             )
         self.mlp_extractor = PointerMlpExtractor(  # type: ignore[assignment]
             self.features_dim,
@@ -287,13 +442,31 @@ class MapPointerPolicy(MaskableMultiInputActorCriticPolicy):
         assert isinstance(extractor, PointerMlpExtractor)
         pointer_dim = extractor.pointer_dim
         base, pointer = latent_pi[:, :-pointer_dim], latent_pi[:, -pointer_dim:]
+        start, frame_dim = self._inspect_logits
+        map_dim = pointer_dim - frame_dim
         logits = self.action_net(base)
-        logits = torch.cat([logits[:, :-pointer_dim], logits[:, -pointer_dim:] + pointer], dim=1)
-        return self.action_dist.proba_distribution(action_logits=logits)
+        pointed = torch.zeros_like(logits, dtype=torch.bool)
+        pointed[:, -map_dim:] = True
+        added = torch.zeros_like(logits)
+        added[:, -map_dim:] = pointer[:, :map_dim]
+        if frame_dim:
+            pointed[:, start : start + frame_dim] = True
+            added[:, start : start + frame_dim] = pointer[:, map_dim:]
+        if self.pointers_decide:
+            # A place is the pointers' choice plus a learnt bias per bin: the MLP, which sees
+            # the present position too, would otherwise pick each axis on its own and may
+            # join a column and a row to a cell no pointer scored (the present one, say).
+            action_net = self.action_net
+            assert isinstance(action_net, nn.Linear) and action_net.bias is not None
+            logits = torch.where(pointed, action_net.bias.expand_as(logits), logits)
+        return self.action_dist.proba_distribution(action_logits=logits + added)
 
 
 __all__ = [
     "DISTANCE_PRIOR",
+    "FRAME_POINTER_FROM_ACTION",
+    "FramePointer",
+    "HERE_PRIOR",
     "SUMMARY_SIZE",
     "TARGET_PRIOR",
     "MapPointer",

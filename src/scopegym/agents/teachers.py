@@ -106,7 +106,7 @@ class DefectOracle(ScriptedPolicy):
     any observation, also one a student reached (dataset aggregation).
 
     Args:
-        env: A DefectSearch-v3 or Survey-v3 environment on the twin (needs ground truth and
+        env: A DefectSearch-v4 or Survey-v4 environment on the twin (needs ground truth and
             the ``inspect`` and ``tile`` macros).
         look_fov_nm: Field of the look-around scans [nm].
         look_dwell_us: Dwell of the look-around scans [µs].
@@ -124,7 +124,7 @@ class DefectOracle(ScriptedPolicy):
         if getattr(self.unwrapped, "truth", None) is None:
             raise ValueError("defect_oracle reads the twin's ground truth; use a twin")
         if not {"scan", "zoom", "inspect", "tile"} <= set(self.config.verbs):
-            raise ValueError("defect_oracle needs the inspect and tile macros (DefectSearch-v3)")
+            raise ValueError("defect_oracle needs the inspect and tile macros (DefectSearch-v4)")
         # The offered level the zoom reaches, so that the policy knows when it is there.
         self.look_fov_nm = float(self.config.fov_levels_nm[self.nearest_fov_level(look_fov_nm)])
         dwells = list(self.config.dwell_us)

@@ -1,13 +1,15 @@
 """Gymnasium environments: an instrument plus a task, registered on import of scopegym.
 
-Ids: ``scopegym/DefectSearch-v3``, ``scopegym/Autotune-v1``,
-``scopegym/AutotuneRonchigram-v2``, ``scopegym/SpectrumDiscovery-v1``, ``scopegym/Survey-v3``.
+Ids: ``scopegym/DefectSearch-v4``, ``scopegym/Autotune-v1``,
+``scopegym/AutotuneRonchigram-v2``, ``scopegym/SpectrumDiscovery-v1``, ``scopegym/Survey-v4``.
 Held-out samples are a keyword: ``gymnasium.make(id, samples="heldout")``.
 
-DefectSearch and Survey are at v2: v1's episode map, motion odometry, macro verbs, masks of
-scans that cannot score and budget-ended episodes, plus the map's ``targets`` channel (the
-overviews' hole-rim targets not yet looked at). Their v1 and v0 ids are dropped: ``version=1``
-restores v1 (configs ``env=defect_search_v1``, ``env=survey_v1``) and ``version=0`` (with
+DefectSearch and Survey are at v4: v1's episode map, motion odometry, macro verbs, masks of
+scans that cannot score and budget-ended episodes; v2's ``targets`` channel of the map (the
+overviews' hole-rim targets not yet looked at); v3's ``goto`` macro (travel to a cell of the
+map); and the map's close-up of the present view (the ``neighbourhood`` entry). Their earlier
+ids are dropped: ``version=3``, ``2`` and ``1`` restore v3, v2 and v1 (configs
+``env=defect_search_v3``, ``env=survey_v3`` and so on) and ``version=0`` (with
 ``max_episode_steps`` of :data:`V0_MAX_EPISODE_STEPS`) v0 (``env=defect_search_v0``), for the
 policies trained on them.
 Autotune is at v1 (each image kind's latest two acquisitions, the tunes between them and their
@@ -49,18 +51,18 @@ BUDGET_BOUND_STEP_CAP = 10_000
 
 #: Registered ids and their step limits.
 ENV_IDS: dict[str, int] = {
-    "scopegym/DefectSearch-v3": BUDGET_BOUND_STEP_CAP,
+    "scopegym/DefectSearch-v4": BUDGET_BOUND_STEP_CAP,
     "scopegym/Autotune-v1": BUDGET_BOUND_STEP_CAP,
     "scopegym/AutotuneRonchigram-v2": BUDGET_BOUND_STEP_CAP,
     "scopegym/SpectrumDiscovery-v1": 24,
-    "scopegym/Survey-v3": BUDGET_BOUND_STEP_CAP,
+    "scopegym/Survey-v4": BUDGET_BOUND_STEP_CAP,
 }
 _ENTRY_POINTS = {
-    "scopegym/DefectSearch-v3": "scopegym.envs.tasks:DefectSearchEnv",
+    "scopegym/DefectSearch-v4": "scopegym.envs.tasks:DefectSearchEnv",
     "scopegym/Autotune-v1": "scopegym.envs.tasks:AutotuneEnv",
     "scopegym/AutotuneRonchigram-v2": "scopegym.envs.tasks:AutotuneRonchigramEnv",
     "scopegym/SpectrumDiscovery-v1": "scopegym.envs.tasks:SpectrumDiscoveryEnv",
-    "scopegym/Survey-v3": "scopegym.envs.tasks:SurveyEnv",
+    "scopegym/Survey-v4": "scopegym.envs.tasks:SurveyEnv",
 }
 
 

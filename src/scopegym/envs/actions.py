@@ -23,7 +23,7 @@ that list it; no registered id does yet. It reads the same ``dx`` and ``dy`` ent
 both, an entry's mask allows a bin when either verb may use it (as the tune entries allow a
 step that some aberration may take), and the instrument refuses the other combinations.
 
-Macro verbs (offered by ``scopegym/DefectSearch-v3`` and ``scopegym/Survey-v3``) compile to a
+Macro verbs (offered by ``scopegym/DefectSearch-v4`` and ``scopegym/Survey-v4``) compile to a
 short sequence of the commands above, what an operator does with one click; the environment
 sends them one by one (:meth:`ActionCodec.plan`) and reports each:
 
@@ -39,7 +39,7 @@ goto        gx, gy             bring the centre of the map cell (gx, gy) to the 
                                view (see below), ``Scan(frame_px, d)`` at the present field
 ==========  =================  ===========================================================
 
-``goto`` (``scopegym/DefectSearch-v3``, ``scopegym/Survey-v3``) points at a place on the
+``goto`` (``scopegym/DefectSearch-v4``, ``scopegym/Survey-v4``) points at a place on the
 episode map rather than a direction: the map's area (``goto_extent_nm``, placed as
 :func:`scopegym.envs.episode_map.map_origin_nm` places the map) is cut into ``goto_grid`` cells
 per axis, and the macro travels to the reported position of the chosen cell's centre in one

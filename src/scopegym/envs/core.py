@@ -29,7 +29,12 @@ from scopegym.envs.actions import (
     ScoringCriterion,
 )
 from scopegym.envs.detector import DetectorStatistics, detector_statistics, encode_detector
-from scopegym.envs.episode_map import MAP_PX, EpisodeMap
+from scopegym.envs.episode_map import (
+    MAP_PX,
+    NEIGHBOURHOOD_CHANNELS,
+    NEIGHBOURHOOD_PX,
+    EpisodeMap,
+)
 from scopegym.envs.overview import RimTargets
 from scopegym.envs.samples import SampleSet, sample_set
 from scopegym.instrument import (
@@ -68,7 +73,7 @@ STATE_FEATURES = (
 )
 #: Entries of the optional ``odometry`` observation (``odometry=True``).
 ODOMETRY_FEATURES = ("commanded_x", "commanded_y", "last_move_x", "last_move_y")
-#: Entries of the ``odometry`` observation of tasks with memory (DefectSearch-v3, Survey-v3):
+#: Entries of the ``odometry`` observation of tasks with memory (DefectSearch-v4, Survey-v4):
 #: the above, then per axis the side the stage's play is taken up on and the beam shift.
 MOTION_FEATURES = (*ODOMETRY_FEATURES, "play_x", "play_y", "shift_x", "shift_y")
 #: Reward parts that never reward a frame: spectra, tunes, and the budget penalties (<= 0).
@@ -108,6 +113,8 @@ class Task(ABC):
     uses_map: bool = False
     #: The map has the ``targets`` channel: rim targets of the overviews not yet looked at.
     map_targets: bool = False
+    #: The observation holds the map's close-up of the present view (``neighbourhood``).
+    map_neighbourhood: bool = False
     #: Entries of the ``odometry`` observation, and whether it is on unless the env says.
     odometry_features: tuple[str, ...] = ODOMETRY_FEATURES
     odometry_default: bool = False
@@ -189,7 +196,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             ``state``'s stage offset], and the last Move per axis (see
             :func:`odometry_observation`); tasks with memory add the play and the beam shift
             (:data:`MOTION_FEATURES`, :func:`motion_observation`). None: the task's default
-            (on for DefectSearch-v3 and Survey-v3, off elsewhere).
+            (on for DefectSearch-v4 and Survey-v4, off elsewhere).
     """
 
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
@@ -273,6 +280,11 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             )
             channels = len(self.episode_map.channels)
             obs["map"] = spaces.Box(0, 255, (channels, MAP_PX, MAP_PX), np.uint8)
+            if task.map_neighbourhood:
+                side = NEIGHBOURHOOD_PX
+                obs["neighbourhood"] = spaces.Box(
+                    0, 255, (len(NEIGHBOURHOOD_CHANNELS), side, side), np.uint8
+                )
         # gymnasium 1.4 types the attribute more narrowly than 1.2 (the ray extra's pin).
         self.observation_space = spaces.Dict(obs)  # type: ignore[assignment, unused-ignore]
         self.action_space = spaces.MultiDiscrete(self.codec.nvec)
@@ -288,7 +300,7 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     def interface_id(self) -> str | None:
         """The id whose observation, actions and dynamics this env presents.
 
-        ``scopegym/DefectSearch-v0`` for ``gym.make("scopegym/DefectSearch-v3", version=0)``:
+        ``scopegym/DefectSearch-v0`` for ``gym.make("scopegym/DefectSearch-v4", version=0)``:
         results should name it, not the id the env was made with.
         """
         return self.task.interface_id
@@ -475,6 +487,8 @@ class MicroscopeEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             obs["spectra"] = self._spectra.copy()
         if self.episode_map is not None:
             obs["map"] = self.episode_map.observation(state)
+            if self.task.map_neighbourhood:
+                obs["neighbourhood"] = self.episode_map.neighbourhood(state)
         return obs
 
     def _view_bounds(self) -> tuple[float, float, float, float] | None:

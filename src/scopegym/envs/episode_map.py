@@ -22,6 +22,11 @@ targets   (v2 ids) the rim targets read from the episode's overviews that no loc
           pixel under each, 128 on the eight around it (where no other target's 255 is), else 0
 ========  ===================================================================================
 
+The map's close-up of the present view (:meth:`EpisodeMap.neighbourhood`, v4 ids) keeps what
+the map's scale drops: three fields of view across, centred on the view, the atomic-resolution
+frames' coverage and the centres of the frames taken at the present field, so that a policy
+sees which fields beside this one were taken and how often this place was looked at.
+
 Positions are the instrument's reported ones (stage plus beam shift), never the twin's truth:
 the map is what an operator's own notes would hold. Frames are placed by the reported position
 during the scan; the frame's columns run along +x and its rows along +y, as the scan does.
@@ -49,6 +54,15 @@ MAP_PX = 128
 MAP_EXTENT_NM = 2048.0
 #: Frames spanning fewer map pixels than this are not painted into the overview channel.
 MIN_PAINTED_PX = 2.0
+#: Names of the close-up's channels (:meth:`EpisodeMap.neighbourhood`), in order.
+NEIGHBOURHOOD_CHANNELS = ("visits", "scans")
+#: Side of the close-up [px]: 16 per field of view, so that its middle third has DefectSearch's
+#: inspect grid, and at least the 36 that SB3's default image encoder (NatureCNN) takes.
+NEIGHBOURHOOD_PX = 48
+#: Side of the close-up in fields of view of the present field.
+NEIGHBOURHOOD_FIELDS = 3
+#: Level of one frame's centre in the close-up's ``scans`` channel; three saturate it.
+SCAN_LEVEL = 85
 
 
 def map_origin_nm(
@@ -104,6 +118,9 @@ class EpisodeMap:
         self.coverage = np.zeros((n, n), np.float64)
         self.origin_nm: tuple[float, float] | None = None
         self._reference_rate: float | None = None
+        # Every frame's reported centre x, y and field of view [nm], and whether it resolves
+        # atoms, for the close-up (the map's 16 nm pixels cannot tell 4 nm fields apart).
+        self._frames: list[tuple[float, float, float, bool]] = []
         if self.targets is not None:
             self.targets.reset()
 
@@ -141,6 +158,7 @@ class EpisodeMap:
         if self.targets is not None:
             self.targets.add_frame(frame, frame.counts if image is None else image)
         half = 0.5 * frame.fov_nm
+        self._frames.append((cx, cy, float(frame.fov_nm), frame.pixel_nm <= self.atomic_pixel_nm))
         if frame.pixel_nm <= self.atomic_pixel_nm:
             edges_x = ox + self.pixel_nm * np.arange(self.size_px + 1)
             edges_y = oy + self.pixel_nm * np.arange(self.size_px + 1)
@@ -230,6 +248,66 @@ class EpisodeMap:
             layers.append(self._targets_channel())
         return np.stack(layers)
 
+    def neighbourhood(
+        self,
+        state: InstrumentState,
+        size_px: int = NEIGHBOURHOOD_PX,
+        fields: float = NEIGHBOURHOOD_FIELDS,
+    ) -> np.ndarray:
+        """A close-up of what was taken around the present view, (2, size_px, size_px) uint8.
+
+        The square of ``fields`` present fields of view centred on the present (reported)
+        view, columns along +x and rows along +y as the map's; its middle third is the present
+        field. Channels (:data:`NEIGHBOURHOOD_CHANNELS`):
+
+        - ``visits``: the fraction of each pixel covered by atomic-resolution frames × 255, as
+          the map's channel but at the present field's scale, where a 4 nm field is ~10 px
+          (the map's 16 nm pixels cannot tell one from its neighbour);
+        - ``scans``: the centres of the frames taken at the present field of view,
+          :data:`SCAN_LEVEL` per frame (three saturate it), so that a field looked at again,
+          and how often, shows.
+
+        This is what an operator's notes of the last minutes hold and the map's scale drops:
+        which of the fields beside this one were taken, and how often this place was looked at.
+        """
+        n = int(size_px)
+        close_up = np.zeros((2, n, n), np.uint8)
+        if not self._frames:
+            return close_up
+        view_x, view_y = state.view_nm
+        side = float(fields) * state.fov_nm
+        pixel = side / n
+        low_x, low_y = view_x - 0.5 * side, view_y - 0.5 * side
+        frames = np.asarray(self._frames, dtype=np.float64)
+        centre_x, centre_y, fov, atomic = frames.T
+        atomic = atomic > 0.5
+        if atomic.any():
+            edges = np.arange(n + 1) * pixel
+            half = 0.5 * fov[atomic, None]
+            # Each frame's overlap with every column and row, then their products summed.
+            along_x = np.clip(
+                np.minimum(low_x + edges[1:], centre_x[atomic, None] + half)
+                - np.maximum(low_x + edges[:-1], centre_x[atomic, None] - half),
+                0.0,
+                None,
+            )
+            along_y = np.clip(
+                np.minimum(low_y + edges[1:], centre_y[atomic, None] + half)
+                - np.maximum(low_y + edges[:-1], centre_y[atomic, None] - half),
+                0.0,
+                None,
+            )
+            coverage = along_y.T @ along_x / pixel**2
+            close_up[0] = np.round(255.0 * np.clip(coverage, 0.0, 1.0)).astype(np.uint8)
+        same = np.isclose(fov, state.fov_nm, rtol=1e-3)
+        cols = np.floor((centre_x[same] - low_x) / pixel).astype(int)
+        rows = np.floor((centre_y[same] - low_y) / pixel).astype(int)
+        inside = (rows >= 0) & (rows < n) & (cols >= 0) & (cols < n)
+        counts = np.zeros((n, n))
+        np.add.at(counts, (rows[inside], cols[inside]), 1.0)
+        close_up[1] = np.minimum(SCAN_LEVEL * counts, 255).astype(np.uint8)
+        return close_up
+
 
 def target_positions_nm(
     channel: np.ndarray, limits: InstrumentLimits, first_centre_nm: tuple[float, float]
@@ -259,6 +337,10 @@ __all__ = [
     "MAP_EXTENT_NM",
     "MAP_PX",
     "MIN_PAINTED_PX",
+    "NEIGHBOURHOOD_CHANNELS",
+    "NEIGHBOURHOOD_FIELDS",
+    "NEIGHBOURHOOD_PX",
+    "SCAN_LEVEL",
     "TARGET_LEVEL",
     "TARGET_RING_LEVEL",
     "EpisodeMap",

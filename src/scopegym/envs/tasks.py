@@ -42,11 +42,13 @@ INTERFACE_VERSIONS = (0, 1)
 #: AutotuneRonchigram is at v2 (the tunes since each kind's latest acquisition); version 1
 #: restores v1 (``env=autotune_ronchigram_v1``).
 RONCHIGRAM_INTERFACE_VERSIONS = (0, 1, 2)
-#: DefectSearch and Survey are at v3 (the ``goto`` macro, pointing at a cell of the map);
-#: versions 2 and 1 restore v2 (the map's ``targets`` channel, no ``goto``:
+#: DefectSearch and Survey are at v4 (the map's close-up of the present view, the
+#: ``neighbourhood`` entry); version 3 restores v3 (the ``goto`` macro, pointing at a cell of the
+#: map: ``env=defect_search_v3``, ``env=survey_v3``); versions 2 and 1 restore v2 (the map's
+#: ``targets`` channel, no ``goto``:
 #: ``env=defect_search_v2``, ``env=survey_v2``) and v1 (``env=defect_search_v1``,
 #: ``env=survey_v1``), for the policies trained on them.
-SEARCH_INTERFACE_VERSIONS = (0, 1, 2, 3)
+SEARCH_INTERFACE_VERSIONS = (0, 1, 2, 3, 4)
 #: Step limits the dropped v0 ids had; a config that restores v0 passes them as
 #: ``max_episode_steps``.
 V0_MAX_EPISODE_STEPS = {
@@ -73,12 +75,15 @@ def _with_memory(task: Task, version: int) -> None:
 
     Version 2: the map's ``targets`` channel as well (:class:`scopegym.envs.overview.RimTargets`).
     Version 3: the ``goto`` macro as well (travel to a cell of the map in one step).
+    Version 4: the ``neighbourhood`` observation as well (the map's close-up of the present
+    view, :meth:`~scopegym.envs.episode_map.EpisodeMap.neighbourhood`).
     """
     task.interface_id = f"scopegym/{task.name}-v{version}"
     if version == 0:
         return
     task.uses_map = True
     task.map_targets = version >= 2
+    task.map_neighbourhood = version >= 4
     task.odometry_features = MOTION_FEATURES
     task.odometry_default = True
     task.scoring_masks = True
@@ -119,7 +124,7 @@ class DefectSearchTask(Task):
         budget: Budget = DEFECT_SEARCH_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
-        version: int = 3,
+        version: int = 4,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -149,8 +154,8 @@ class DefectSearchTask(Task):
 class DefectSearchEnv(TaskEnv):
     """Find and resolve as many distinct defects as possible on a large specimen.
 
-    Registered as ``scopegym/DefectSearch-v3``; ``version=2``, ``1`` and ``0`` restore the
-    dropped v2, v1 and v0 interfaces (see Arguments).
+    Registered as ``scopegym/DefectSearch-v4``; ``version=3``, ``2``, ``1`` and ``0`` restore
+    the dropped v3, v2, v1 and v0 interfaces (see Arguments).
 
     ## Description
     The "needle in a haystack" survey of Kalinin et al. (seed 001): the episode starts with a
@@ -180,7 +185,8 @@ class DefectSearchEnv(TaskEnv):
 
     ## Observation Space
     ``Dict(frame=Box(0, 255, (1, N, N), uint8), state=Box(-1, 1, (14,), float32),
-    odometry=Box(-1, 1, (8,), float32), map=Box(0, 255, (4, 128, 128), uint8))``: the last
+    odometry=Box(-1, 1, (8,), float32), map=Box(0, 255, (4, 128, 128), uint8),
+    neighbourhood=Box(0, 255, (2, 48, 48), uint8))``: the last
     frame, contrast-stretched; the reported field of view (log scale), stage offset from the
     episode start, fractions of the time and dose budgets used, the corrector settings and
     whether the frame shows the present view (+1), an earlier one (0, after a zoom, move or
@@ -189,7 +195,12 @@ class DefectSearchEnv(TaskEnv):
     and the episode map (overview as acquired, atomic-resolution visits, present field, and the
     hole-rim targets read from the 1024 nm overviews at 64 µs that no 64 nm frame has looked at
     yet; in a fixed frame of reported stage coordinates, :mod:`scopegym.envs.episode_map`,
-    :class:`~scopegym.envs.overview.RimTargets`). Nothing comes from the twin's ground truth.
+    :class:`~scopegym.envs.overview.RimTargets`), and the map's close-up of the present view
+    (three fields of view across, centred on it: the atomic-resolution frames' coverage and the
+    centres of the frames taken at the present field, counted;
+    :meth:`~scopegym.envs.episode_map.EpisodeMap.neighbourhood`), which shows which fields
+    beside this one were taken and how often this place was looked at, where the map's 16 nm
+    pixels cannot. Nothing comes from the twin's ground truth.
 
     ## Rewards
     ``discovery`` (+1 per defect resolved for the first time: inside an atomic-resolution frame,
@@ -210,8 +221,10 @@ class DefectSearchEnv(TaskEnv):
     ``samples`` ("train", "validation", "heldout"), ``frame_px`` (64–128, default 96),
     ``budget``, ``reward_weights``, ``reward_params``, ``instrument`` (any Instrument),
     ``instrument_name``/``instrument_kwargs``, ``render_mode`` ("rgb_array"), ``odometry``
-    (default on; False drops the entry), ``version`` (3; 2 restores the dropped
-    ``scopegym/DefectSearch-v2`` interface, without ``goto``, config ``env=defect_search_v2``;
+    (default on; False drops the entry), ``version`` (4; 3 restores the dropped
+    ``scopegym/DefectSearch-v3`` interface, without the ``neighbourhood`` entry, config
+    ``env=defect_search_v3``; 2 restores ``scopegym/DefectSearch-v2``, also without ``goto``,
+    config ``env=defect_search_v2``;
     1 restores ``scopegym/DefectSearch-v1``, a map without the ``targets`` channel, config
     ``env=defect_search_v1``; 0 restores ``scopegym/DefectSearch-v0``: frame and state only,
     verbs scan, zoom and move, no scoring masks; pass ``max_episode_steps=200`` for its step
@@ -558,7 +571,7 @@ class SurveyTask(Task):
         budget: Budget = SURVEY_BUDGET,
         reward_weights: Mapping[str, float] | None = None,
         reward_params: Mapping[str, Mapping[str, Any]] | None = None,
-        version: int = 3,
+        version: int = 4,
     ) -> None:
         super().__init__(
             ActionConfig(
@@ -601,8 +614,8 @@ class SurveyTask(Task):
 class SurveyEnv(TaskEnv):
     """The operator workflow of Kalinin et al. (seed 001, Fig. 5) under one budget.
 
-    Registered as ``scopegym/Survey-v3``; ``version=2``, ``1`` and ``0`` restore the dropped
-    v2, v1 and v0 interfaces.
+    Registered as ``scopegym/Survey-v4``; ``version=3``, ``2``, ``1`` and ``0`` restore the
+    dropped v3, v2, v1 and v0 interfaces.
 
     ## Description
     Tune the probe, take an overview, zoom in and out, move, and take spectra, all under one
@@ -619,8 +632,8 @@ class SurveyEnv(TaskEnv):
     credit (4 and 16 µs at a 4 nm field: spectra and tunes never reward a frame).
 
     ## Observation Space
-    ``Dict(frame, state, odometry, map, spectrum)`` as in DefectSearch (the map with its
-    ``targets`` channel) and SpectrumDiscovery.
+    ``Dict(frame, state, odometry, map, neighbourhood, spectrum)`` as in DefectSearch (the map
+    with its ``targets`` channel, and its close-up of the present view) and SpectrumDiscovery.
 
     ## Rewards
     ``discovery`` + 0.5 ``signatures`` + 0.5 ``probe_correction`` − ``time_penalty`` −
@@ -638,10 +651,12 @@ class SurveyEnv(TaskEnv):
     ## Arguments
     ``samples``, ``frame_px`` (default 96), ``budget``, ``reward_weights``, ``reward_params``,
     ``instrument``, ``instrument_name``/``instrument_kwargs``, ``render_mode``, ``odometry``
-    (default on), ``version`` (3; 2 restores ``scopegym/Survey-v2``, without ``goto``, config
-    ``env=survey_v2``; 1 restores ``scopegym/Survey-v1``, a map without the ``targets``
-    channel, config ``env=survey_v1``; 0 restores ``scopegym/Survey-v0``: its
-    observation and actions; pass ``max_episode_steps=300`` for its step limit).
+    (default on), ``version`` (4; 3 restores ``scopegym/Survey-v3``, without the
+    ``neighbourhood`` entry, config ``env=survey_v3``; 2 restores ``scopegym/Survey-v2``, also
+    without ``goto``, config ``env=survey_v2``; 1 restores ``scopegym/Survey-v1``, a map
+    without the ``targets`` channel, config ``env=survey_v1``; 0 restores
+    ``scopegym/Survey-v0``: its observation and actions; pass ``max_episode_steps=300`` for its
+    step limit).
     """
 
     task_class = SurveyTask
