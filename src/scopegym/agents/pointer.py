@@ -60,6 +60,22 @@ SUMMARY_SIZE = 4
 FRAME_POINTER_FROM_ACTION = -1
 
 
+def cell_scorer(inputs: int, hidden: int) -> nn.Sequential:
+    """Three 3 × 3 convolutions dilated 1, 2 and 4 (a 15-cell field), then one score per cell.
+
+    Args:
+        inputs: Channels per cell.
+        hidden: Channels of the convolutions.
+    """
+    layers: list[nn.Module] = []
+    previous = inputs
+    for dilation in (1, 2, 4):
+        layers += [nn.Conv2d(previous, hidden, 3, padding=dilation, dilation=dilation), nn.ReLU()]
+        previous = hidden
+    layers.append(nn.Conv2d(previous, 1, 1))
+    return nn.Sequential(*layers)
+
+
 class MapPointer(nn.Module):
     """Scores of every cell of a ``grid`` × ``grid`` tiling of the map (see the module docstring).
 
@@ -83,16 +99,7 @@ class MapPointer(nn.Module):
         self.position_index = self.channels.index("position")
         self.targets_index = self.channels.index("targets") if "targets" in self.channels else None
         inputs = len(self.channels) + 1 + 3  # means, targets max, x, y, distance
-        layers: list[nn.Module] = []
-        previous = inputs
-        for dilation in (1, 2, 4):
-            layers += [
-                nn.Conv2d(previous, hidden, 3, padding=dilation, dilation=dilation),
-                nn.ReLU(),
-            ]
-            previous = hidden
-        layers.append(nn.Conv2d(previous, 1, 1))
-        self.scorer = nn.Sequential(*layers)
+        self.scorer = cell_scorer(inputs, hidden)
         # The learnt part starts small beside the priors (SB3's orthogonal initialisation
         # rescales the convolutions' weights, not this factor).
         self.learnt_scale = nn.Parameter(torch.tensor(0.01))
@@ -219,17 +226,8 @@ class FramePointer(nn.Module):
         super().__init__()
         self.grid = int(grid)
         self.close_up = bool(close_up)
-        inputs = 4 + (2 if self.close_up else 0) + 3
-        layers: list[nn.Module] = []
-        previous = inputs
-        for dilation in (1, 2, 4):
-            layers += [
-                nn.Conv2d(previous, hidden, 3, padding=dilation, dilation=dilation),
-                nn.ReLU(),
-            ]
-            previous = hidden
-        layers.append(nn.Conv2d(previous, 1, 1))
-        self.scorer = nn.Sequential(*layers)
+        inputs = 4 + (2 if self.close_up else 0) + 3  # frame statistics, close-up, x, y, distance
+        self.scorer = cell_scorer(inputs, hidden)
         self.learnt_scale = nn.Parameter(torch.tensor(1.0))
         axis = (torch.arange(self.grid, dtype=torch.float32) + 0.5) / self.grid
         cell_x = axis.expand(self.grid, -1)
@@ -469,6 +467,7 @@ __all__ = [
     "HERE_PRIOR",
     "SUMMARY_SIZE",
     "TARGET_PRIOR",
+    "cell_scorer",
     "MapPointer",
     "MapPointerPolicy",
     "PointerFeaturesExtractor",
