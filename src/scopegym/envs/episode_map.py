@@ -138,8 +138,13 @@ class EpisodeMap:
         return max(first, 0), min(last, self.size_px)
 
     @staticmethod
-    def _overlap(low: float, high: float, edges: np.ndarray) -> np.ndarray:
-        """Length of [low, high] inside each interval between consecutive ``edges``."""
+    def _overlap(
+        low: float | np.ndarray, high: float | np.ndarray, edges: np.ndarray
+    ) -> np.ndarray:
+        """Length of [low, high] inside each interval between consecutive ``edges``.
+
+        ``low`` and ``high`` may be columns of several intervals, (k, 1): one row each.
+        """
         return np.clip(np.minimum(edges[1:], high) - np.maximum(edges[:-1], low), 0.0, None)
 
     # -- painting -------------------------------------------------------------------------
@@ -261,8 +266,8 @@ class EpisodeMap:
         field. Channels (:data:`NEIGHBOURHOOD_CHANNELS`):
 
         - ``visits``: the fraction of each pixel covered by atomic-resolution frames × 255, as
-          the map's channel but at the present field's scale, where a 4 nm field is ~10 px
-          (the map's 16 nm pixels cannot tell one from its neighbour);
+          the map's channel but at the present field's scale, where the present field is
+          16 × 16 px (the map's 16 nm pixels cannot tell one 4 nm field from its neighbour);
         - ``scans``: the centres of the frames taken at the present field of view,
           :data:`SCAN_LEVEL` per frame (three saturate it), so that a field looked at again,
           and how often, shows.
@@ -284,19 +289,10 @@ class EpisodeMap:
         if atomic.any():
             edges = np.arange(n + 1) * pixel
             half = 0.5 * fov[atomic, None]
+            x, y = centre_x[atomic, None], centre_y[atomic, None]
             # Each frame's overlap with every column and row, then their products summed.
-            along_x = np.clip(
-                np.minimum(low_x + edges[1:], centre_x[atomic, None] + half)
-                - np.maximum(low_x + edges[:-1], centre_x[atomic, None] - half),
-                0.0,
-                None,
-            )
-            along_y = np.clip(
-                np.minimum(low_y + edges[1:], centre_y[atomic, None] + half)
-                - np.maximum(low_y + edges[:-1], centre_y[atomic, None] - half),
-                0.0,
-                None,
-            )
+            along_x = self._overlap(x - half, x + half, low_x + edges)
+            along_y = self._overlap(y - half, y + half, low_y + edges)
             coverage = along_y.T @ along_x / pixel**2
             close_up[0] = np.round(255.0 * np.clip(coverage, 0.0, 1.0)).astype(np.uint8)
         same = np.isclose(fov, state.fov_nm, rtol=1e-3)
