@@ -106,43 +106,80 @@ def test_the_policy_adds_each_pointer_to_its_own_logits_only(
     nvec = env.action_space.nvec
     x_entry = 1 + ARGUMENTS.index("x")
     inspect = int(nvec[x_entry]) if frame_grid else 0  # 16 in DefectSearch, 8 in Survey
-    assert policy.features_extractor.frame_pointer_dim == 2 * inspect
-    extra = 2 * GRID + 2 * inspect
+    assert policy.features_extractor.frame_pointer_dim == inspect**2
+    extra = GRID**2 + inspect**2
     with torch.no_grad():
         features = policy.extract_features(tensor)
         # SB3 scales image entries to [0, 1] before the extractor sees them.
-        pointer = policy.features_extractor.pointer.marginals(tensor["map"].float() / 255.0)
-        map_part = features[:, features.shape[1] - extra :][:, : 2 * GRID]
-        np.testing.assert_allclose(map_part, pointer, atol=1e-5)
+        scores = policy.features_extractor.pointer(tensor["map"].float() / 255.0)
+        map_part = features[:, features.shape[1] - extra :][:, : GRID**2]
+        np.testing.assert_allclose(map_part, scores.flatten(1), atol=1e-5)
         if inspect:
             cells = policy.features_extractor.frame_pointer(
                 tensor["frame"], tensor["neighbourhood"]
             )
-            frame_marginals = MapPointer._marginals(cells)
-            assert frame_marginals.abs().max() > 0
-            np.testing.assert_allclose(features[:, -2 * inspect :], frame_marginals, atol=1e-5)
+            assert cells.abs().max() > 0
+            np.testing.assert_allclose(features[:, -(inspect**2) :], cells.flatten(1), atol=1e-5)
         latent = policy.mlp_extractor.forward_actor(features)
         distribution = policy._get_action_dist_from_latent(latent)
         logits = torch.cat([d.logits for d in distribution.distributions], dim=1)
         plain = policy.action_net(latent[:, :-extra])
     offsets = np.concatenate([[0], np.cumsum(nvec)])
     bias = policy.action_net.bias.detach()
+    # (x entry, y entry, cell scores) of each pointed pair.
+    pairs = [(len(nvec) - 2, len(nvec) - 1, scores)]
+    if inspect:
+        pairs.append((x_entry, x_entry + 1, cells))
+    expected = plain.clone()
+    for x, y, cell_scores in pairs:
+        columns = slice(offsets[x], offsets[x + 1])
+        rows = slice(offsets[y], offsets[y + 1])
+        if decide:
+            # Only the layer's bias, and inside the maxima: the MLP's latent has no say in
+            # where to go, and a bin's bias cannot split a tie between two cells.
+            joint = cell_scores + bias[columns] + bias[rows, None]
+            marginals = MapPointer._marginals(joint)
+            expected[:, columns], expected[:, rows] = marginals.split(joint.shape[-1], dim=1)
+        else:
+            marginals = MapPointer._marginals(cell_scores)
+            side = cell_scores.shape[-1]
+            expected[:, columns] += marginals[:, :side]
+            expected[:, rows] += marginals[:, side:]
     for entry in range(len(nvec)):
         part = slice(offsets[entry], offsets[entry + 1])
-        expected = plain[:, part]
-        pointed = entry >= len(nvec) - 2 or (inspect and entry in (x_entry, x_entry + 1))
-        if decide and pointed:
-            # Only the layer's bias: the MLP's latent has no say in where to go.
-            expected = bias[part].expand_as(expected)
-        if entry >= len(nvec) - 2:
-            which = slice(0, GRID) if entry == len(nvec) - 2 else slice(GRID, 2 * GRID)
-            expected = expected + pointer[:, which]
-        if inspect and entry in (x_entry, x_entry + 1):
-            which = slice(0, inspect) if entry == x_entry else slice(inspect, 2 * inspect)
-            expected = expected + frame_marginals[:, which]
-        expected = expected - expected.logsumexp(-1, keepdim=True)
-        np.testing.assert_allclose(logits[:, part], expected, atol=1e-5)
+        wanted = expected[:, part] - expected[:, part].logsumexp(-1, keepdim=True)
+        np.testing.assert_allclose(logits[:, part], wanted, atol=1e-5)
     assert plain.shape[1] == offsets[-1]
+    env.close()
+
+
+@pytest.mark.parametrize("env_id", ["scopegym/DefectSearch-v4", "scopegym/Survey-v4"])
+def test_a_deciding_policy_goes_to_one_of_two_tied_cells_whatever_its_bins_biases(
+    env_id: str,
+) -> None:
+    env = gym.make(env_id)
+    policy = _policy(env, FRAME_POINTER_FROM_ACTION, decide=True)
+    nvec = env.action_space.nvec
+    offsets = np.concatenate([[0], np.cumsum(nvec)])
+    gx, gy = len(nvec) - 2, len(nvec) - 1
+    upper, lower = (43, 44), (42, 45)  # tied; their crossing (42, 44) is the present cell
+    scores = torch.zeros(1, GRID, GRID)
+    scores[0, 44, 42] = -20.0
+    for x, y in (upper, lower):
+        scores[0, y, x] = 5.0
+    extractor = policy.mlp_extractor
+    latent = torch.zeros(1, extractor.latent_dim_pi + extractor.pointer_dim)
+    latent[0, -extractor.pointer_dim :][: GRID**2] = scores.flatten()
+    with torch.no_grad():
+        bias = policy.action_net.bias
+        bias.zero_()
+        # The biases favour the lower cell's column and the upper cell's row: added after
+        # the maxima they would join them into the present cell.
+        bias[offsets[gx] + lower[0]] = 0.5
+        bias[offsets[gy] + upper[1]] = 0.5
+        distribution = policy._get_action_dist_from_latent(latent)
+    chosen = distribution.mode()[0]
+    assert (int(chosen[gx]), int(chosen[gy])) in (upper, lower)
     env.close()
 
 
@@ -334,6 +371,86 @@ def test_avoiding_here_scores_only_the_present_cell_down(row: int, col: int) -> 
     )
 
 
+def _pulled_towards_here(**options: Any) -> MapPointer:
+    """A pointer whose learnt part scores cells by nearness to the present field alone."""
+    pointer = MapPointer(MAP_CHANNELS, GRID, **options)
+    # Inputs per cell: the map's four channel means, the targets maximum, x, y, distance.
+    near = torch.nn.Conv2d(len(MAP_CHANNELS) + 4, 1, 1)
+    with torch.no_grad():
+        near.weight.zero_()
+        near.bias.zero_()
+        near.weight[0, len(MAP_CHANNELS) + 3] = -60.0
+        pointer.learnt_scale.fill_(1.0)
+    pointer.scorer = torch.nn.Sequential(near)
+    return pointer
+
+
+@pytest.mark.parametrize(
+    ("row", "col", "target_row", "target_col"), [(50, 78, 46, 53), (100, 100, 80, 75)]
+)
+def test_targets_first_keeps_a_pull_towards_here_from_outscoring_a_far_target(
+    row: int, col: int, target_row: int, target_col: int
+) -> None:
+    from scopegym.agents.pointer import ELSEWHERE_PRIOR
+
+    torch.manual_seed(0)
+    plain = _pulled_towards_here()
+    first = _pulled_towards_here(targets_first=True)
+    first.load_state_dict(plain.state_dict(), strict=False)
+    episode_map = blank_map()
+    episode_map[0] = 128
+    draw(episode_map, "position", row, col, side=4)
+    target_cell = (target_col // 2, target_row // 2)
+    # Without a target drawn, targets_first changes nothing.
+    tensor = torch.as_tensor(episode_map[None])
+    with torch.no_grad():
+        torch.testing.assert_close(first(tensor), plain(tensor))
+    # A target 25 to 32 map pixels away: the pull towards here wins without targets_first
+    # (the held-out episode's hop between neighbouring cells), the target wins with it.
+    draw(episode_map, "targets", target_row, target_col)
+    episode_map[MAP_CHANNELS.index("targets"), target_row - 1 : target_row + 2, target_col] |= 128
+    tensor = torch.as_tensor(episode_map[None])
+    with torch.no_grad():
+        change = (first(tensor) - plain(tensor))[0]
+    gx, gy = best_cell(plain, episode_map)
+    assert max(abs(gx - (col + 2) // 2), abs(gy - (row + 2) // 2)) <= 2
+    assert best_cell(first, episode_map) == target_cell
+    # Every cell but the target's (its ring's cells included) is scored down, by the prior.
+    assert change[target_cell[1], target_cell[0]] == 0
+    assert int((change == 0).sum()) == 1
+    torch.testing.assert_close(change[change != 0], torch.full((GRID * GRID - 1,), ELSEWHERE_PRIOR))
+
+
+@pytest.mark.parametrize(("upper", "lower"), [((15, 22), (14, 23)), ((50, 10), (3, 60))])
+def test_the_marginals_pick_one_of_two_tied_cells_not_their_crossing(
+    upper: tuple[int, int], lower: tuple[int, int]
+) -> None:
+    from scopegym.agents.pointer import TIE_BREAK
+
+    # Held-out episode 3: two tied cells, one up-right of the other; each axis's argmax of
+    # the plain maxima joins the left one's column to the upper one's row, (14, 22) there:
+    # the present cell, scored down.
+    scores = torch.zeros(1, GRID, GRID)
+    scores[0, upper[1], lower[0]] = -20.0
+    for gx, gy in (upper, lower):
+        scores[0, gy, gx] = 5.0
+    plain = torch.cat([scores[0].amax(0), scores[0].amax(1)])
+    assert (int(plain[:GRID].argmax()), int(plain[GRID:].argmax())) == (lower[0], upper[1])
+
+    def picked(scores: torch.Tensor) -> tuple[int, int]:
+        marginals = MapPointer._marginals(scores)[0]
+        return int(marginals[:GRID].argmax()), int(marginals[GRID:].argmax())
+
+    # Tied: the first in row-major order, the upper one; either one, once it leads.
+    assert picked(scores) == upper
+    marginals = MapPointer._marginals(scores)[0]
+    assert float((marginals - plain).abs().max()) == pytest.approx(TIE_BREAK, rel=1e-3)
+    for leader in (upper, lower):
+        ahead = scores.clone()
+        ahead[0, leader[1], leader[0]] += 0.01
+        assert picked(ahead) == leader
+
+
 def test_the_shipped_v4_policy_points_with_both_pointers_and_acts_on_defect_search_v4() -> None:
     from pathlib import Path
 
@@ -348,6 +465,7 @@ def test_the_shipped_v4_policy_points_with_both_pointers_and_acts_on_defect_sear
     extractor = policy.features_extractor
     assert extractor.frame_pointer is not None and extractor.frame_pointer.grid == 16
     assert extractor.pointer.here_weight is not None
+    assert extractor.pointer.elsewhere_weight is not None
     env = gym.make("scopegym/DefectSearch-v4")
     assert model.observation_space == env.observation_space
     obs, _ = env.reset(seed=0)
