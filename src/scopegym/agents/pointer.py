@@ -417,8 +417,9 @@ class MapPointerPolicy(MaskableMultiInputActorCriticPolicy):
         observation_space: The Dict observation space.
         action_space: The MultiDiscrete action space.
         *args: Passed to ``MaskableMultiInputActorCriticPolicy``.
-        pointers_decide: The pointed entries' logits are the pointers' marginals plus the
-            action layer's bias alone, not its weights on the MLP's latent.
+        pointers_decide: The pointed entries' logits are the max-marginals of the cell scores
+            with each bin's bias from the action layer added to its cells (not the layer's
+            weights on the MLP's latent), ties resolved to one cell.
         **kwargs: Passed to ``MaskableMultiInputActorCriticPolicy``.
     """
 
