@@ -467,7 +467,11 @@ class MapPointerPolicy(MaskableMultiInputActorCriticPolicy):
             )
         # The inspect point's x and y entries, adjacent in the action (ARGUMENTS).
         x_entry = 1 + ARGUMENTS.index("x")
-        self._inspect_logits = (int(nvec[:x_entry].sum()), frame_dim)
+        # (first logit, cells per axis) of each pointed pair of entries, in the order of their
+        # cell scores at the end of the features: the map's gx, gy, then inspect's x, y.
+        self._pointed: list[tuple[int, int]] = [(int(nvec[:-2].sum()), int(nvec[-1]))]
+        if frame_dim:
+            self._pointed.append((int(nvec[:x_entry].sum()), int(nvec[x_entry])))
         if frame_dim and (len(nvec) <= x_entry + 1 or int(nvec[x_entry]) ** 2 != frame_dim):
             side = round(frame_dim**0.5)
             raise ValueError(
@@ -488,36 +492,28 @@ class MapPointerPolicy(MaskableMultiInputActorCriticPolicy):
         assert isinstance(extractor, PointerMlpExtractor)
         pointer_dim = extractor.pointer_dim
         base, pointer = latent_pi[:, :-pointer_dim], latent_pi[:, -pointer_dim:]
-        start, frame_dim = self._inspect_logits
-        map_dim = pointer_dim - frame_dim
-        logits = self.action_net(base)
-        # (first logit, cells per axis, cell scores) of each pointed pair of entries.
-        places = [(logits.shape[1] - 2 * round(map_dim**0.5), pointer[:, :map_dim])]
-        if frame_dim:
-            places.append((start, pointer[:, map_dim:]))
+        logits = self.action_net(base).clone()
+        biases: torch.Tensor | None = None
         if self.pointers_decide:
             # A place is the pointers' choice plus a learnt bias per bin: the MLP, which sees
             # the present position too, would otherwise pick each axis on its own and may
             # join a column and a row to a cell no pointer scored (the present one, say).
             action_net = self.action_net
             assert isinstance(action_net, nn.Linear) and action_net.bias is not None
-            logits = logits.clone()
-            for first, scores in places:
-                side = round(scores.shape[1] ** 0.5)
-                bias = action_net.bias[first : first + 2 * side]
+            biases = action_net.bias
+        offset = 0
+        for first, side in self._pointed:
+            cells = pointer[:, offset : offset + side * side].view(-1, side, side)
+            offset += side * side
+            span = slice(first, first + 2 * side)
+            if biases is not None:
                 # The bins' biases belong to the cell's score before the maxima are taken:
                 # added after them, a column's bias could outweigh a tie between two cells
                 # and the two argmaxes join the column of one to the row of the other.
-                joint = scores.view(-1, side, side) + bias[:side] + bias[side:, None]
-                logits[:, first : first + 2 * side] = MapPointer._marginals(joint)
-        else:
-            added = torch.zeros_like(logits)
-            for first, scores in places:
-                side = round(scores.shape[1] ** 0.5)
-                added[:, first : first + 2 * side] = MapPointer._marginals(
-                    scores.view(-1, side, side)
-                )
-            logits = logits + added
+                bias = biases[span]
+                logits[:, span] = MapPointer._marginals(cells + bias[:side] + bias[side:, None])
+            else:
+                logits[:, span] = logits[:, span] + MapPointer._marginals(cells)
         return self.action_dist.proba_distribution(action_logits=logits)
 
 
