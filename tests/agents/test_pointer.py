@@ -371,6 +371,53 @@ def test_avoiding_here_scores_only_the_present_cell_down(row: int, col: int) -> 
     )
 
 
+@pytest.mark.parametrize(
+    ("centre_row", "centre_col", "rows", "cols"),
+    [
+        (60, 3, {29, 30}, {1}),  # cut by the left edge
+        (60, 125, {29, 30}, {62}),  # the right edge
+        (3, 60, {1}, {29, 30}),  # the top edge (row 0)
+        (125, 68, {62}, {33, 34}),  # the bottom edge
+    ],
+)
+def test_avoiding_here_finds_the_centre_of_a_field_the_map_edge_cuts(
+    centre_row: int, centre_col: int, rows: set[int], cols: set[int]
+) -> None:
+    from scopegym.agents.pointer import HERE_PRIOR
+
+    torch.manual_seed(0)
+    plain = MapPointer(MAP_CHANNELS, GRID)
+    avoiding = MapPointer(MAP_CHANNELS, GRID, avoid_here=True)
+    avoiding.load_state_dict(plain.state_dict(), strict=False)
+    episode_map = blank_map()
+    # A 1024 nm overview (64 map pixels) centred `centre_*` pixel edges from the map's corner:
+    # the map draws only its part on the map, 35 pixels of it across the cut axis.
+    half = 32
+    top, bottom = max(centre_row - half, 0), min(centre_row + half, MAP_PX)
+    left, right = max(centre_col - half, 0), min(centre_col + half, MAP_PX)
+    episode_map[MAP_CHANNELS.index("position"), top:bottom, left:right] = 255
+    tensor = torch.as_tensor(episode_map[None])
+    with torch.no_grad():
+        change = (avoiding(tensor) - plain(tensor))[0]
+    here = change.nonzero().tolist()
+    # The cells under the true centre (32 nm cells are 2 pixels), not under the drawn part's.
+    assert {r for r, _ in here} == rows
+    assert {c for _, c in here} == cols
+    torch.testing.assert_close(change[change != 0], torch.full((len(here),), HERE_PRIOR))
+
+
+def test_a_cut_field_measures_distances_from_its_true_centre() -> None:
+    # Two targets 12 cells either side of a field cut by the left edge: the one on the side of
+    # the drawn part is nearer the drawn part's centroid, the other nearer the true centre.
+    torch.manual_seed(0)
+    pointer = MapPointer(MAP_CHANNELS, GRID)
+    episode_map = blank_map()
+    episode_map[MAP_CHANNELS.index("position"), 28:92, 0:35] = 255  # true centre: pixel edge 3
+    draw(episode_map, "targets", 60, 3 + 26)  # 13 cells right of the true centre
+    draw(episode_map, "targets", 60 - 24, 2)  # 12 cells above it
+    assert best_cell(pointer, episode_map) == (1, 18)
+
+
 def _pulled_towards_here(**options: Any) -> MapPointer:
     """A pointer whose learnt part scores cells by nearness to the present field alone."""
     pointer = MapPointer(MAP_CHANNELS, GRID, **options)
@@ -451,22 +498,30 @@ def test_the_marginals_pick_one_of_two_tied_cells_not_their_crossing(
         assert picked(ahead) == leader
 
 
-def test_the_shipped_v4_policy_points_with_both_pointers_and_acts_on_defect_search_v4() -> None:
+@pytest.mark.parametrize(
+    ("env_id", "shipped", "inspect_grid"),
+    [
+        ("scopegym/DefectSearch-v4", "defect_search_v4_pointers_clone.zip", 16),
+        ("scopegym/Survey-v4", "survey_v4_pointers_clone.zip", 8),
+    ],
+)
+def test_a_shipped_v4_policy_points_with_both_pointers_and_acts_on_its_id(
+    env_id: str, shipped: str, inspect_grid: int
+) -> None:
     from pathlib import Path
 
     from sb3_contrib import MaskablePPO
 
-    shipped = (
-        Path(__file__).resolve().parents[2] / "policies" / "defect_search_v4_pointers_clone.zip"
+    model = MaskablePPO.load(
+        Path(__file__).resolve().parents[2] / "policies" / shipped, device="cpu"
     )
-    model = MaskablePPO.load(shipped, device="cpu")
     policy = model.policy
     assert isinstance(policy, MapPointerPolicy) and policy.pointers_decide
     extractor = policy.features_extractor
-    assert extractor.frame_pointer is not None and extractor.frame_pointer.grid == 16
+    assert extractor.frame_pointer is not None and extractor.frame_pointer.grid == inspect_grid
     assert extractor.pointer.here_weight is not None
     assert extractor.pointer.elsewhere_weight is not None
-    env = gym.make("scopegym/DefectSearch-v4")
+    env = gym.make(env_id)
     assert model.observation_space == env.observation_space
     obs, _ = env.reset(seed=0)
     for _ in range(3):

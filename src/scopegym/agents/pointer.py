@@ -17,8 +17,9 @@ taken, and tied cells resolve to the first, so that the two most likely entries 
 Inputs of the scorer, per cell (the map's 16 nm pixels pooled 2 × 2 to the 32 nm cells): the
 mean of every map channel, the maximum of the ``targets`` channel (a target's own pixel is not
 averaged away), the cell's coordinates, and its distance from the present field (the
-``position`` channel's centroid), which a search needs to prefer the nearest of several
-targets. Two learnt scalars score the cells that hold a target directly, by the ``targets``
+``position`` channel's centroid, or, where the map's edge cuts the field, its centre from the
+drawn far edge: :func:`clipped_field_centre`), which a search needs to prefer the nearest of
+several targets. Two learnt scalars score the cells that hold a target directly, by the ``targets``
 maximum and, on those cells, the distance, initialised so that the untrained head already
 points at the nearest target. Optional learnt priors score the present cell down
 (``avoid_here``) and, while any target is pending, every cell without one (``targets_first``).
@@ -87,6 +88,46 @@ def cell_scorer(inputs: int, hidden: int) -> nn.Sequential:
         previous = hidden
     layers.append(nn.Conv2d(previous, 1, 1))
     return nn.Sequential(*layers)
+
+
+def clipped_field_centre(
+    position: torch.Tensor, centre_x: torch.Tensor, centre_y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The present field's centre where the map's edge cuts its footprint [map widths].
+
+    The ``position`` channel draws the field only where it lies on the map, so near an edge the
+    footprint's centroid sits inside the field's true centre: at a 1024 nm overview 1.5 cells
+    from the left edge it fell seven cells to the right, the present cell went unmarked, and a
+    Survey clone sent ``goto`` to its own cell from step 95 on (validation episode 0). The field
+    is square and its centre lies on the map, so its far edge on each axis is drawn; the side is
+    the longer of the two drawn extents (short only where both axes are cut, at a corner).
+
+    Args:
+        position: The ``position`` channel, ``(batch, side, side)`` in [0, 1], rows along y.
+        centre_x: The footprint's centroid along x, ``(batch, 1, 1)`` [map widths], kept where
+            no edge cuts the footprint.
+        centre_y: The same along y.
+
+    Returns:
+        The centre along x and along y, each ``(batch, 1, 1)`` [map widths].
+    """
+    side = position.shape[-1]
+    drawn = position > 0.5
+    spans = []
+    for occupied in (drawn.any(1), drawn.any(2)):  # columns (x), rows (y)
+        occupied = occupied.float()
+        first = occupied.argmax(1).float()
+        last = side - 1 - occupied.flip(1).argmax(1).float()
+        spans.append((first, last, occupied.amax(1) > 0))
+    field = torch.maximum(spans[0][1] - spans[0][0], spans[1][1] - spans[1][0]) + 1.0
+    centres = []
+    for (first, last, any_drawn), centroid in zip(spans, (centre_x, centre_y), strict=True):
+        cut_low = any_drawn & (first == 0) & (last < side - 1)
+        cut_high = any_drawn & (last == side - 1) & (first > 0)
+        centre = torch.where(cut_low, last + 1.0 - 0.5 * field, (first + 0.5 * field))
+        cut = (cut_low | cut_high).view(-1, 1, 1)
+        centres.append(torch.where(cut, (centre / side).view(-1, 1, 1), centroid))
+    return centres[0], centres[1]
 
 
 class MapPointer(nn.Module):
@@ -179,6 +220,9 @@ class MapPointer(nn.Module):
         weight = torch.where(total > 0, weight / total.clamp(min=1e-9), 1.0 / weight.shape[1])
         centre_x = (weight * self.cell_x.flatten()).sum(1).view(-1, 1, 1)
         centre_y = (weight * self.cell_y.flatten()).sum(1).view(-1, 1, 1)
+        centre_x, centre_y = clipped_field_centre(
+            episode_map[:, self.position_index], centre_x, centre_y
+        )
         distance = torch.sqrt((self.cell_x - centre_x) ** 2 + (self.cell_y - centre_y) ** 2)
         batch = episode_map.shape[0]
         coordinates = torch.stack(
@@ -527,6 +571,7 @@ __all__ = [
     "TIE_BREAK",
     "TARGET_PRIOR",
     "cell_scorer",
+    "clipped_field_centre",
     "MapPointer",
     "MapPointerPolicy",
     "PointerFeaturesExtractor",
