@@ -340,20 +340,32 @@ def test_the_frame_pointer_learns_the_nearest_rim_point_not_taken() -> None:
     assert (blind[scenes] == taken[scenes]).float().mean() >= 0.5
 
 
-@pytest.mark.parametrize(("row", "col"), [(40, 90), (100, 12)])
-def test_avoiding_here_scores_only_the_present_cell_down(row: int, col: int) -> None:
-    from scopegym.agents.pointer import HERE_PRIOR
-
+def _pointers_with_and_without_avoid_here() -> tuple[MapPointer, MapPointer]:
+    """A pointer and the same one scoring the present cell down (same seeded weights)."""
     torch.manual_seed(0)
     plain = MapPointer(MAP_CHANNELS, GRID)
     avoiding = MapPointer(MAP_CHANNELS, GRID, avoid_here=True)
     avoiding.load_state_dict(plain.state_dict(), strict=False)
+    return plain, avoiding
+
+
+def _avoid_here_change(episode_map: np.ndarray) -> torch.Tensor:
+    """What avoid_here changes in the cell scores of one map, ``(grid, grid)`` [logit]."""
+    plain, avoiding = _pointers_with_and_without_avoid_here()
+    tensor = torch.as_tensor(episode_map[None])
+    with torch.no_grad():
+        return (avoiding(tensor) - plain(tensor))[0]
+
+
+@pytest.mark.parametrize(("row", "col"), [(40, 90), (100, 12)])
+def test_avoiding_here_scores_only_the_present_cell_down(row: int, col: int) -> None:
+    from scopegym.agents.pointer import HERE_PRIOR
+
+    plain, avoiding = _pointers_with_and_without_avoid_here()
     episode_map = blank_map()
     draw(episode_map, "position", row, col, side=4)  # a 64 nm field: 4 map pixels
     draw(episode_map, "targets", row + 20, col - 10)
-    tensor = torch.as_tensor(episode_map[None])
-    with torch.no_grad():
-        change = (avoiding(tensor) - plain(tensor))[0]
+    change = _avoid_here_change(episode_map)
     # The field's centre is a corner of four cells (16 nm pixels, 32 nm cells): each is
     # "here"; every other cell keeps its score.
     here = change.nonzero().tolist()
@@ -385,10 +397,6 @@ def test_avoiding_here_finds_the_centre_of_a_field_the_map_edge_cuts(
 ) -> None:
     from scopegym.agents.pointer import HERE_PRIOR
 
-    torch.manual_seed(0)
-    plain = MapPointer(MAP_CHANNELS, GRID)
-    avoiding = MapPointer(MAP_CHANNELS, GRID, avoid_here=True)
-    avoiding.load_state_dict(plain.state_dict(), strict=False)
     episode_map = blank_map()
     # A 1024 nm overview (64 map pixels) centred `centre_*` pixel edges from the map's corner:
     # the map draws only its part on the map, 35 pixels of it across the cut axis.
@@ -396,9 +404,7 @@ def test_avoiding_here_finds_the_centre_of_a_field_the_map_edge_cuts(
     top, bottom = max(centre_row - half, 0), min(centre_row + half, MAP_PX)
     left, right = max(centre_col - half, 0), min(centre_col + half, MAP_PX)
     episode_map[MAP_CHANNELS.index("position"), top:bottom, left:right] = 255
-    tensor = torch.as_tensor(episode_map[None])
-    with torch.no_grad():
-        change = (avoiding(tensor) - plain(tensor))[0]
+    change = _avoid_here_change(episode_map)
     here = change.nonzero().tolist()
     # The cells under the true centre (32 nm cells are 2 pixels), not under the drawn part's.
     assert {r for r, _ in here} == rows

@@ -124,7 +124,7 @@ def clipped_field_centre(
     for (first, last, any_drawn), centroid in zip(spans, (centre_x, centre_y), strict=True):
         cut_low = any_drawn & (first == 0) & (last < side - 1)
         cut_high = any_drawn & (last == side - 1) & (first > 0)
-        centre = torch.where(cut_low, last + 1.0 - 0.5 * field, (first + 0.5 * field))
+        centre = torch.where(cut_low, last + 1.0 - 0.5 * field, first + 0.5 * field)
         cut = (cut_low | cut_high).view(-1, 1, 1)
         centres.append(torch.where(cut, (centre / side).view(-1, 1, 1), centroid))
     return centres[0], centres[1]
