@@ -17,6 +17,9 @@ defect_oracle      at the finest field, ``tile`` to the neighbouring field (step
                    whole fields) with the most defects not yet credited; where none has any,
                    zoom out to a 64 nm field, scan it, and ``inspect`` its richest 4 nm cell;
                    where that field has none either, ``tile`` on by one 64 nm field
+hotspot_oracle     ``reactive_shift_expert``'s rim search, except that a fresh atomic frame
+                   holding at least 3 defects is harvested: ``tile`` by one whole field to the
+                   neighbour with the most uncredited defects, while one holds at least 3
 =================  =============================================================================
 """
 
@@ -28,7 +31,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from scopegym.agents.baselines import ScriptedPolicy
+from scopegym.agents.baselines import ReactiveShiftExpertPolicy, ScriptedPolicy
 
 
 class AutotuneOracle(ScriptedPolicy):
@@ -95,6 +98,24 @@ def _credited_defects(core: Any) -> tuple[frozenset[int], frozenset[str]]:
     return frozenset(credited), frozenset(kinds)
 
 
+def _defects_in_field(
+    core: Any, x_nm: float, y_nm: float, side_nm: float, uncredited_only: bool = True
+) -> int:
+    """Scored defects of the square field of ``side_nm`` [nm] centred on (``x_nm``, ``y_nm``).
+
+    Args:
+        core: The environment (its twin's truth and its discovery reward's record).
+        x_nm: The field's centre, true specimen coordinates [nm].
+        y_nm: See ``x_nm``.
+        side_nm: The field's side [nm].
+        uncredited_only: Count only defects the episode has not credited yet.
+    """
+    credited, kinds = _credited_defects(core)
+    half = 0.5 * side_nm
+    found = core.truth.defects_in(x_nm - half, y_nm - half, x_nm + half, y_nm + half)
+    return sum(1 for d in found if d.kind in kinds and not (uncredited_only and d.uid in credited))
+
+
 class DefectOracle(ScriptedPolicy):
     """Greedy defect search from the twin's ground truth, one field at a time.
 
@@ -132,13 +153,9 @@ class DefectOracle(ScriptedPolicy):
 
     def _best(self, candidates: list[tuple[np.ndarray, float, float]]) -> np.ndarray | None:
         """The valid action whose field [nm] holds the most uncredited defects (None: none)."""
-        credited, kinds = _credited_defects(self.unwrapped)
-        truth = self.unwrapped.truth
-        half = 0.5 * self.finest_fov_nm
         best, best_count = None, 0
         for action, x_nm, y_nm in candidates:
-            found = truth.defects_in(x_nm - half, y_nm - half, x_nm + half, y_nm + half)
-            count = sum(1 for d in found if d.kind in kinds and d.uid not in credited)
+            count = _defects_in_field(self.unwrapped, x_nm, y_nm, self.finest_fov_nm)
             if count > best_count and self.is_valid(action):
                 best, best_count = action, count
         return best
@@ -189,10 +206,69 @@ class DefectOracle(ScriptedPolicy):
             yield self.label(self.observation, self.masks)
 
 
+class HotspotOracle(ReactiveShiftExpertPolicy):
+    """``reactive_shift_expert``'s rim search that stays where the truth says defects crowd.
+
+    The specimens' hot spots (20x the point-defect probabilities, 40-100 nm across) are
+    invisible at low magnification, so no overview leads there; but a rim walk crosses one now
+    and then, and its atomic frames then show several defects each (3.8 in a hot spot against
+    2.4 on a rim, README). Where a fresh atomic frame's field holds at least ``rich`` scored
+    defects, this teacher ``tile``s by one whole field to the neighbour holding the most
+    defects not yet credited, provided one holds at least ``rich_neighbour``; everywhere else
+    it decides as :class:`~scopegym.agents.baselines.ReactiveShiftExpertPolicy` (and remembers
+    as it does, from the observations). Whether to stay is thus read from what the present
+    frame shows; where to go next is the truth's, which a student can only learn on average.
+    Like its parent it labels any observation of a live episode (dataset aggregation).
+
+    Args:
+        env: A DefectSearch-v4 or Survey-v4 environment on the twin (ground truth and the
+            ``tile`` macro).
+        rich: Scored defects in the present atomic field that make it worth staying.
+        rich_neighbour: Uncredited defects a neighbouring field needs to be tiled to.
+        **kwargs: :class:`~scopegym.agents.baselines.ReactiveShiftExpertPolicy`'s arguments.
+
+    Raises:
+        ValueError: No ground truth, or no ``tile`` macro.
+    """
+
+    name: ClassVar[str] = "hotspot_oracle"
+
+    def __init__(
+        self, env: gym.Env[Any, Any], rich: int = 3, rich_neighbour: int = 3, **kwargs: Any
+    ) -> None:
+        super().__init__(env, **kwargs)
+        if getattr(self.unwrapped, "truth", None) is None:
+            raise ValueError("hotspot_oracle reads the twin's ground truth; use a twin")
+        if "tile" not in self.config.verbs:
+            raise ValueError("hotspot_oracle needs the tile macro (DefectSearch-v4, Survey-v4)")
+        self.rich, self.rich_neighbour = int(rich), int(rich_neighbour)
+
+    def _decide(self) -> np.ndarray | None:
+        at_atomic = math.isclose(self.instrument_state.fov_nm, self.finest_fov_nm)
+        if self._opening or not at_atomic or not self._fresh():
+            return super()._decide()
+        side = self.finest_fov_nm
+        x_nm, y_nm = self.unwrapped.truth.view_center_nm()
+        if _defects_in_field(self.unwrapped, x_nm, y_nm, side, uncredited_only=False) < self.rich:
+            return super()._decide()
+        steps = list(self.config.move_steps)
+        best, best_count = None, self.rich_neighbour - 1
+        for dx in (-1.0, 0.0, 1.0):
+            for dy in (-1.0, 0.0, 1.0):
+                if not (dx or dy):
+                    continue
+                action = self.action("tile", dx=steps.index(dx), dy=steps.index(dy))
+                count = _defects_in_field(self.unwrapped, x_nm + dx * side, y_nm + dy * side, side)
+                if count > best_count and self.is_valid(action):
+                    best, best_count = action, count
+        return best if best is not None else super()._decide()
+
+
 #: The privileged teachers by name.
 TEACHERS: dict[str, type[ScriptedPolicy]] = {
     "autotune_oracle": AutotuneOracle,
     "defect_oracle": DefectOracle,
+    "hotspot_oracle": HotspotOracle,
 }
 
-__all__ = ["TEACHERS", "AutotuneOracle", "DefectOracle"]
+__all__ = ["TEACHERS", "AutotuneOracle", "DefectOracle", "HotspotOracle"]

@@ -1,0 +1,223 @@
+"""Can the policy's frame encoder tell a defect-rich atomic frame from a poor one?
+
+The experiment behind the README's DefectSearch-v4 paragraph on ``hotspot_oracle`` (issue 10).
+That privileged teacher stays in a hot spot while the present 4 nm field holds >= 3 defects; a
+student can only imitate the decision if its frame shows which fields those are. Hot-spot frames
+without a hole's rim are the case that matters: a rim is easy to see, and in the teacher's own
+episodes nearly every rimless atomic frame is in a hot spot, so a student that cannot see the
+defects learns "no rim: tile on" and walks on through poor film.
+
+Fresh atomic frames are collected on training and validation samples from two sources, each
+labelled with the twin's true count of scored defects in the field: ``hotspot_oracle``'s
+episodes (rims and hot spots), and a serpentine walk of whole 4 nm fields from the episode's
+start (mostly plain film). Then the policy's own image encoder
+(:class:`scopegym.agents.features.ImageEncoder`, as ``agent=maskable_ppo_pointers`` builds it)
+with a linear head is trained to classify "rich" (>= ``--rich`` defects) on the training
+frames, and its ROC AUC is measured on the validation frames, rimless and rim frames apart
+(rim: :func:`scopegym.agents.baselines.find_rim` finds one, as the expert does). A few frame
+statistics (high-passed extremes, spread) are scored the same way, for comparison. An AUC near
+0.5 on the rimless frames means the encoder cannot read the decision off its frame at this
+data size.
+
+Usage (the README's figures, ~6 min on 2 cores)::
+
+    .venv/bin/python scripts/experiment_frame_richness.py --out frame_richness.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from scipy import ndimage
+
+import scopegym  # noqa: F401  (registers the ids)
+from scopegym.agents.baselines import ScriptedPolicy, find_rim
+from scopegym.agents.features import ImageEncoder
+from scopegym.agents.teachers import HotspotOracle, _defects_in_field
+
+ENV_ID = "scopegym/DefectSearch-v4"
+
+
+def _walk(policy: ScriptedPolicy, step: int) -> np.ndarray:
+    """A serpentine walk of whole atomic fields: rows of 8 along x, one field along y between."""
+    if not math.isclose(policy.instrument_state.fov_nm, policy.finest_fov_nm):
+        return policy.zoom_to(policy.finest_fov_nm)
+    steps = list(policy.config.move_steps)
+    row, along = divmod(step, 9)
+    if along == 8:
+        return policy.action("tile", dx=steps.index(0.0), dy=steps.index(1.0))
+    sense = 1.0 if row % 2 == 0 else -1.0
+    return policy.action("tile", dx=steps.index(sense), dy=steps.index(0.0))
+
+
+def collect(split: str, samples: int, walk_steps: int) -> dict[str, np.ndarray]:
+    """Fresh atomic frames with their true defect counts and whether they show a rim.
+
+    Args:
+        split: Sample set.
+        samples: Episodes per source, on the split's first samples.
+        walk_steps: Steps of each serpentine walk.
+    """
+    env = gym.make(ENV_ID, samples=split)
+    core = env.unwrapped
+    frames, counts, rims, sources = [], [], [], []
+    for source in ("hotspot_oracle", "walk"):
+        for seed in range(samples):
+            oracle = HotspotOracle(env)
+            observation, _ = env.reset(seed=seed)
+            done, step = False, 0
+            while not done and (source != "walk" or step < walk_steps):
+                masks = core.action_masks()
+                if source == "walk":
+                    action = _walk(oracle, step)
+                else:
+                    action = oracle.label(observation, masks)
+                observation, _, terminated, truncated, _ = env.step(action)
+                done, step = terminated or truncated, step + 1
+                fresh = float(np.asarray(observation["state"])[-1]) > 0.5
+                if not (fresh and math.isclose(oracle.instrument_state.fov_nm, 4.0)):
+                    continue
+                x_nm, y_nm = core.truth.view_center_nm()
+                frame = np.asarray(observation["frame"])
+                frames.append(frame.copy())
+                counts.append(_defects_in_field(core, x_nm, y_nm, 4.0, uncredited_only=False))
+                rims.append(find_rim(frame, 4.0, 4.0, near_nm=2.0, atomic=True) is not None)
+                sources.append(source)
+    return {
+        "frames": np.asarray(frames),
+        "counts": np.asarray(counts),
+        "rims": np.asarray(rims, dtype=bool),
+        "sources": np.asarray(sources),
+    }
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """Area under the ROC curve (Mann-Whitney, ties halved); None with one class only."""
+    labels = np.asarray(labels, dtype=bool)
+    positive, negative = scores[labels], scores[~labels]
+    if positive.size == 0 or negative.size == 0:
+        return None
+    greater = (positive[:, None] > negative[None, :]).sum()
+    ties = (positive[:, None] == negative[None, :]).sum()
+    return float((greater + 0.5 * ties) / (positive.size * negative.size))
+
+
+def frame_statistics(frames: np.ndarray) -> dict[str, np.ndarray]:
+    """Per-frame statistics a hand detector might use: high-passed extremes and spread."""
+    stats: dict[str, list[float]] = {"highpass_min": [], "highpass_max": [], "std": []}
+    for frame in frames:
+        image = np.asarray(frame, dtype=np.float64).reshape(frame.shape[-2:])
+        smooth = ndimage.gaussian_filter(image, 1.5)
+        highpass = smooth - ndimage.uniform_filter(smooth, 13)
+        stats["highpass_min"].append(float(highpass.min()))
+        stats["highpass_max"].append(float(highpass.max()))
+        stats["std"].append(float(image.std()))
+    return {key: np.asarray(values) for key, values in stats.items()}
+
+
+def _aucs(labels: np.ndarray, scores: np.ndarray, rims: np.ndarray) -> dict[str, float | None]:
+    return {
+        "all": roc_auc(labels, scores),
+        "rimless": roc_auc(labels[~rims], scores[~rims]),
+        "rim": roc_auc(labels[rims], scores[rims]),
+    }
+
+
+def probe(
+    train: dict[str, np.ndarray], validation: dict[str, np.ndarray], rich: int, epochs: int
+) -> list[dict[str, Any]]:
+    """Train the image encoder and a linear head on "rich"; validation AUCs after each epoch."""
+    torch.manual_seed(0)
+    encoder = ImageEncoder(int(train["frames"].shape[1]), (16, 32, 64), 64)
+    head = torch.nn.Linear(64, 1)
+    optimiser = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=1e-3)
+    images = torch.as_tensor(train["frames"])
+    targets = torch.as_tensor((train["counts"] >= rich).astype(np.float32))
+    held = torch.as_tensor(validation["frames"])
+    labels = validation["counts"] >= rich
+    history = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(images))
+        losses = []
+        for start in range(0, len(images), 64):
+            batch = order[start : start + 64]
+            logits = head(encoder(images[batch])).squeeze(1)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[batch])
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        with torch.no_grad():
+            scores = head(encoder(held)).squeeze(1).numpy()
+        history.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)),
+                "validation_auc": _aucs(labels, scores, validation["rims"]),
+            }
+        )
+        print(json.dumps(history[-1]), flush=True)
+    return history
+
+
+def _summary(data: dict[str, np.ndarray], rich: int) -> dict[str, Any]:
+    rims, counts = data["rims"], data["counts"]
+    return {
+        "frames": int(len(counts)),
+        "rimless": int((~rims).sum()),
+        "rich_fraction_rimless": float(np.mean(counts[~rims] >= rich)) if (~rims).any() else None,
+        "rich_fraction_rim": float(np.mean(counts[rims] >= rich)) if rims.any() else None,
+        "count_histogram": np.bincount(counts).tolist(),
+        "frames_by_source": {
+            str(s): int((data["sources"] == s).sum()) for s in set(data["sources"])
+        },
+    }
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--train-samples", type=int, default=16)
+    parser.add_argument("--validation-samples", type=int, default=8)
+    parser.add_argument("--walk-steps", type=int, default=80)
+    parser.add_argument("--rich", type=int, default=3, help="defects that make a field rich")
+    parser.add_argument("--epochs", type=int, default=15)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    started = time.perf_counter()
+    train = collect("train", args.train_samples, args.walk_steps)
+    validation = collect("validation", args.validation_samples, args.walk_steps)
+    labels = validation["counts"] >= args.rich
+    report: dict[str, Any] = {
+        "env_id": ENV_ID,
+        "rich_defects": args.rich,
+        "train": _summary(train, args.rich),
+        "validation": _summary(validation, args.rich),
+        "statistics_auc": {
+            # The better of the two senses: a statistic may fall as well as rise with richness.
+            name: {
+                key: None if value is None else max(value, 1.0 - value)
+                for key, value in _aucs(labels, scores, validation["rims"]).items()
+            }
+            for name, scores in frame_statistics(validation["frames"]).items()
+        },
+    }
+    print(json.dumps({k: v for k, v in report.items() if k != "statistics_auc"}), flush=True)
+    report["encoder_probe"] = probe(train, validation, args.rich, args.epochs)
+    report["wall_s"] = time.perf_counter() - started
+    if args.out is not None:
+        args.out.write_text(json.dumps(report, indent=1))
+    print(json.dumps({"statistics_auc": report["statistics_auc"], "wall_s": report["wall_s"]}))
+    return report
+
+
+if __name__ == "__main__":
+    main()
