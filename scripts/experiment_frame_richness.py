@@ -41,7 +41,7 @@ from scipy import ndimage
 import scopegym  # noqa: F401  (registers the ids)
 from scopegym.agents.baselines import ScriptedPolicy, find_rim
 from scopegym.agents.features import ImageEncoder
-from scopegym.agents.teachers import HotspotOracle, _defects_in_field
+from scopegym.agents.teachers import HotspotOracle, defects_in_field
 
 ENV_ID = "scopegym/DefectSearch-v4"
 
@@ -88,7 +88,7 @@ def collect(split: str, samples: int, walk_steps: int) -> dict[str, np.ndarray]:
                 x_nm, y_nm = core.truth.view_center_nm()
                 frame = np.asarray(observation["frame"])
                 frames.append(frame.copy())
-                counts.append(_defects_in_field(core, x_nm, y_nm, 4.0, uncredited_only=False))
+                counts.append(defects_in_field(core, x_nm, y_nm, 4.0, uncredited_only=False))
                 rims.append(find_rim(frame, 4.0, 4.0, near_nm=2.0, atomic=True) is not None)
                 sources.append(source)
     return {

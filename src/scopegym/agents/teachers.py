@@ -98,10 +98,12 @@ def _credited_defects(core: Any) -> tuple[frozenset[int], frozenset[str]]:
     return frozenset(credited), frozenset(kinds)
 
 
-def _defects_in_field(
+def defects_in_field(
     core: Any, x_nm: float, y_nm: float, side_nm: float, uncredited_only: bool = True
 ) -> int:
     """Scored defects of the square field of ``side_nm`` [nm] centred on (``x_nm``, ``y_nm``).
+
+    Ground truth, for teachers and experiments only.
 
     Args:
         core: The environment (its twin's truth and its discovery reward's record).
@@ -155,7 +157,7 @@ class DefectOracle(ScriptedPolicy):
         """The valid action whose field [nm] holds the most uncredited defects (None: none)."""
         best, best_count = None, 0
         for action, x_nm, y_nm in candidates:
-            count = _defects_in_field(self.unwrapped, x_nm, y_nm, self.finest_fov_nm)
+            count = defects_in_field(self.unwrapped, x_nm, y_nm, self.finest_fov_nm)
             if count > best_count and self.is_valid(action):
                 best, best_count = action, count
         return best
@@ -216,8 +218,10 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
     defects, this teacher ``tile``s by one whole field to the neighbour holding the most
     defects not yet credited, provided one holds at least ``rich_neighbour``; everywhere else
     it decides as :class:`~scopegym.agents.baselines.ReactiveShiftExpertPolicy` (and remembers
-    as it does, from the observations). Whether to stay is thus read from what the present
-    frame shows; where to go next is the truth's, which a student can only learn on average.
+    as it does, from the observations). Whether to stay depends on the present field alone,
+    which its frame shows to a good enough detector (``scripts/experiment_frame_richness.py``
+    measures how little of it the policy's image encoder reads); where to go next is the
+    truth's, which a student can only learn on average.
     Like its parent it labels any observation of a live episode (dataset aggregation).
 
     Args:
@@ -249,7 +253,7 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
             return super()._decide()
         side = self.finest_fov_nm
         x_nm, y_nm = self.unwrapped.truth.view_center_nm()
-        if _defects_in_field(self.unwrapped, x_nm, y_nm, side, uncredited_only=False) < self.rich:
+        if defects_in_field(self.unwrapped, x_nm, y_nm, side, uncredited_only=False) < self.rich:
             return super()._decide()
         steps = list(self.config.move_steps)
         best, best_count = None, self.rich_neighbour - 1
@@ -258,7 +262,7 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
                 if not (dx or dy):
                     continue
                 action = self.action("tile", dx=steps.index(dx), dy=steps.index(dy))
-                count = _defects_in_field(self.unwrapped, x_nm + dx * side, y_nm + dy * side, side)
+                count = defects_in_field(self.unwrapped, x_nm + dx * side, y_nm + dy * side, side)
                 if count > best_count and self.is_valid(action):
                     best, best_count = action, count
         return best if best is not None else super()._decide()
@@ -271,4 +275,4 @@ TEACHERS: dict[str, type[ScriptedPolicy]] = {
     "hotspot_oracle": HotspotOracle,
 }
 
-__all__ = ["TEACHERS", "AutotuneOracle", "DefectOracle", "HotspotOracle"]
+__all__ = ["TEACHERS", "AutotuneOracle", "DefectOracle", "HotspotOracle", "defects_in_field"]
