@@ -74,22 +74,24 @@ def collect(split: str, samples: int, walk_steps: int) -> dict[str, np.ndarray]:
             oracle = HotspotOracle(env)
             observation, _ = env.reset(seed=seed)
             done, step = False, 0
+            atomic = oracle.finest_fov_nm
             while not done and (source != "walk" or step < walk_steps):
-                masks = core.action_masks()
                 if source == "walk":
                     action = _walk(oracle, step)
                 else:
-                    action = oracle.label(observation, masks)
+                    action = oracle.label(observation, core.action_masks())
                 observation, _, terminated, truncated, _ = env.step(action)
                 done, step = terminated or truncated, step + 1
                 fresh = float(np.asarray(observation["state"])[-1]) > 0.5
-                if not (fresh and math.isclose(oracle.instrument_state.fov_nm, 4.0)):
+                if not (fresh and math.isclose(oracle.instrument_state.fov_nm, atomic)):
                     continue
                 x_nm, y_nm = core.truth.view_center_nm()
                 frame = np.asarray(observation["frame"])
                 frames.append(frame.copy())
-                counts.append(defects_in_field(core, x_nm, y_nm, 4.0, uncredited_only=False))
-                rims.append(find_rim(frame, 4.0, 4.0, near_nm=2.0, atomic=True) is not None)
+                counts.append(defects_in_field(core, x_nm, y_nm, atomic, uncredited_only=False))
+                # The expert's own test for a rim at atomic resolution (_rim_step's arguments).
+                rim = find_rim(frame, atomic, 4.0, near_nm=0.5 * atomic, atomic=True)
+                rims.append(rim is not None)
                 sources.append(source)
     return {
         "frames": np.asarray(frames),

@@ -118,6 +118,27 @@ def defects_in_field(
     return sum(1 for d in found if d.kind in kinds and not (uncredited_only and d.uid in credited))
 
 
+def richest_valid(
+    policy: ScriptedPolicy, candidates: list[tuple[np.ndarray, float, float]], at_least: int = 1
+) -> np.ndarray | None:
+    """The valid action whose atomic field holds the most uncredited defects.
+
+    Args:
+        policy: The teacher (its environment's truth, its masks and finest field).
+        candidates: (action, field centre x [nm], y [nm]) in true specimen coordinates.
+        at_least: Uncredited defects the chosen field must hold.
+
+    Returns:
+        The first such action among equals, or None where no valid field holds ``at_least``.
+    """
+    best, best_count = None, at_least - 1
+    for action, x_nm, y_nm in candidates:
+        count = defects_in_field(policy.unwrapped, x_nm, y_nm, policy.finest_fov_nm)
+        if count > best_count and policy.is_valid(action):
+            best, best_count = action, count
+    return best
+
+
 class DefectOracle(ScriptedPolicy):
     """Greedy defect search from the twin's ground truth, one field at a time.
 
@@ -153,15 +174,6 @@ class DefectOracle(ScriptedPolicy):
         dwells = list(self.config.dwell_us)
         self._look_dwell = dwells.index(min(dwells, key=lambda d: abs(d - look_dwell_us)))
 
-    def _best(self, candidates: list[tuple[np.ndarray, float, float]]) -> np.ndarray | None:
-        """The valid action whose field [nm] holds the most uncredited defects (None: none)."""
-        best, best_count = None, 0
-        for action, x_nm, y_nm in candidates:
-            count = defects_in_field(self.unwrapped, x_nm, y_nm, self.finest_fov_nm)
-            if count > best_count and self.is_valid(action):
-                best, best_count = action, count
-        return best
-
     def label(self, observation: dict[str, np.ndarray], masks: np.ndarray) -> np.ndarray:
         """The oracle's action in the environment's present state."""
         self.observation = observation
@@ -179,7 +191,7 @@ class DefectOracle(ScriptedPolicy):
                 for j, sy in enumerate(steps)
                 if sx or sy
             ]
-            step = self._best(candidates)
+            step = richest_valid(self, candidates)
             if step is not None:
                 return step
             return self.zoom_to(self.look_fov_nm)
@@ -197,7 +209,7 @@ class DefectOracle(ScriptedPolicy):
             for i in range(grid)
             for j in range(grid)
         ]
-        target = self._best(candidates)
+        target = richest_valid(self, candidates)
         if target is not None:
             return target
         moves = list(self.config.move_steps)
@@ -256,15 +268,17 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
         if defects_in_field(self.unwrapped, x_nm, y_nm, side, uncredited_only=False) < self.rich:
             return super()._decide()
         steps = list(self.config.move_steps)
-        best, best_count = None, self.rich_neighbour - 1
-        for dx in (-1.0, 0.0, 1.0):
-            for dy in (-1.0, 0.0, 1.0):
-                if not (dx or dy):
-                    continue
-                action = self.action("tile", dx=steps.index(dx), dy=steps.index(dy))
-                count = defects_in_field(self.unwrapped, x_nm + dx * side, y_nm + dy * side, side)
-                if count > best_count and self.is_valid(action):
-                    best, best_count = action, count
+        neighbours = [
+            (
+                self.action("tile", dx=steps.index(dx), dy=steps.index(dy)),
+                x_nm + dx * side,
+                y_nm + dy * side,
+            )
+            for dx in (-1.0, 0.0, 1.0)
+            for dy in (-1.0, 0.0, 1.0)
+            if dx or dy
+        ]
+        best = richest_valid(self, neighbours, self.rich_neighbour)
         return best if best is not None else super()._decide()
 
 
@@ -275,4 +289,11 @@ TEACHERS: dict[str, type[ScriptedPolicy]] = {
     "hotspot_oracle": HotspotOracle,
 }
 
-__all__ = ["TEACHERS", "AutotuneOracle", "DefectOracle", "HotspotOracle", "defects_in_field"]
+__all__ = [
+    "TEACHERS",
+    "AutotuneOracle",
+    "DefectOracle",
+    "HotspotOracle",
+    "defects_in_field",
+    "richest_valid",
+]
