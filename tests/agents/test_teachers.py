@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ from scopegym.agents.baselines import make_baseline
 from scopegym.agents.evaluation import run_episode
 from scopegym.agents.imitation import collect_demonstrations, make_demonstrator
 from scopegym.agents.teachers import TEACHERS, AutotuneOracle, DefectOracle, HotspotOracle
+from scopegym.envs.actions import ARGUMENTS
 
 
 @pytest.mark.parametrize("env_id", ["scopegym/AutotuneRonchigram-v2", "scopegym/Autotune-v1"])
@@ -123,6 +126,57 @@ def test_hotspot_oracle_needs_ground_truth_and_the_tile_macro() -> None:
         HotspotOracle(env)
 
 
+def _oracle_departures(policy: HotspotOracle, steps: int) -> list[tuple[np.ndarray, bool]]:
+    """Where ``policy`` leaves reactive_shift_expert's choice in its own episode (validation 1).
+
+    Returns:
+        (action, whether the atomic frame showed a rim) at each departing step.
+    """
+    from scopegym.agents.baselines import find_rim
+
+    env = policy.env
+    expert = make_baseline("reactive_shift_expert", env)
+    core = env.unwrapped
+    observation, _ = env.reset(seed=1)
+    policy.reset()
+    departures = []
+    for _ in range(steps):
+        masks = core.action_masks()
+        action, reference = policy.label(observation, masks), expert.label(observation, masks)
+        if not np.array_equal(action, reference):
+            side = policy.finest_fov_nm
+            rim = find_rim(observation["frame"], side, 4.0, near_nm=0.5 * side, atomic=True)
+            departures.append((action, rim is not None))
+        observation, _, terminated, truncated, _ = env.step(action)
+        if terminated or truncated:
+            break
+    return departures
+
+
+def test_hotspot_oracle_ablations_keep_its_stay_rule_and_change_only_where_or_when() -> None:
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
+    with pytest.raises(ValueError, match="neighbour"):
+        HotspotOracle(env, neighbour="nearest")
+    steps = list(HotspotOracle(env).config.move_steps)
+
+    def whole_tile(action: np.ndarray) -> bool:
+        verb = HotspotOracle(env).config.verbs[int(action[0])]
+        dx = steps[int(action[1 + ARGUMENTS.index("dx")])]
+        dy = steps[int(action[1 + ARGUMENTS.index("dy")])]
+        return verb == "tile" and {abs(dx), abs(dy)} <= {0.0, 1.0} and bool(dx or dy)
+
+    random_choice = _oracle_departures(HotspotOracle(env, neighbour="random", seed=3), 60)
+    assert len(random_choice) >= 3 and all(whole_tile(a) for a, _ in random_choice)
+    # The random neighbours come from the seed alone: the same seed, the same episode.
+    again = _oracle_departures(HotspotOracle(env, neighbour="random", seed=3), 60)
+    assert [a.tolist() for a, _ in again] == [a.tolist() for a, _ in random_choice]
+    # On this episode the full oracle leaves the rim to harvest; rimless_only stays too, but
+    # never at a frame with a rim.
+    assert any(rim for _, rim in _oracle_departures(HotspotOracle(env), 60))
+    rimless = _oracle_departures(HotspotOracle(env, rimless_only=True), 100)
+    assert len(rimless) >= 3 and not any(rim for _, rim in rimless)
+
+
 def _frame_richness_script():
     import importlib.util
     from pathlib import Path
@@ -155,6 +209,7 @@ def test_frame_richness_experiment_labels_frames_from_the_truth(tmp_path) -> Non
             [
                 *("--train-samples", "1", "--validation-samples", "1"),
                 *("--walk-steps", "12", "--epochs", "1", "--out", str(out)),
+                *("--protocol-episodes", "2"),
             ]
         )
     finally:
@@ -169,8 +224,56 @@ def test_frame_richness_experiment_labels_frames_from_the_truth(tmp_path) -> Non
         assert 0 < summary["rimless"] < summary["frames"]
     (epoch,) = report["encoder_probe"]
     assert all(v is None or 0.0 <= v <= 1.0 for v in epoch["validation_auc"].values())
+    assert set(report["statistics_auc"]) >= {"lattice_outliers", "highpass_max"}
+    protocols = report["protocols"]
+    assert protocols["episodes"] == 2
+    for name in (
+        "reactive_shift_expert",
+        "lattice_hotspot",
+        "hotspot_oracle",
+        "hotspot_oracle_random_neighbour",
+        "hotspot_oracle_rimless_only",
+    ):
+        entry = protocols[name]
+        assert len(entry["per_episode"]) == 2 and all(rate > 0 for rate in entry["per_episode"])
+        low, high = entry["ratio_interval"]
+        assert low <= entry["ratio_to_expert"] <= high
+    assert protocols["reactive_shift_expert"]["ratio_to_expert"] == 1.0
     assert all(
         v is None or 0.5 <= v <= 1.0
         for aucs in report["statistics_auc"].values()
         for v in aucs.values()
     )
+
+
+def test_lattice_hotspot_departs_from_its_parent_only_to_stay_in_defective_film() -> None:
+    from scopegym.agents.lattice import lattice_outliers
+    from scopegym.envs.samples import sample_set
+
+    script = _frame_richness_script()
+    env = gym.make("scopegym/DefectSearch-v4", samples="validation")
+    core = env.unwrapped
+    policy = script.LatticeHotspotPolicy(env)
+    parent = make_baseline("reactive_shift_expert", env)
+    # Validation sample 11 (hBN) walks off a rim into defective film within 50 steps.
+    observation, _ = env.reset(seed=11, options={"sample": list(sample_set("validation"))[11]})
+    steps = list(policy.config.move_steps)
+    tile = policy.finest_fov_nm
+    stays = 0
+    for _ in range(50):
+        masks = core.action_masks()
+        action, reference = policy.label(observation, masks), parent.label(observation, masks)
+        if not np.array_equal(action, reference):
+            stays += 1
+            frame = observation["frame"]
+            assert math.isclose(policy.instrument_state.fov_nm, tile)
+            assert float(observation["state"][-1]) > 0.5  # a fresh frame
+            assert script.find_rim(frame, tile, 4.0, near_nm=0.5 * tile, atomic=True) is None
+            assert lattice_outliers(frame).sum() >= policy.rich_pixels
+            verb = policy.config.verbs[int(action[0])]
+            dx = steps[int(action[1 + ARGUMENTS.index("dx")])]
+            dy = steps[int(action[1 + ARGUMENTS.index("dy")])]
+            assert verb == "tile" and {abs(dx), abs(dy)} <= {0.0, 1.0} and (dx or dy)
+        observation, _, terminated, truncated, _ = env.step(action)
+        assert not (terminated or truncated)
+    assert stays >= 3

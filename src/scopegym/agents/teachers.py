@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from scopegym.agents.baselines import ReactiveShiftExpertPolicy, ScriptedPolicy
+from scopegym.agents.baselines import ReactiveShiftExpertPolicy, ScriptedPolicy, find_rim
 
 
 class AutotuneOracle(ScriptedPolicy):
@@ -230,17 +230,23 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
     defects, this teacher ``tile``s by one whole field to the neighbour holding the most
     defects not yet credited, provided one holds at least ``rich_neighbour``; everywhere else
     it decides as :class:`~scopegym.agents.baselines.ReactiveShiftExpertPolicy` (and remembers
-    as it does, from the observations). Whether to stay depends on the present field alone,
-    which its frame shows to a good enough detector (``scripts/experiment_frame_richness.py``
-    measures how little of it the policy's image encoder reads); where to go next is the
-    truth's, which a student can only learn on average.
-    Like its parent it labels any observation of a live episode (dataset aggregation).
+    as it does, from the observations). Whether to stay depends on the present field alone;
+    where to go next is the truth about fields not yet seen, and that is where its gain lies:
+    with ``neighbour="random"`` (a random neighbour not yet taken, the stay rule unchanged) it
+    falls far below its parent (``scripts/experiment_frame_richness.py --protocol-episodes``
+    measures both ablations). Like its parent it labels any observation of a live episode
+    (dataset aggregation).
 
     Args:
         env: A DefectSearch-v4 or Survey-v4 environment on the twin (ground truth and the
             ``tile`` macro).
         rich: Scored defects in the present atomic field that make it worth staying.
         rich_neighbour: Uncredited defects a neighbouring field needs to be tiled to.
+        neighbour: "truth" (the neighbour with the most uncredited defects, at least
+            ``rich_neighbour``) or "random" (an ablation: a random valid neighbour not yet
+            taken, drawn from a Generator seeded with ``seed`` at every :meth:`reset`).
+        rimless_only: An ablation: stay only at frames where :func:`find_rim` sees no rim.
+        seed: Seed of the "random" neighbour's Generator.
         **kwargs: :class:`~scopegym.agents.baselines.ReactiveShiftExpertPolicy`'s arguments.
 
     Raises:
@@ -250,14 +256,30 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
     name: ClassVar[str] = "hotspot_oracle"
 
     def __init__(
-        self, env: gym.Env[Any, Any], rich: int = 3, rich_neighbour: int = 3, **kwargs: Any
+        self,
+        env: gym.Env[Any, Any],
+        rich: int = 3,
+        rich_neighbour: int = 3,
+        neighbour: str = "truth",
+        rimless_only: bool = False,
+        seed: int = 0,
+        **kwargs: Any,
     ) -> None:
         super().__init__(env, **kwargs)
         if getattr(self.unwrapped, "truth", None) is None:
             raise ValueError("hotspot_oracle reads the twin's ground truth; use a twin")
         if "tile" not in self.config.verbs:
             raise ValueError("hotspot_oracle needs the tile macro (DefectSearch-v4, Survey-v4)")
+        if neighbour not in ("truth", "random"):
+            raise ValueError(f"neighbour must be 'truth' or 'random', got {neighbour!r}")
         self.rich, self.rich_neighbour = int(rich), int(rich_neighbour)
+        self.neighbour, self.rimless_only, self.seed = neighbour, bool(rimless_only), int(seed)
+        self._rng = np.random.default_rng(self.seed)
+
+    def reset(self) -> None:
+        """Forget the episode, and draw the "random" neighbours afresh from the seed."""
+        super().reset()
+        self._rng = np.random.default_rng(self.seed)
 
     def _decide(self) -> np.ndarray | None:
         at_atomic = math.isclose(self.instrument_state.fov_nm, self.finest_fov_nm)
@@ -267,16 +289,28 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
         x_nm, y_nm = self.unwrapped.truth.view_center_nm()
         if defects_in_field(self.unwrapped, x_nm, y_nm, side, uncredited_only=False) < self.rich:
             return super()._decide()
+        frame = self.observation["frame"]
+        if self.rimless_only and find_rim(frame, side, 4.0, near_nm=0.5 * side, atomic=True):
+            return super()._decide()
         steps = list(self.config.move_steps)
+        directions = [(dx, dy) for dx in (-1.0, 0.0, 1.0) for dy in (-1.0, 0.0, 1.0) if dx or dy]
+        if self.neighbour == "random":
+            untaken = []
+            for dx, dy in directions:
+                action = self.action("tile", dx=steps.index(dx), dy=steps.index(dy))
+                taken = self._seen(self._position + side * np.array([dx, dy]))
+                if not taken and self.is_valid(action):
+                    untaken.append(action)
+            if untaken:
+                return untaken[int(self._rng.integers(len(untaken)))]
+            return super()._decide()
         neighbours = [
             (
                 self.action("tile", dx=steps.index(dx), dy=steps.index(dy)),
                 x_nm + dx * side,
                 y_nm + dy * side,
             )
-            for dx in (-1.0, 0.0, 1.0)
-            for dy in (-1.0, 0.0, 1.0)
-            if dx or dy
+            for dx, dy in directions
         ]
         best = richest_valid(self, neighbours, self.rich_neighbour)
         return best if best is not None else super()._decide()
