@@ -14,8 +14,8 @@ start (mostly plain film). Then the policy's own image encoder
 (:class:`scopegym.agents.features.ImageEncoder`, as ``agent=maskable_ppo_pointers`` builds it)
 with a linear head is trained to classify "rich" (>= ``--rich`` defects) on the training
 frames, and its ROC AUC is measured on the validation frames, rimless and rim frames apart
-(rim: :func:`scopegym.agents.baselines.find_rim` finds one, as the expert does). A few frame
-statistics are scored the same way, for comparison: high-passed extremes, spread, and the
+(rim: :func:`scopegym.agents.baselines.find_atomic_rim` finds one, as the expert does). A few
+frame statistics are scored the same way, for comparison: high-passed extremes, spread, and the
 pixels that depart from the lattice once its Bragg peaks are taken out
 (:func:`scopegym.agents.lattice.lattice_outliers`). An AUC near 0.5 on the rimless frames means
 the reading cannot tell the decision at this data size.
@@ -50,7 +50,11 @@ import torch
 from scipy import ndimage
 
 import scopegym  # noqa: F401  (registers the ids)
-from scopegym.agents.baselines import ReactiveShiftExpertPolicy, ScriptedPolicy, find_rim
+from scopegym.agents.baselines import (
+    ReactiveShiftExpertPolicy,
+    ScriptedPolicy,
+    find_atomic_rim,
+)
 from scopegym.agents.evaluation import evaluate
 from scopegym.agents.features import ImageEncoder
 from scopegym.agents.lattice import lattice_outliers
@@ -106,7 +110,7 @@ class LatticeHotspotPolicy(ReactiveShiftExpertPolicy):
         if self._opening or not at_atomic or not self._fresh():
             return super()._decide()
         tile = self.finest_fov_nm
-        if find_rim(self.observation["frame"], tile, 4.0, near_nm=0.5 * tile, atomic=True):
+        if find_atomic_rim(self.observation["frame"], tile) is not None:
             # Vacuum breaks the lattice too: on a rim the outliers count the hole.
             return super()._decide()
         outliers = lattice_outliers(self.observation["frame"])
@@ -170,7 +174,7 @@ def collect(split: str, samples: int, walk_steps: int) -> dict[str, np.ndarray]:
                 frames.append(frame.copy())
                 counts.append(defects_in_field(core, x_nm, y_nm, atomic, uncredited_only=False))
                 # The expert's own test for a rim at atomic resolution (_rim_step's arguments).
-                rim = find_rim(frame, atomic, 4.0, near_nm=0.5 * atomic, atomic=True)
+                rim = find_atomic_rim(frame, atomic)
                 rims.append(rim is not None)
                 sources.append(source)
     return {

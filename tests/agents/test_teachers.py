@@ -132,7 +132,7 @@ def _oracle_departures(policy: HotspotOracle, steps: int) -> list[tuple[np.ndarr
     Returns:
         (action, whether the atomic frame showed a rim) at each departing step.
     """
-    from scopegym.agents.baselines import find_rim
+    from scopegym.agents.baselines import find_atomic_rim
 
     env = policy.env
     expert = make_baseline("reactive_shift_expert", env)
@@ -145,7 +145,7 @@ def _oracle_departures(policy: HotspotOracle, steps: int) -> list[tuple[np.ndarr
         action, reference = policy.label(observation, masks), expert.label(observation, masks)
         if not np.array_equal(action, reference):
             side = policy.finest_fov_nm
-            rim = find_rim(observation["frame"], side, 4.0, near_nm=0.5 * side, atomic=True)
+            rim = find_atomic_rim(observation["frame"], side)
             departures.append((action, rim is not None))
         observation, _, terminated, truncated, _ = env.step(action)
         if terminated or truncated:
@@ -268,7 +268,7 @@ def test_lattice_hotspot_departs_from_its_parent_only_to_stay_in_defective_film(
             frame = observation["frame"]
             assert math.isclose(policy.instrument_state.fov_nm, tile)
             assert float(observation["state"][-1]) > 0.5  # a fresh frame
-            assert script.find_rim(frame, tile, 4.0, near_nm=0.5 * tile, atomic=True) is None
+            assert script.find_atomic_rim(frame, tile) is None
             assert lattice_outliers(frame).sum() >= policy.rich_pixels
             verb = policy.config.verbs[int(action[0])]
             dx = steps[int(action[1 + ARGUMENTS.index("dx")])]

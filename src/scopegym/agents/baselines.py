@@ -278,6 +278,19 @@ def find_rim(
     return RimFix(nearest, tangent, normal, points)
 
 
+def find_atomic_rim(frame: np.ndarray, fov_nm: float) -> RimFix | None:
+    """The rim in an atomic-resolution frame, read as the rim searches read it.
+
+    :func:`find_rim` with :func:`atomic_vacuum_mask` at 4 px of smoothing, the rim's direction
+    fitted within half the field.
+
+    Args:
+        frame: Image with two trailing image axes [counts or uint8 levels].
+        fov_nm: Its field of view [nm].
+    """
+    return find_rim(frame, fov_nm, 4.0, near_nm=0.5 * fov_nm, atomic=True)
+
+
 class ScriptedPolicy:
     """Base class of the scripted baselines: an SB3-style ``predict()`` over a plan.
 
@@ -1276,7 +1289,7 @@ class OverviewExpertPolicy(_Navigator):
                 return taken
             taken += 1
             self._visited.append(self._position.copy())
-            fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=0.5 * tile, atomic=True)
+            fix = find_atomic_rim(self.observation["frame"], tile)
             if fix is None:
                 return taken
             along = fix.tangent if float(fix.tangent @ heading) >= 0 else -fix.tangent
@@ -1495,7 +1508,7 @@ class ShiftExpertPolicy(OverviewExpertPolicy):
             taken += 1
             self._visited.append(self._position.copy())
             self._visit_times.append(self.instrument_state.elapsed_s)
-            fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=0.5 * tile, atomic=True)
+            fix = find_atomic_rim(self.observation["frame"], tile)
             if fix is None:
                 return taken
             along = fix.tangent if float(fix.tangent @ heading) >= 0 else -fix.tangent
@@ -1747,7 +1760,7 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
     def _rim_step(self) -> np.ndarray | None:
         """One ``tile`` along the rim in the atomic frame, or None where the walk ends."""
         tile = self.finest_fov_nm
-        fix = find_rim(self.observation["frame"], tile, 4.0, near_nm=0.5 * tile, atomic=True)
+        fix = find_atomic_rim(self.observation["frame"], tile)
         step = None if fix is None else self._step_along(fix, fix.tangent)
         return None if step is None else self._tile_by(step)
 
@@ -2085,6 +2098,7 @@ __all__ = [
     "ShiftExpertPolicy",
     "frame_anomalies",
     "atomic_vacuum_mask",
+    "find_atomic_rim",
     "find_rim",
     "frame_sharpness",
     "make_baseline",

@@ -31,7 +31,7 @@ from typing import Any, ClassVar
 import gymnasium as gym
 import numpy as np
 
-from scopegym.agents.baselines import ReactiveShiftExpertPolicy, ScriptedPolicy, find_rim
+from scopegym.agents.baselines import ReactiveShiftExpertPolicy, ScriptedPolicy, find_atomic_rim
 
 
 class AutotuneOracle(ScriptedPolicy):
@@ -245,7 +245,8 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
         neighbour: "truth" (the neighbour with the most uncredited defects, at least
             ``rich_neighbour``) or "random" (an ablation: a random valid neighbour not yet
             taken, drawn from a Generator seeded with ``seed`` at every :meth:`reset`).
-        rimless_only: An ablation: stay only at frames where :func:`find_rim` sees no rim.
+        rimless_only: An ablation: stay only at frames where
+            :func:`~scopegym.agents.baselines.find_atomic_rim` sees no rim.
         seed: Seed of the "random" neighbour's Generator.
         **kwargs: :class:`~scopegym.agents.baselines.ReactiveShiftExpertPolicy`'s arguments.
 
@@ -290,7 +291,7 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
         if defects_in_field(self.unwrapped, x_nm, y_nm, side, uncredited_only=False) < self.rich:
             return super()._decide()
         frame = self.observation["frame"]
-        if self.rimless_only and find_rim(frame, side, 4.0, near_nm=0.5 * side, atomic=True):
+        if self.rimless_only and find_atomic_rim(frame, side) is not None:
             return super()._decide()
         steps = list(self.config.move_steps)
         directions = [(dx, dy) for dx in (-1.0, 0.0, 1.0) for dy in (-1.0, 0.0, 1.0) if dx or dy]
