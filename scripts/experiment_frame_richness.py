@@ -173,9 +173,7 @@ def collect(split: str, samples: int, walk_steps: int) -> dict[str, np.ndarray]:
                 frame = np.asarray(observation["frame"])
                 frames.append(frame.copy())
                 counts.append(defects_in_field(core, x_nm, y_nm, atomic, uncredited_only=False))
-                # The expert's own test for a rim at atomic resolution (_rim_step's arguments).
-                rim = find_atomic_rim(frame, atomic)
-                rims.append(rim is not None)
+                rims.append(find_atomic_rim(frame, atomic) is not None)
                 sources.append(source)
     return {
         "frames": np.asarray(frames),

@@ -9,11 +9,12 @@ robust spread (median absolute deviation, which a few defects do not inflate), t
 out are where the lattice is broken.
 
 On the twin's 4 nm, 96 px frames at 64 µs, the number of such pixels separates fields holding
-three or more scored defects from the rest of the film with a ROC AUC of about 0.87 on frames
+three or more scored defects from the rest of the film with a ROC AUC of about 0.89 on frames
 without a hole's rim (``scripts/experiment_frame_richness.py`` measures it beside the policy's
-image encoder, which reaches about 0.6-0.7), with no model of the specimen: it works on any
-lattice that has Bragg peaks in the frame (graphene, hBN, MoS₂) and on the contrast-stretched
-uint8 observation as on raw counts.
+image encoder, which reaches about 0.6-0.7); on frames with a rim it fails (about 0.5): the
+hole breaks the lattice too. It needs no model of the specimen, only Bragg peaks in the frame,
+and reads the contrast-stretched uint8 observation as it reads raw counts. Measured on graphene
+and hBN (the validation families); MoS₂ and N-doped graphene are untested.
 """
 
 from __future__ import annotations
