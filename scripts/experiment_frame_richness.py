@@ -106,11 +106,9 @@ class LatticeHotspotPolicy(ReactiveShiftExpertPolicy):
         self.rich_pixels = int(rich_pixels)
 
     def _decide(self) -> np.ndarray | None:
-        at_atomic = math.isclose(self.instrument_state.fov_nm, self.finest_fov_nm)
-        if self._opening or not at_atomic or not self._fresh():
+        if not self._at_fresh_atomic_frame():
             return super()._decide()
-        tile = self.finest_fov_nm
-        if find_atomic_rim(self.observation["frame"], tile) is not None:
+        if find_atomic_rim(self.observation["frame"], self.finest_fov_nm) is not None:
             # Vacuum breaks the lattice too: on a rim the outliers count the hole.
             return super()._decide()
         outliers = lattice_outliers(self.observation["frame"])
@@ -121,24 +119,16 @@ class LatticeHotspotPolicy(ReactiveShiftExpertPolicy):
 
     def _richest_side(self, outliers: np.ndarray) -> np.ndarray | None:
         """The whole-field ``tile`` towards the side of the frame where the outliers crowd."""
-        tile = self.finest_fov_nm
         size = outliers.shape[0]
         rows, cols = np.nonzero(outliers)
         # Offsets from the centre in frame pixels, y down the rows as the view's y.
         offsets = np.stack([cols - 0.5 * (size - 1), rows - 0.5 * (size - 1)], axis=1)
         best: tuple[int, np.ndarray] | None = None
-        for dx in (-1.0, 0.0, 1.0):
-            for dy in (-1.0, 0.0, 1.0):
-                direction = np.array([dx, dy])
-                if not direction.any() or self._seen(self._position + tile * direction):
-                    continue
-                action = self._tile_by(tile * direction)
-                if not self.is_valid(action):
-                    continue
-                unit = direction / np.hypot(dx, dy)
-                mass = int(np.count_nonzero(offsets @ unit > 0.25 * size))
-                if best is None or mass > best[0]:
-                    best = (mass, action)
+        for direction, action in self._untaken_neighbour_tiles():
+            unit = direction / np.hypot(*direction)
+            mass = int(np.count_nonzero(offsets @ unit > 0.25 * size))
+            if best is None or mass > best[0]:
+                best = (mass, action)
         return None if best is None else best[1]
 
 

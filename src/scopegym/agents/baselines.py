@@ -1721,6 +1721,30 @@ class ReactiveShiftExpertPolicy(ShiftExpertPolicy):
         """Whether the frame shows the present view (the state's last entry)."""
         return float(np.asarray(self.observation["state"])[-1]) > 0.5
 
+    def _at_fresh_atomic_frame(self) -> bool:
+        """Whether the frame is a fresh atomic-resolution view, past the episode's opening."""
+        at_atomic = math.isclose(self.instrument_state.fov_nm, self.finest_fov_nm)
+        return at_atomic and not self._opening and self._fresh()
+
+    def _untaken_neighbour_tiles(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """The whole-field ``tile`` to each neighbour not yet taken, where it is valid now.
+
+        Returns:
+            ``(direction, action)`` pairs in x-major order, ``direction`` in fields (each
+            axis -1, 0 or 1).
+        """
+        tile = self.finest_fov_nm
+        neighbours = []
+        for dx in (-1.0, 0.0, 1.0):
+            for dy in (-1.0, 0.0, 1.0):
+                direction = np.array([dx, dy])
+                if not direction.any() or self._seen(self._position + tile * direction):
+                    continue
+                action = self._tile_by(tile * direction)
+                if self.is_valid(action):
+                    neighbours.append((direction, action))
+        return neighbours
+
     def _searching(self) -> bool:
         """Whether a rim target or an overview is left to go to."""
         assert self._origin is not None

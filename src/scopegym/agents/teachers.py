@@ -283,8 +283,7 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
         self._rng = np.random.default_rng(self.seed)
 
     def _decide(self) -> np.ndarray | None:
-        at_atomic = math.isclose(self.instrument_state.fov_nm, self.finest_fov_nm)
-        if self._opening or not at_atomic or not self._fresh():
+        if not self._at_fresh_atomic_frame():
             return super()._decide()
         side = self.finest_fov_nm
         x_nm, y_nm = self.unwrapped.truth.view_center_nm()
@@ -293,18 +292,13 @@ class HotspotOracle(ReactiveShiftExpertPolicy):
         frame = self.observation["frame"]
         if self.rimless_only and find_atomic_rim(frame, side) is not None:
             return super()._decide()
+        if self.neighbour == "random":
+            untaken = self._untaken_neighbour_tiles()
+            if untaken:
+                return untaken[int(self._rng.integers(len(untaken)))][1]
+            return super()._decide()
         steps = list(self.config.move_steps)
         directions = [(dx, dy) for dx in (-1.0, 0.0, 1.0) for dy in (-1.0, 0.0, 1.0) if dx or dy]
-        if self.neighbour == "random":
-            untaken = []
-            for dx, dy in directions:
-                action = self.action("tile", dx=steps.index(dx), dy=steps.index(dy))
-                taken = self._seen(self._position + side * np.array([dx, dy]))
-                if not taken and self.is_valid(action):
-                    untaken.append(action)
-            if untaken:
-                return untaken[int(self._rng.integers(len(untaken)))]
-            return super()._decide()
         neighbours = [
             (
                 self.action("tile", dx=steps.index(dx), dy=steps.index(dy)),
