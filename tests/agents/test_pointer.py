@@ -412,6 +412,58 @@ def test_avoiding_here_finds_the_centre_of_a_field_the_map_edge_cuts(
     torch.testing.assert_close(change[change != 0], torch.full((len(here),), HERE_PRIOR))
 
 
+def _avoid_field_change(episode_map: np.ndarray) -> torch.Tensor:
+    """What avoid_field adds to avoid_here in the cell scores of one map [logit]."""
+    torch.manual_seed(0)
+    here = MapPointer(MAP_CHANNELS, GRID, avoid_here=True)
+    field = MapPointer(MAP_CHANNELS, GRID, avoid_here=True, avoid_field=True)
+    field.load_state_dict(here.state_dict())
+    tensor = torch.as_tensor(episode_map[None])
+    with torch.no_grad():
+        return (field(tensor) - here(tensor))[0]
+
+
+@pytest.mark.parametrize(("centre_row", "centre_col"), [(64, 64), (3, 90), (70, 125)])
+def test_avoiding_the_field_scores_down_the_cells_within_its_reach(
+    centre_row: int, centre_col: int
+) -> None:
+    from scopegym.agents.pointer import FIELD_AVOIDED, HERE_PRIOR
+
+    episode_map = blank_map()
+    # A 1024 nm overview (64 map pixels, 32 cells), cut by the top or the right edge in two
+    # cases (at a corner the drawn side is short, clipped_field_centre).
+    half = 32
+    top, bottom = max(centre_row - half, 0), min(centre_row + half, MAP_PX)
+    left, right = max(centre_col - half, 0), min(centre_col + half, MAP_PX)
+    episode_map[MAP_CHANNELS.index("position"), top:bottom, left:right] = 255
+    change = _avoid_field_change(episode_map)
+    avoided = change.nonzero()
+    torch.testing.assert_close(change[change != 0], torch.full((len(avoided),), HERE_PRIOR))
+    # Cells within 0.375 of the field's side (12 cells) of the true centre, on the map only.
+    centre = torch.tensor([centre_row, centre_col]) / 2.0  # in cells
+    offsets = (avoided + 0.5 - centre).abs()
+    assert offsets.max() <= FIELD_AVOIDED * 32 + 1e-6
+    rows = {int(r) for r in avoided[:, 0]}
+    cols = {int(c) for c in avoided[:, 1]}
+    expected_rows = {r for r in range(GRID) if abs(r + 0.5 - centre_row / 2) <= 12}
+    expected_cols = {c for c in range(GRID) if abs(c + 0.5 - centre_col / 2) <= 12}
+    assert rows == expected_rows and cols == expected_cols
+
+
+def test_a_small_field_avoids_only_its_own_cells() -> None:
+    # A 64 nm field (4 pixels, 2 cells): 0.375 of it is less than a cell, so avoid_field adds
+    # nothing to avoid_here; and a map with no field drawn yet is left alone.
+    episode_map = blank_map()
+    draw(episode_map, "position", 40, 90, side=4)
+    assert not _avoid_field_change(episode_map).any()
+    assert not _avoid_field_change(blank_map()).any()
+
+
+def test_avoid_field_needs_avoid_here() -> None:
+    with pytest.raises(ValueError, match="avoid_here"):
+        MapPointer(MAP_CHANNELS, GRID, avoid_field=True)
+
+
 def test_a_cut_field_measures_distances_from_its_true_centre() -> None:
     # Two targets 12 cells either side of a field cut by the left edge: the one on the side of
     # the drawn part is nearer the drawn part's centroid, the other nearer the true centre.

@@ -66,6 +66,13 @@ HERE_PRIOR = -20.0
 #: cells away; the clone then hopped between two neighbouring cells to the end of the budget
 #: (measured: 524 steps of held-out episode 18, shipped v4 policy).
 ELSEWHERE_PRIOR = -10.0
+#: Where the pointer avoids the present field (``avoid_field``), the cells within this fraction
+#: of the field's side of its centre (Chebyshev) are scored down with the present cell: a
+#: ``goto`` that near rescans most of the field, which the rim search never does (its overviews
+#: lie half a field apart, and a target within 0.375 of a localisation field counts as reached),
+#: while a Survey clone hopped between two cells beside its 1024 nm overview at the stage's edge
+#: for hundreds of steps (validation episode 0, shipped v4 policy).
+FIELD_AVOIDED = 0.375
 #: What the best cell's column and row get over tied ones in the marginals [logit].
 TIE_BREAK = 1e-3
 #: Values of :meth:`MapPointer.read`'s summary of the pending targets.
@@ -111,6 +118,14 @@ def clipped_field_centre(
     Returns:
         The centre along x and along y, each ``(batch, 1, 1)`` [map widths].
     """
+    centre_x, centre_y, _ = clipped_field(position, centre_x, centre_y)
+    return centre_x, centre_y
+
+
+def clipped_field(
+    position: torch.Tensor, centre_x: torch.Tensor, centre_y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`clipped_field_centre`, and the field's side, ``(batch, 1, 1)`` [map widths]."""
     side = position.shape[-1]
     drawn = position > 0.5
     spans = []
@@ -127,7 +142,7 @@ def clipped_field_centre(
         centre = torch.where(cut_low, last + 1.0 - 0.5 * field, first + 0.5 * field)
         cut = (cut_low | cut_high).view(-1, 1, 1)
         centres.append(torch.where(cut, (centre / side).view(-1, 1, 1), centroid))
-    return centres[0], centres[1]
+    return centres[0], centres[1], (field / side).view(-1, 1, 1)
 
 
 class MapPointer(nn.Module):
@@ -142,6 +157,12 @@ class MapPointer(nn.Module):
             that starts at :data:`HERE_PRIOR`.
         targets_first: While any cell holds a target, score the cells that hold none down by a
             learnt weight that starts at :data:`ELSEWHERE_PRIOR`.
+        avoid_field: With ``avoid_here``, score down by the same weight every cell within
+            :data:`FIELD_AVOIDED` of the present field's side from its centre, not only the
+            cell under it. No parameter of its own: a trained pointer can take it on.
+
+    Raises:
+        ValueError: No ``position`` channel, or ``avoid_field`` without ``avoid_here``.
     """
 
     def __init__(
@@ -151,10 +172,14 @@ class MapPointer(nn.Module):
         hidden: int = 16,
         avoid_here: bool = False,
         targets_first: bool = False,
+        avoid_field: bool = False,
     ) -> None:
         super().__init__()
         if "position" not in channels:
             raise ValueError(f"the map needs a 'position' channel to point from, got {channels}")
+        if avoid_field and not avoid_here:
+            raise ValueError("avoid_field widens avoid_here's cell; set avoid_here too")
+        self.avoid_field = bool(avoid_field)
         self.channels = tuple(channels)
         self.grid = int(grid)
         self.position_index = self.channels.index("position")
@@ -220,7 +245,7 @@ class MapPointer(nn.Module):
         weight = torch.where(total > 0, weight / total.clamp(min=1e-9), 1.0 / weight.shape[1])
         centre_x = (weight * self.cell_x.flatten()).sum(1).view(-1, 1, 1)
         centre_y = (weight * self.cell_y.flatten()).sum(1).view(-1, 1, 1)
-        centre_x, centre_y = clipped_field_centre(
+        centre_x, centre_y, field = clipped_field(
             episode_map[:, self.position_index], centre_x, centre_y
         )
         distance = torch.sqrt((self.cell_x - centre_x) ** 2 + (self.cell_y - centre_y) ** 2)
@@ -238,10 +263,14 @@ class MapPointer(nn.Module):
             self.target_weight + self.distance_weight * distance
         )
         if self.here_weight is not None:
-            half = 0.5 / self.grid
-            here = (
-                ((self.cell_x - centre_x).abs() <= half) & ((self.cell_y - centre_y).abs() <= half)
-            ).float()
+            reach = torch.full_like(field, 0.5 / self.grid)
+            if self.avoid_field:
+                # Nothing drawn yet (no frame): no field to avoid beyond the centre's cell.
+                drawn = (episode_map[:, self.position_index] > 0.5).flatten(1).any(1)
+                widened = torch.maximum(reach, FIELD_AVOIDED * field)
+                reach = torch.where(drawn.view(-1, 1, 1), widened, reach)
+            off_x, off_y = (self.cell_x - centre_x).abs(), (self.cell_y - centre_y).abs()
+            here = ((off_x <= reach) & (off_y <= reach)).float()
             scores = scores + self.here_weight * here
         # A target's own pixel is 255, its ring 128: cells at 1 hold a target.
         held = (marked > 0.99).flatten(1).float()
@@ -369,6 +398,8 @@ class PointerFeaturesExtractor(ScopeFeaturesExtractor):
         avoid_here: The map pointer scores the present cell down (:data:`HERE_PRIOR`).
         targets_first: The map pointer scores cells without a target down while any holds one
             (:data:`ELSEWHERE_PRIOR`).
+        avoid_field: The map pointer's avoided cells span :data:`FIELD_AVOIDED` of the present
+            field (with ``avoid_here``; see :class:`MapPointer`).
         frame_pointer_grid: ``inspect`` points per axis (the action's ``x``/``y`` bins: 16 in
             DefectSearch, 8 in Survey); 0 leaves the frame pointer out;
             :data:`FRAME_POINTER_FROM_ACTION` lets :class:`MapPointerPolicy` read it off the
@@ -384,6 +415,7 @@ class PointerFeaturesExtractor(ScopeFeaturesExtractor):
         frame_pointer_grid: int = 0,
         avoid_here: bool = False,
         targets_first: bool = False,
+        avoid_field: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(observation_space, **kwargs)
@@ -394,7 +426,12 @@ class PointerFeaturesExtractor(ScopeFeaturesExtractor):
             )
         count = int(map_space.shape[0])  # type: ignore[index]
         self.pointer = MapPointer(
-            MAP_CHANNELS[:count], pointer_grid, pointer_hidden, avoid_here, targets_first
+            MAP_CHANNELS[:count],
+            pointer_grid,
+            pointer_hidden,
+            avoid_here,
+            targets_first,
+            avoid_field,
         )
         self.map_pointer_dim = int(pointer_grid) ** 2
         self.frame_pointer: FramePointer | None = None
