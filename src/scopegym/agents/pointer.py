@@ -22,7 +22,8 @@ drawn far edge: :func:`clipped_field_centre`), which a search needs to prefer th
 several targets. Two learnt scalars score the cells that hold a target directly, by the ``targets``
 maximum and, on those cells, the distance, initialised so that the untrained head already
 points at the nearest target. Optional learnt priors score the present cell down
-(``avoid_here``) and, while any target is pending, every cell without one (``targets_first``).
+(``avoid_here``; with ``avoid_field``, every cell within :data:`FIELD_AVOIDED` of the present
+field's side) and, while any target is pending, every cell without one (``targets_first``).
 Tied cells resolve to one: the first best cell's column and row win the marginals' ties.
 
 Plain torch besides the SB3 policy class that wires it in; select it with
