@@ -557,14 +557,15 @@ def test_the_marginals_pick_one_of_two_tied_cells_not_their_crossing(
 
 
 @pytest.mark.parametrize(
-    ("env_id", "shipped", "inspect_grid"),
+    ("env_id", "shipped", "inspect_grid", "avoid_field"),
     [
-        ("scopegym/DefectSearch-v4", "defect_search_v4_pointers_clone.zip", 16),
-        ("scopegym/Survey-v4", "survey_v4_pointers_clone.zip", 8),
+        ("scopegym/DefectSearch-v4", "defect_search_v4_pointers_clone.zip", 16, False),
+        # Set on the trained Survey network with export_policy.py --extractor (README).
+        ("scopegym/Survey-v4", "survey_v4_pointers_clone.zip", 8, True),
     ],
 )
 def test_a_shipped_v4_policy_points_with_both_pointers_and_acts_on_its_id(
-    env_id: str, shipped: str, inspect_grid: int
+    env_id: str, shipped: str, inspect_grid: int, avoid_field: bool
 ) -> None:
     from pathlib import Path
 
@@ -579,6 +580,7 @@ def test_a_shipped_v4_policy_points_with_both_pointers_and_acts_on_its_id(
     assert extractor.frame_pointer is not None and extractor.frame_pointer.grid == inspect_grid
     assert extractor.pointer.here_weight is not None
     assert extractor.pointer.elsewhere_weight is not None
+    assert extractor.pointer.avoid_field is avoid_field
     env = gym.make(env_id)
     assert model.observation_space == env.observation_space
     obs, _ = env.reset(seed=0)
