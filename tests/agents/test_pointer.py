@@ -31,6 +31,17 @@ def draw(episode_map: np.ndarray, channel: str, row: int, col: int, side: int = 
     episode_map[MAP_CHANNELS.index(channel), row : row + side, col : col + side] = 255
 
 
+def overview_map(centre_row: int, centre_col: int) -> np.ndarray:
+    """A map showing a 1024 nm overview (64 pixels) as present field, centred ``centre_*`` pixel
+    edges from the map's corner; the map draws only its part on the map."""
+    episode_map = blank_map()
+    half = 32
+    top, bottom = max(centre_row - half, 0), min(centre_row + half, MAP_PX)
+    left, right = max(centre_col - half, 0), min(centre_col + half, MAP_PX)
+    episode_map[MAP_CHANNELS.index("position"), top:bottom, left:right] = 255
+    return episode_map
+
+
 def best_cell(pointer: MapPointer, episode_map: np.ndarray) -> tuple[int, int]:
     """The (gx, gy) the marginals pick."""
     with torch.no_grad():
@@ -397,14 +408,8 @@ def test_avoiding_here_finds_the_centre_of_a_field_the_map_edge_cuts(
 ) -> None:
     from scopegym.agents.pointer import HERE_PRIOR
 
-    episode_map = blank_map()
-    # A 1024 nm overview (64 map pixels) centred `centre_*` pixel edges from the map's corner:
-    # the map draws only its part on the map, 35 pixels of it across the cut axis.
-    half = 32
-    top, bottom = max(centre_row - half, 0), min(centre_row + half, MAP_PX)
-    left, right = max(centre_col - half, 0), min(centre_col + half, MAP_PX)
-    episode_map[MAP_CHANNELS.index("position"), top:bottom, left:right] = 255
-    change = _avoid_here_change(episode_map)
+    # The map draws only the overview's part on the map, 35 pixels of it across the cut axis.
+    change = _avoid_here_change(overview_map(centre_row, centre_col))
     here = change.nonzero().tolist()
     # The cells under the true centre (32 nm cells are 2 pixels), not under the drawn part's.
     assert {r for r, _ in here} == rows
@@ -429,14 +434,9 @@ def test_avoiding_the_field_scores_down_the_cells_within_its_reach(
 ) -> None:
     from scopegym.agents.pointer import FIELD_AVOIDED, HERE_PRIOR
 
-    episode_map = blank_map()
-    # A 1024 nm overview (64 map pixels, 32 cells), cut by the top or the right edge in two
-    # cases (at a corner the drawn side is short, clipped_field_centre).
-    half = 32
-    top, bottom = max(centre_row - half, 0), min(centre_row + half, MAP_PX)
-    left, right = max(centre_col - half, 0), min(centre_col + half, MAP_PX)
-    episode_map[MAP_CHANNELS.index("position"), top:bottom, left:right] = 255
-    change = _avoid_field_change(episode_map)
+    # 32 cells across, cut by the top or the right edge in two cases (not at a corner, where
+    # the drawn side is short: clipped_field_centre).
+    change = _avoid_field_change(overview_map(centre_row, centre_col))
     avoided = change.nonzero()
     torch.testing.assert_close(change[change != 0], torch.full((len(avoided),), HERE_PRIOR))
     # Cells within 0.375 of the field's side (12 cells) of the true centre, on the map only.
