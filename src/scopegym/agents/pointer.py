@@ -100,8 +100,8 @@ def cell_scorer(inputs: int, hidden: int) -> nn.Sequential:
 
 def clipped_field_centre(
     position: torch.Tensor, centre_x: torch.Tensor, centre_y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The present field's centre where the map's edge cuts its footprint [map widths].
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The present field's centre where the map's edge cuts its footprint, and its side.
 
     The ``position`` channel draws the field only where it lies on the map, so near an edge the
     footprint's centroid sits inside the field's true centre: at a 1024 nm overview 1.5 cells
@@ -117,16 +117,9 @@ def clipped_field_centre(
         centre_y: The same along y.
 
     Returns:
-        The centre along x and along y, each ``(batch, 1, 1)`` [map widths].
+        The centre along x and along y and the field's side, each ``(batch, 1, 1)`` [map
+        widths]; the side is 0 where nothing is drawn.
     """
-    centre_x, centre_y, _ = clipped_field(position, centre_x, centre_y)
-    return centre_x, centre_y
-
-
-def clipped_field(
-    position: torch.Tensor, centre_x: torch.Tensor, centre_y: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """:func:`clipped_field_centre`, and the field's side, ``(batch, 1, 1)`` [map widths]."""
     side = position.shape[-1]
     drawn = position > 0.5
     spans = []
@@ -143,6 +136,7 @@ def clipped_field(
         centre = torch.where(cut_low, last + 1.0 - 0.5 * field, first + 0.5 * field)
         cut = (cut_low | cut_high).view(-1, 1, 1)
         centres.append(torch.where(cut, (centre / side).view(-1, 1, 1), centroid))
+    field = torch.where(spans[0][2], field, torch.zeros_like(field))
     return centres[0], centres[1], (field / side).view(-1, 1, 1)
 
 
@@ -246,7 +240,7 @@ class MapPointer(nn.Module):
         weight = torch.where(total > 0, weight / total.clamp(min=1e-9), 1.0 / weight.shape[1])
         centre_x = (weight * self.cell_x.flatten()).sum(1).view(-1, 1, 1)
         centre_y = (weight * self.cell_y.flatten()).sum(1).view(-1, 1, 1)
-        centre_x, centre_y, field = clipped_field(
+        centre_x, centre_y, field = clipped_field_centre(
             episode_map[:, self.position_index], centre_x, centre_y
         )
         distance = torch.sqrt((self.cell_x - centre_x) ** 2 + (self.cell_y - centre_y) ** 2)
@@ -266,10 +260,8 @@ class MapPointer(nn.Module):
         if self.here_weight is not None:
             reach = torch.full_like(field, 0.5 / self.grid)
             if self.avoid_field:
-                # Nothing drawn yet (no frame): no field to avoid beyond the centre's cell.
-                drawn = (episode_map[:, self.position_index] > 0.5).flatten(1).any(1)
-                widened = torch.maximum(reach, FIELD_AVOIDED * field)
-                reach = torch.where(drawn.view(-1, 1, 1), widened, reach)
+                # Nothing drawn yet (side 0): no field to avoid beyond the centre's cell.
+                reach = torch.maximum(reach, FIELD_AVOIDED * field)
             off_x, off_y = (self.cell_x - centre_x).abs(), (self.cell_y - centre_y).abs()
             here = ((off_x <= reach) & (off_y <= reach)).float()
             scores = scores + self.here_weight * here
