@@ -36,7 +36,7 @@ import numpy as np
 
 import scopegym  # noqa: F401  (registers the ids)
 from scopegym.agents.baselines import BASELINES, find_atomic_rim, make_baseline
-from scopegym.agents.eval_cli import ModelPolicy, load_checkpoint
+from scopegym.agents.eval_cli import load_checkpoint, model_policy
 from scopegym.agents.imitation import can_label, make_demonstrator
 from scopegym.envs.actions import ARGUMENTS, VERB_ARGUMENTS
 from scopegym.envs.episode_map import MAP_CHANNELS, TARGET_LEVEL
@@ -52,7 +52,9 @@ def load_policy(spec: str, env: gym.Env[Any, Any]) -> Any:
     model, maskable, box_actions = load_checkpoint(Path(spec))
     if box_actions:
         raise SystemExit(f"{spec}: a Box-action model; this script compares MultiDiscrete actions")
-    return ModelPolicy(model, Path(spec).stem, maskable=maskable)
+    # A model that chooses whole commands acts through JointActions, decoded to the
+    # MultiDiscrete commands the teacher's labels are compared with.
+    return model_policy(model, Path(spec).stem, maskable, False, env)
 
 
 def state_key(teacher: Any, observation: Any, verb: str) -> tuple[str, ...]:

@@ -63,6 +63,26 @@ def test_a_different_protocol_parts_from_the_teacher(script):
     assert "| n (steps) |" in table and "raster labelled by reactive_shift_expert" in table
 
 
+def test_a_model_of_whole_commands_acts_in_the_commands_the_labels_are(script):
+    import gymnasium as gym
+    import numpy as np
+
+    # The shipped whole-commands policy (a Discrete action space): without its JointActions
+    # it would give command indices, which agree() cannot compare with the teacher's label.
+    env = gym.make("scopegym/AutotuneRonchigram-v2")
+    policy = script.load_policy(str(ROOT / "policies" / "autotune_ronchigram_v2_joint.zip"), env)
+    assert policy.joint_actions is not None
+    observation, _ = env.reset(seed=0)
+    for _ in range(3):
+        masks = env.unwrapped.action_masks()
+        action, _ = policy.predict(observation, deterministic=True, action_masks=masks)
+        action = np.asarray(action)
+        assert action.shape == env.action_space.shape and env.action_space.contains(action)
+        observation, _, _, _, info = env.step(action)
+        assert info["refused"] is None
+    env.close()
+
+
 def test_a_map_without_targets_is_refused(script):
     with pytest.raises(SystemExit, match="no targets channel"):
         script.run(_args("random", env_id="scopegym/Autotune-v1"))

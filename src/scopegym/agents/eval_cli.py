@@ -129,6 +129,42 @@ def chooses_commands(model: Any) -> bool:
     return isinstance(getattr(model, "action_space", None), spaces.Discrete)
 
 
+def model_policy(
+    model: Any,
+    name: str,
+    maskable: bool,
+    box_actions: bool,
+    env: gym.Env[Any, Any],
+    sample_actions: bool = False,
+) -> ModelPolicy:
+    """A loaded checkpoint (:func:`load_checkpoint`) behind ``predict`` for ``env``.
+
+    The action wrapper the model was trained through is made on ``env``: Box actions
+    (:class:`~scopegym.envs.BoxActions`) where ``box_actions``, whole commands
+    (:class:`~scopegym.envs.JointActions`) where the model's action space is Discrete
+    (:func:`chooses_commands`); either way its actions come back in the environment's
+    MultiDiscrete encoding.
+
+    Args:
+        model: The loaded model.
+        name: Name in the report.
+        maskable: Whether the model takes action masks.
+        box_actions: Whether it acts through :class:`~scopegym.envs.BoxActions`.
+        env: The environment it acts in.
+        sample_actions: See :class:`ModelPolicy`.
+    """
+    from scopegym.envs import BoxActions, JointActions
+
+    return ModelPolicy(
+        model,
+        name,
+        maskable,
+        BoxActions(env) if box_actions else None,
+        sample_actions,
+        JointActions(env) if chooses_commands(model) else None,
+    )
+
+
 def _run_config(checkpoint: Path) -> DictConfig | None:
     # An exported policy (scripts/export_policy.py) carries its run config beside it as
     # <name>.yaml; in a run directory final.zip sits beside .hydra/, checkpoints/ and best/ one
@@ -938,8 +974,6 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, progress: TextIO | None = Non
         (str(name), _baseline_factory(str(name))) for name in cfg.policies
     ]
     if cfg.checkpoint is not None:
-        from scopegym.envs import BoxActions, JointActions
-
         path = Path(str(cfg.checkpoint))
         model, maskable, box = load_checkpoint(path, str(cfg.device))
         sample_actions = bool(cfg.get("stochastic", False))
@@ -951,14 +985,7 @@ def run_evaluation(cfg: DictConfig, run_dir: Path, progress: TextIO | None = Non
             torch.manual_seed(int(cfg.seed))
 
         def model_factory(env: gym.Env[Any, Any]) -> Policy:
-            return ModelPolicy(
-                model,
-                label,
-                maskable,
-                BoxActions(env) if box else None,
-                sample_actions,
-                JointActions(env) if chooses_commands(model) else None,
-            )
+            return model_policy(model, label, maskable, box, env, sample_actions)
 
         factories.append((label, model_factory))
     runs = []

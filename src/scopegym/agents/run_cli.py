@@ -50,14 +50,12 @@ from scopegym.agents.cli_checks import (
 )
 from scopegym.agents.eval_cli import (
     EvalConfigError,
-    ModelPolicy,
     check_checkpoint_matches,
-    chooses_commands,
     env_kwargs,
     load_checkpoint,
+    model_policy,
 )
 from scopegym.agents.evaluation import Policy
-from scopegym.envs import BoxActions, JointActions
 from scopegym.instrument import (
     CommandLimitError,
     Instrument,
@@ -123,11 +121,11 @@ def _policy(cfg: DictConfig, env: gym.Env[Any, Any]) -> tuple[Policy, str]:
             model, maskable, box = load_checkpoint(checkpoint, device=str(cfg.device))
         except EvalConfigError as error:
             raise RunConfigError(str(error)) from None
-        wrapper = BoxActions(env.unwrapped) if box else None
-        joint = JointActions(env.unwrapped) if chooses_commands(model) else None
+        name = f"{type(model).__name__}:{checkpoint.stem}"
+        policy = model_policy(model, name, maskable, box, env.unwrapped)
         # A checkpoint without its run config beside it escapes check_checkpoint_matches; its
         # saved spaces still tell which frame size and task it was trained on.
-        action_space = (wrapper or joint or env).action_space
+        action_space = (policy.box_actions or policy.joint_actions or env).action_space
         for what, trained, here in (
             ("observations", model.observation_space, env.observation_space),
             ("actions", model.action_space, action_space),
@@ -139,10 +137,7 @@ def _policy(cfg: DictConfig, env: gym.Env[Any, Any]) -> tuple[Policy, str]:
                     f"{what} {_describe_space(trained)}, the environment has "
                     f"{_describe_space(here)}; pick the matching env=... and env.kwargs.frame_px"
                 )
-        name = f"{type(model).__name__}:{checkpoint.stem}"
-        return ModelPolicy(
-            model, name, maskable=maskable, box_actions=wrapper, joint_actions=joint
-        ), name
+        return policy, name
     name = str(cfg.policy)
     return make_baseline(name, env), name
 
